@@ -1,0 +1,147 @@
+//! Where replies go: an SMTP server (lettre, pooled, with timeouts) or a
+//! directory of `.eml` files (lettre's file transport, the embedded
+//! default). Both classify failures the same way: temporary (retry later,
+//! the message stays unprocessed) or permanent (a person takes over).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{Tls as SmtpTls, TlsParameters};
+use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+
+use crate::act::reply::Outgoing;
+use crate::config::{AuthMechanism, OutboundConfig, SmtpConfig, Tls};
+use crate::secret::{ExposeSecret, SecretSource};
+
+/// Why a reply could not be handed over.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SendError {
+    /// Try again later: connection refused, timeout, 4xx.
+    #[error("temporary failure: {0}")]
+    Temporary(String),
+    /// Will never work: 5xx, invalid recipient.
+    #[error("permanent failure: {0}")]
+    Permanent(String),
+}
+
+/// The outbound transport.
+#[derive(Clone)]
+pub enum Outbox {
+    File(FileOutbox),
+    Smtp(SmtpOutbox),
+}
+
+#[derive(Clone)]
+pub struct FileOutbox {
+    pub dir: PathBuf,
+    transport: AsyncFileTransport<Tokio1Executor>,
+}
+
+#[derive(Clone)]
+pub struct SmtpOutbox {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    timeout: Duration,
+    /// `host:port`, for messages.
+    pub server: String,
+}
+
+impl Outbox {
+    /// Creates the transport for a config. Reads the SMTP password.
+    pub async fn open(cfg: &OutboundConfig) -> Result<Outbox, String> {
+        match cfg {
+            OutboundConfig::File { dir } => {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("cannot create outbox {}: {e}", dir.display()))?;
+                Ok(Outbox::File(FileOutbox {
+                    dir: dir.clone(),
+                    transport: AsyncFileTransport::new(dir),
+                }))
+            }
+            OutboundConfig::Smtp(s) => Ok(Outbox::Smtp(SmtpOutbox::open(s).await?)),
+        }
+    }
+
+    /// Hands one message over.
+    pub async fn send(&self, m: &Outgoing) -> Result<(), SendError> {
+        match self {
+            Outbox::File(f) => f
+                .transport
+                .send_raw(&m.envelope, &m.raw)
+                .await
+                .map(|_| ())
+                .map_err(|e| SendError::Temporary(format!("cannot write to the outbox: {e}"))),
+            Outbox::Smtp(s) => s.send(m).await,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Outbox::File(f) => format!("file outbox {}", f.dir.display()),
+            Outbox::Smtp(s) => format!("SMTP {}", s.server),
+        }
+    }
+}
+
+impl SmtpOutbox {
+    async fn open(s: &SmtpConfig) -> Result<SmtpOutbox, String> {
+        let tls_params = || {
+            TlsParameters::builder(s.host.clone())
+                .dangerous_accept_invalid_certs(s.danger_accept_invalid_certs)
+                .build_rustls()
+                .map_err(|e| format!("TLS setup for {}: {e}", s.host))
+        };
+        let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(s.host.clone())
+            .port(s.port)
+            .timeout(Some(s.timeout));
+        b = match s.tls {
+            Tls::Implicit => b.tls(SmtpTls::Wrapper(tls_params()?)),
+            Tls::StartTls => b.tls(SmtpTls::Required(tls_params()?)),
+            Tls::None => b.tls(SmtpTls::None),
+        };
+        if let (Some(user), Some(secret)) = (&s.username, &s.secret) {
+            let pw = read_secret(secret).await?;
+            b = b.credentials(Credentials::new(user.clone(), pw)).authentication(vec![
+                match s.auth {
+                    AuthMechanism::Plain => Mechanism::Plain,
+                    AuthMechanism::Login => Mechanism::Login,
+                    AuthMechanism::XOAuth2 => Mechanism::Xoauth2,
+                },
+            ]);
+        }
+        let pool = lettre::transport::smtp::PoolConfig::new().max_size(s.pool_size);
+        Ok(SmtpOutbox {
+            transport: b.pool_config(pool).build(),
+            timeout: s.timeout,
+            server: format!("{}:{}", s.host, s.port),
+        })
+    }
+
+    async fn send(&self, m: &Outgoing) -> Result<(), SendError> {
+        // lettre's own timeout covers connecting only; bound the whole send.
+        match tokio::time::timeout(self.timeout, self.transport.send_raw(&m.envelope, &m.raw)).await
+        {
+            Err(_) => Err(SendError::Temporary(format!(
+                "SMTP {} did not answer within {:?}",
+                self.server, self.timeout
+            ))),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => {
+                let text = format!("SMTP {}: {e}", self.server);
+                if e.is_permanent() {
+                    Err(SendError::Permanent(text))
+                } else {
+                    Err(SendError::Temporary(text))
+                }
+            }
+        }
+    }
+}
+
+async fn read_secret(s: &SecretSource) -> Result<String, String> {
+    s.read()
+        .await
+        .map(|p| p.expose_secret().to_string())
+        .map_err(|e| e.to_string())
+}

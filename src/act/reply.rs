@@ -1,0 +1,207 @@
+//! Building an auto-reply: threading headers, loop-safety headers and a
+//! subject that does not stack "Re: Re:". Customer text reaches headers
+//! only through lettre's encoder after [`single_line`], so CR/LF in a
+//! subject or name can never start a new header.
+
+use std::sync::LazyLock;
+
+use lettre::message::header::{ContentType, HeaderName, HeaderValue};
+use lettre::message::{Mailbox as LettreMailbox, MultiPart, SinglePart};
+use regex::Regex;
+
+use crate::classify::loop_guard::LOOP_HEADER;
+use crate::knowledge::templates::Rendered;
+use crate::parse::{Mailbox, Message, single_line};
+
+static REPLY_PREFIX: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    Regex::new(r"(?i)^\s*(?:(?:re|aw|sv|antw|vs|ref|rif|odp|r|res)(?:\[\d+\]|\(\d+\))?\s*:\s*)+").ok()
+});
+static TICKET_TAG: LazyLock<Option<Regex>> =
+    LazyLock::new(|| Regex::new(r"\s*\[#([A-Za-z0-9]{1,8}-\d{1,12})\]").ok());
+
+/// Removes leading reply prefixes ("Re:", "AW:", "Re[2]:", …), repeated or not.
+pub fn strip_reply_prefixes(s: &str) -> &str {
+    match REPLY_PREFIX.as_ref().and_then(|r| r.find(s)) {
+        Some(m) => &s[m.end()..],
+        None => s.trim_start(),
+    }
+}
+
+/// Removes ticket tags such as `[#SB-1042]`.
+pub fn strip_ticket_tags(s: &str) -> String {
+    match TICKET_TAG.as_ref() {
+        Some(r) => r.replace_all(s, "").trim().to_string(),
+        None => s.to_string(),
+    }
+}
+
+/// Ticket references found in a subject, e.g. `SB-1042`.
+pub fn ticket_tags(s: &str) -> Vec<String> {
+    TICKET_TAG
+        .as_ref()
+        .map(|r| {
+            r.captures_iter(s)
+                .filter_map(|c| c.get(1).map(|m| m.as_str().to_ascii_uppercase()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The reply subject: one "Re:", the original text, the ticket tag once.
+pub fn reply_subject(original: &str, ticket: Option<&str>) -> String {
+    let base = single_line(strip_reply_prefixes(original));
+    let base = strip_ticket_tags(&base);
+    let base = if base.is_empty() {
+        "Your message".to_string()
+    } else {
+        base
+    };
+    match ticket {
+        Some(t) => format!("Re: {base} [#{t}]"),
+        None => format!("Re: {base}"),
+    }
+}
+
+/// A message ready to be sent.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Message-ID without angle brackets.
+    pub message_id: String,
+    pub envelope: lettre::address::Envelope,
+    /// The formatted message (CRLF line endings).
+    pub raw: Vec<u8>,
+    pub to: String,
+    pub subject: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    #[error("invalid address {0:?}")]
+    Address(String),
+    #[error("cannot build the message: {0}")]
+    Build(String),
+}
+
+/// Everything a reply is made of.
+pub struct ReplyParts<'a> {
+    /// `From:` of the reply (`Name <addr>`).
+    pub from: &'a str,
+    pub to: &'a Mailbox,
+    pub original: &'a Message,
+    pub ticket: Option<&'a str>,
+    /// Domain for our Message-ID.
+    pub domain: &'a str,
+    pub body: &'a Rendered,
+    /// Send with `MAIL FROM:<>`.
+    pub null_sender: bool,
+}
+
+/// A fresh Message-ID on our domain.
+pub fn new_message_id(domain: &str, ticket: Option<&str>) -> String {
+    let r: u64 = rand::random();
+    let t = jiff::Timestamp::now().as_millisecond();
+    match ticket {
+        Some(tk) => format!("sb.{t:x}.{r:016x}.{}@{domain}", tk.to_ascii_lowercase()),
+        None => format!("sb.{t:x}.{r:016x}@{domain}"),
+    }
+}
+
+fn raw_header(name: &'static str, value: String) -> HeaderValue {
+    HeaderValue::new(HeaderName::new_from_ascii_str(name), value)
+}
+
+/// Builds the reply message.
+pub fn build(p: &ReplyParts<'_>) -> Result<Outgoing, BuildError> {
+    let from: LettreMailbox = p
+        .from
+        .parse()
+        .map_err(|_| BuildError::Address(p.from.to_string()))?;
+    let to_addr: lettre::Address = p
+        .to
+        .addr
+        .parse()
+        .map_err(|_| BuildError::Address(p.to.addr.clone()))?;
+    let name = single_line(&p.to.name);
+    let to = LettreMailbox::new((!name.is_empty()).then_some(name), to_addr.clone());
+    let subject = reply_subject(&p.original.subject, p.ticket);
+    let message_id = new_message_id(p.domain, p.ticket);
+
+    let mut b = lettre::Message::builder()
+        .from(from.clone())
+        .to(to)
+        .subject(subject.clone())
+        .message_id(Some(format!("<{message_id}>")))
+        .date_now()
+        .raw_header(raw_header("Auto-Submitted", "auto-replied".into()))
+        .raw_header(raw_header("X-Auto-Response-Suppress", "All".into()))
+        .raw_header(raw_header(LOOP_HEADER, p.domain.to_string()));
+    if let Some(t) = p.ticket {
+        b = b.raw_header(raw_header("X-Switchboard-Ticket", t.to_string()));
+    }
+    if !p.body.language.is_empty() {
+        b = b.raw_header(raw_header("Content-Language", p.body.language.clone()));
+    }
+    if let Some(id) = &p.original.message_id {
+        let id = single_line(id).replace(['<', '>'], "");
+        b = b.in_reply_to(format!("<{id}>"));
+        // References: the original's references (last 20) plus its id.
+        let mut refs: Vec<String> = p
+            .original
+            .references
+            .iter()
+            .map(|r| single_line(r).replace(['<', '>'], ""))
+            .filter(|r| !r.is_empty() && *r != id)
+            .collect();
+        if refs.len() > 20 {
+            refs.drain(..refs.len() - 20);
+        }
+        refs.push(id);
+        let value = refs.iter().map(|r| format!("<{r}>")).collect::<Vec<_>>().join(" ");
+        b = b.references(value);
+    }
+    let sender = if p.null_sender {
+        None
+    } else {
+        Some(from.email.clone())
+    };
+    let envelope = lettre::address::Envelope::new(sender, vec![to_addr.clone()])
+        .map_err(|e| BuildError::Build(e.to_string()))?;
+    b = b.envelope(envelope.clone());
+    let text = SinglePart::builder()
+        .header(ContentType::TEXT_PLAIN)
+        .body(p.body.text.clone());
+    let msg = match &p.body.html {
+        Some(html) => b.multipart(
+            MultiPart::alternative().singlepart(text).singlepart(
+                SinglePart::builder()
+                    .header(ContentType::TEXT_HTML)
+                    .body(html.clone()),
+            ),
+        ),
+        None => b.singlepart(text),
+    }
+    .map_err(|e| BuildError::Build(e.to_string()))?;
+    Ok(Outgoing {
+        message_id,
+        envelope,
+        raw: msg.formatted(),
+        to: to_addr.to_string(),
+        subject,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_do_not_stack() {
+        assert_eq!(reply_subject("Re: RE: Aw: where is it", Some("SB-1")), "Re: where is it [#SB-1]");
+        assert_eq!(reply_subject("Re: thing [#SB-7]", Some("SB-7")), "Re: thing [#SB-7]");
+        assert_eq!(reply_subject("", None), "Re: Your message");
+        assert_eq!(reply_subject("Fwd: a", None), "Re: Fwd: a");
+        assert_eq!(reply_subject("Reply needed", None), "Re: Reply needed");
+        assert_eq!(ticket_tags("Re: x [#sb-12] [#SB-13]"), vec!["SB-12", "SB-13"]);
+    }
+}

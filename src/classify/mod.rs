@@ -1,0 +1,111 @@
+//! Stage 3 — **classify**: pure functions of (message, knowledge) →
+//! [`Classification`] with evidence. No I/O.
+//!
+//! Order: the FAQ matcher and the loop guard run first, because rules can
+//! test their results (`faq_id`, `faq_confident`, `auto_generated`); then
+//! the rules run in order.
+
+pub mod faq;
+pub mod loop_guard;
+pub mod rules;
+
+use serde::Serialize;
+
+use crate::knowledge::Knowledge;
+use crate::parse::Message;
+
+pub use faq::{Candidate, FaqResult};
+pub use loop_guard::Finding;
+pub use rules::{Facts, RuleHit, RuleOutcome};
+
+/// What the store knows about the message's conversation, given to the
+/// pure stages as plain data.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Context {
+    /// The message answers a conversation switchboard already handled.
+    pub follow_up: bool,
+}
+
+/// Everything classification found out.
+#[derive(Debug, Clone, Serialize)]
+pub struct Classification {
+    pub faq: FaqResult,
+    pub guard: Vec<Finding>,
+    pub rules: RuleOutcome,
+    /// The message continues a conversation (known to the store, or
+    /// answering one of our Message-IDs, or tagged with our ticket prefix).
+    pub follow_up: bool,
+}
+
+impl Classification {
+    /// Whether the loop guard says a machine sent this.
+    pub fn automatic(&self) -> bool {
+        self.guard.iter().any(Finding::is_automatic)
+    }
+}
+
+/// The text the FAQ matcher sees: subject (without reply prefixes and
+/// ticket tags) and the cleaned body.
+pub fn question_text(m: &Message) -> String {
+    let subject = crate::act::reply::strip_reply_prefixes(&m.subject);
+    let subject = crate::act::reply::strip_ticket_tags(subject);
+    format!("{subject}\n{}", m.body)
+}
+
+/// Classifies one message.
+pub fn classify(m: &Message, k: &Knowledge, ctx: &Context) -> Classification {
+    let faq = k.faq.query(&question_text(m));
+    let guard = loop_guard::inspect(m, &k.policy.our_addresses);
+    let follow_up = ctx.follow_up || answers_us(m, &k.policy.domain, &k.policy.reply.ticket_prefix);
+    let ctx = Context { follow_up };
+    let facts = facts(m, &faq, &guard, &ctx);
+    let rules = rules::run(&k.rules, &facts);
+    Classification {
+        faq,
+        guard,
+        rules,
+        follow_up,
+    }
+}
+
+/// Whether a message answers us, judged from the message alone: it
+/// refers to one of our Message-IDs, or its subject carries one of our
+/// ticket tags.
+pub fn answers_us(m: &Message, domain: &str, ticket_prefix: &str) -> bool {
+    let ours = format!("@{}", domain.to_lowercase());
+    let refers = m
+        .in_reply_to
+        .iter()
+        .chain(m.references.iter())
+        .any(|id| id.to_lowercase().ends_with(&ours));
+    let prefix = format!("{}-", ticket_prefix.to_ascii_uppercase());
+    refers
+        || crate::act::reply::ticket_tags(&m.subject)
+            .iter()
+            .any(|t| t.starts_with(&prefix))
+}
+
+/// Builds the facts rules look at.
+pub fn facts(m: &Message, faq: &FaqResult, guard: &[Finding], ctx: &Context) -> Facts {
+    let best = faq.best();
+    Facts {
+        from: m.from.as_ref().map(|f| f.addr.clone()).unwrap_or_default(),
+        from_name: m.customer_name().to_string(),
+        from_domain: m.from.as_ref().map(|f| f.domain()).unwrap_or_default(),
+        to: m.to.iter().chain(m.cc.iter()).map(|a| a.addr.clone()).collect(),
+        subject: m.subject.clone(),
+        body: m.body.clone(),
+        headers: m.headers.clone(),
+        language: m.language.clone().unwrap_or_default(),
+        faq_id: best.map(|c| c.id.clone()).unwrap_or_default(),
+        faq_score: best.map_or(0.0, |c| c.score),
+        faq_confident: faq.confident,
+        size: m.size,
+        has_attachment: m.has_attachment,
+        auto_generated: guard.iter().any(Finding::is_automatic),
+        follow_up: ctx.follow_up,
+        malformed: !m.malformed.is_empty(),
+        ..Facts::default()
+    }
+    .finish()
+}

@@ -1,0 +1,143 @@
+//! Command-line interface.
+
+mod check;
+mod demo;
+mod run;
+mod test;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// E-mail triage and auto-response for shared support inboxes.
+///
+/// switchboard watches mailboxes, answers routine questions from an FAQ
+/// with templated replies (safe against mail loops), and files
+/// everything else into the right team's folder — recording why.
+#[derive(Parser, Debug)]
+#[command(name = "switchboard", version, about, long_about, after_help = AFTER_HELP)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+const AFTER_HELP: &str = "\
+Start with `switchboard demo`: it runs the whole pipeline on a bundled
+mailbox with no mail server and shows what was decided and why.
+
+Configuration: switchboard.toml (see README), rules in rules/*.toml, FAQ
+in rules/faq/*.toml, reply templates in templates/. Check them with
+`switchboard check`; every problem is printed as path:line:col: message.
+
+Exit codes: 0 success, 1 runtime failure, 2 invalid configuration.";
+
+/// Arguments shared by commands that read a config.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConfigArg {
+    /// Path of switchboard.toml. Default: $SWITCHBOARD_CONFIG, else
+    /// /etc/switchboard/switchboard.toml if it exists, else ./switchboard.toml.
+    #[arg(long, short = 'c', env = "SWITCHBOARD_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    pub fn path(&self) -> PathBuf {
+        if let Some(p) = &self.config {
+            return p.clone();
+        }
+        let etc = PathBuf::from("/etc/switchboard/switchboard.toml");
+        if etc.exists() {
+            etc
+        } else {
+            PathBuf::from("switchboard.toml")
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Validate the config, rules, FAQ and templates; print every problem
+    /// as path:line:col: message. Exit 0 only when there is no error.
+    Check(check::Args),
+    /// Dry run: classify and decide .eml files, directories or Maildirs
+    /// without sending or moving anything.
+    Test(test::Args),
+    /// Run the whole pipeline on the bundled demo mailbox (no server
+    /// needed) and print what happened to each message.
+    Demo(demo::Args),
+    /// Run the daemon: watch the configured mailboxes, answer and file.
+    Run(run::Args),
+}
+
+/// Sets up logging to stderr. `RUST_LOG` overrides the level.
+pub fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("switchboard: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Check(a) => check::run(a).await,
+            Command::Test(a) => test::run(a).await,
+            Command::Demo(a) => demo::run(a).await,
+            Command::Run(a) => run::run(a).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("switchboard: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Loads config and knowledge, printing every problem. `None` means
+/// invalid (exit code 2).
+pub fn load_all(
+    path: &std::path::Path,
+) -> Option<(
+    switchboard::config::Config,
+    std::sync::Arc<switchboard::knowledge::Knowledge>,
+    switchboard::diag::Diagnostics,
+)> {
+    use switchboard::config::Config;
+    use switchboard::knowledge::Knowledge;
+    let (cfg, mut warnings) = match Config::load(path) {
+        Ok(c) => c,
+        Err(d) => {
+            eprint!("{d}");
+            eprintln!("{}: {} error(s) in the configuration", path.display(), d.error_count());
+            return None;
+        }
+    };
+    match Knowledge::load(&cfg) {
+        Ok((k, w)) => {
+            warnings.extend(w);
+            Some((cfg, k, warnings))
+        }
+        Err(d) => {
+            eprint!("{warnings}{d}");
+            eprintln!("{} error(s) in rules, FAQ or templates", d.error_count());
+            None
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! `switchboard test`: classify and decide messages without side effects.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use serde_json::json;
+use switchboard::decide::{Decision, Verdict};
+use switchboard::knowledge::Knowledge;
+use switchboard::parse::Message;
+use switchboard::pipeline;
+
+use super::ConfigArg;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// One JSON object per message and line.
+    #[arg(long)]
+    pub json: bool,
+    /// Show all evidence and a preview of the reply.
+    #[arg(long)]
+    pub explain: bool,
+    /// .eml files, directories of them, or Maildirs (new/ and cur/).
+    #[arg(required = true, value_name = "FILE.eml|DIR|MAILDIR")]
+    pub inputs: Vec<PathBuf>,
+}
+
+/// Expands inputs into message files, in a stable order.
+pub fn message_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    let mut out = Vec::new();
+    for p in inputs {
+        if p.is_file() {
+            out.push(p.clone());
+        } else if p.is_dir() {
+            let maildir = p.join("new").is_dir() || p.join("cur").is_dir();
+            let dirs: Vec<PathBuf> = if maildir {
+                vec![p.join("new"), p.join("cur")]
+            } else {
+                vec![p.clone()]
+            };
+            let mut files = Vec::new();
+            for d in dirs {
+                let Ok(rd) = std::fs::read_dir(&d) else {
+                    continue;
+                };
+                files.extend(rd.flatten().map(|e| e.path()).filter(|f| {
+                    f.is_file()
+                        && !f
+                            .file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with('.'))
+                        && (maildir || f.extension().is_none_or(|e| e != "toml" && e != "md" && e != "json"))
+                }));
+            }
+            files.sort();
+            out.extend(files);
+        } else {
+            return Err(format!("{}: no such file or directory", p.display()));
+        }
+    }
+    Ok(out)
+}
+
+fn faq_json(d: &Decision) -> serde_json::Value {
+    match d.evidence.faq.best() {
+        Some(b) => json!({"id": b.id, "score": (b.score * 1000.0).round() / 1000.0, "confident": d.evidence.faq.confident}),
+        None => serde_json::Value::Null,
+    }
+}
+
+/// The JSON line of one message.
+pub fn json_line(file: &Path, m: Option<&Message>, d: &Decision, k: &Knowledge) -> serde_json::Value {
+    json!({
+        "file": file.display().to_string(),
+        "message_id": m.and_then(|m| m.message_id.clone()),
+        "from": m.and_then(|m| m.from.as_ref().map(|f| f.addr.clone())),
+        "subject": m.map(|m| m.subject.clone()),
+        "language": m.and_then(|m| m.language.clone()),
+        "decision": d.verdict.kind(),
+        "rule": d.rule,
+        "faq": faq_json(d),
+        "template": d.verdict.template(),
+        "queue": d.verdict.queue(),
+        "folder": pipeline::folder_for(&d.verdict, k, &k.policy.folders),
+        "flags": d.flags,
+        "reasons": d.reasons,
+        "guard": d.evidence.guard.iter().map(|g| g.describe()).collect::<Vec<_>>(),
+    })
+}
+
+fn verdict_text(v: &Verdict) -> String {
+    match v {
+        Verdict::Reply { template, to, .. } => format!("reply {template} → {}", to.addr),
+        Verdict::Route { queue } => format!("route → {queue}"),
+        Verdict::Escalate { queue } => format!("escalate → {queue}"),
+        Verdict::Ignore { reason } => format!("ignore ({reason})"),
+        Verdict::Park { reason } => format!("park ({reason})"),
+    }
+}
+
+fn explain(m: Option<&Message>, d: &Decision, k: &Knowledge) -> String {
+    let mut s = String::new();
+    let ev = &d.evidence;
+    if let Some(m) = m {
+        s.push_str(&format!("  language: {}\n", m.language.as_deref().unwrap_or("unknown")));
+        s.push_str(&format!("  cleaned text: {}\n", switchboard::util::ellipsize(&m.body, 160)));
+    }
+    s.push_str("  rules matched:\n");
+    if ev.rules.hits.is_empty() {
+        s.push_str("    (none)\n");
+    }
+    for h in &ev.rules.hits {
+        s.push_str(&format!(
+            "    {} at {}{}{}\n",
+            h.name,
+            h.location,
+            h.action.as_ref().map(|a| format!(" → {a}")).unwrap_or_default(),
+            h.skipped.as_ref().map(|a| format!(" (skipped: {a})")).unwrap_or_default()
+        ));
+    }
+    s.push_str("  FAQ candidates:\n");
+    for c in &ev.faq.candidates {
+        s.push_str(&format!("    {:<24} {:.3}\n", c.id, c.score));
+    }
+    s.push_str(&format!("    → {}\n", ev.faq.reason));
+    s.push_str("  loop guard:\n");
+    if ev.guard.is_empty() {
+        s.push_str("    nothing automatic found\n");
+    }
+    for g in &ev.guard {
+        s.push_str(&format!("    {}\n", g.describe()));
+    }
+    s.push_str("  reasons:\n");
+    for r in &d.reasons {
+        s.push_str(&format!("    - {r}\n"));
+    }
+    if let (Some(m), Verdict::Reply { .. }) = (m, &d.verdict) {
+        match pipeline::build_reply(m, d, k, Some("SB-0000")) {
+            Ok((r, out)) => {
+                s.push_str(&format!("  reply preview (To: {}, Subject: {}):\n", out.to, out.subject));
+                for line in r.text.lines() {
+                    s.push_str(&format!("    | {line}\n"));
+                }
+            }
+            Err(e) => s.push_str(&format!("  reply cannot be rendered: {e}\n")),
+        }
+    }
+    s
+}
+
+pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let Some((_cfg, k, warnings)) = super::load_all(&a.config.path()) else {
+        return Ok(ExitCode::from(2));
+    };
+    eprint!("{warnings}");
+    let files = match message_files(&a.inputs) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("switchboard: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    for file in files {
+        let raw = match std::fs::read(&file) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("{}: cannot read: {e}", file.display());
+                continue;
+            }
+        };
+        let (m, d) = pipeline::dry_run(&raw, &k);
+        if a.json {
+            let mut line = json_line(&file, m.as_ref(), &d, &k);
+            if a.explain {
+                line["evidence"] = serde_json::to_value(&d.evidence).unwrap_or_default();
+            }
+            println!("{line}");
+        } else {
+            println!("{}: {}", file.display(), verdict_text(&d.verdict));
+            if a.explain {
+                print!("{}", explain(m.as_ref(), &d, &k));
+            } else if let Some(r) = d.reasons.last() {
+                println!("  why: {r}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,324 @@
+//! Stage 4 — **decide**: pure policy. Classification + what the store
+//! knows ([`History`]) → a [`Decision`] with its reasons.
+//!
+//! Auto-replies are the dangerous action, so every path to one passes the
+//! same checks in [`decide`]: the loop guard (never answer machines or
+//! ourselves), a usable reply address (RFC 3834 §4), the "reply to our own
+//! auto-reply" rule, suggest mode, the per-sender interval and the global
+//! circuit breaker. Anything that fails a check goes to a person.
+
+use serde::Serialize;
+
+use crate::classify::{Classification, Finding};
+use crate::config::ReplyAddress;
+use crate::knowledge::rules::ReplyWith;
+use crate::knowledge::{Knowledge, RuleAction};
+use crate::parse::{Mailbox, Message, ReturnPath};
+
+/// What happens to a message.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum Verdict {
+    /// Send an automatic reply, then file the original as answered.
+    Reply {
+        template: String,
+        to: Mailbox,
+        faq: Option<String>,
+    },
+    /// Move to a queue's folder for a person.
+    Route { queue: String },
+    /// Move to a queue's supervisor folder.
+    Escalate { queue: String },
+    /// File away: nobody needs to see it (automatic mail).
+    Ignore { reason: String },
+    /// Put aside for an admin: it could not be processed.
+    Park { reason: String },
+}
+
+impl Verdict {
+    /// `reply`, `route`, `escalate`, `ignore` or `park`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Verdict::Reply { .. } => "reply",
+            Verdict::Route { .. } => "route",
+            Verdict::Escalate { .. } => "escalate",
+            Verdict::Ignore { .. } => "ignore",
+            Verdict::Park { .. } => "park",
+        }
+    }
+
+    pub fn queue(&self) -> Option<&str> {
+        match self {
+            Verdict::Route { queue } | Verdict::Escalate { queue } => Some(queue),
+            _ => None,
+        }
+    }
+
+    pub fn template(&self) -> Option<&str> {
+        match self {
+            Verdict::Reply { template, .. } => Some(template),
+            _ => None,
+        }
+    }
+}
+
+/// Facts from the state store that the policy needs.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct History {
+    /// When we last auto-replied to this sender with the proposed template
+    /// (ms since the epoch).
+    pub last_reply_same_template: Option<i64>,
+    /// Auto-replies sent in the last hour, over all senders.
+    pub replies_last_hour: u32,
+    /// The message answers one of our automatic replies.
+    pub answers_auto_reply: bool,
+}
+
+/// A decision with everything that explains it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    pub verdict: Verdict,
+    /// The rule that decided, if a rule did.
+    pub rule: Option<String>,
+    /// IMAP keywords to set on the message.
+    pub flags: Vec<String>,
+    /// Why, in order, as sentences.
+    pub reasons: Vec<String>,
+    /// The reply that would have been sent when a check stopped it.
+    pub suggested_template: Option<String>,
+    pub evidence: Classification,
+}
+
+/// The reply a classification leads to before any check: (template, FAQ
+/// id). The caller uses it to look up the [`History`].
+pub fn proposed_reply(c: &Classification, k: &Knowledge) -> Option<(String, Option<String>)> {
+    let faq_reply = || {
+        let best = c.faq.best()?;
+        let e = k.faq.entry(&best.id)?;
+        Some((e.template.clone(), Some(e.id.clone())))
+    };
+    match &c.rules.action {
+        Some((_, RuleAction::Reply(ReplyWith::Template(t)))) => Some((t.clone(), None)),
+        Some((_, RuleAction::Reply(ReplyWith::Faq))) => faq_reply(),
+        Some((_, RuleAction::Stop)) | None if c.faq.confident => faq_reply(),
+        _ => None,
+    }
+}
+
+/// Where an answer to `m` goes (RFC 3834 §4), or why there is none.
+pub fn reply_address(m: &Message, how: ReplyAddress, ours: &[String]) -> Result<Mailbox, String> {
+    if m.return_path == Some(ReturnPath::Null) {
+        return Err("the return path is null (<>)".into());
+    }
+    let candidates: Vec<Mailbox> = match how {
+        ReplyAddress::ReplyTo => m.reply_to.iter().chain(m.from.iter()).cloned().collect(),
+        ReplyAddress::From => m.from.iter().cloned().collect(),
+        ReplyAddress::ReturnPath => match &m.return_path {
+            Some(ReturnPath::Addr(a)) => vec![Mailbox {
+                name: m.customer_name().to_string(),
+                addr: a.clone(),
+            }],
+            _ => m.from.iter().cloned().collect(),
+        },
+    };
+    for c in candidates {
+        if c.addr.parse::<lettre::Address>().is_err() {
+            continue;
+        }
+        if ours.contains(&c.key()) {
+            return Err(format!("the reply address {} is one of ours", c.addr));
+        }
+        return Ok(c);
+    }
+    Err("no valid address to reply to".into())
+}
+
+/// Decides what to do with a classified message.
+pub fn decide(m: &Message, c: Classification, k: &Knowledge, h: &History, now_ms: i64) -> Decision {
+    let p = &k.policy;
+    let mut d = Decision {
+        verdict: Verdict::Route {
+            queue: p.default_queue.clone(),
+        },
+        rule: None,
+        flags: c.rules.flags.clone(),
+        reasons: Vec::new(),
+        suggested_template: None,
+        evidence: c.clone(),
+    };
+    let rule_name = c.rules.action.as_ref().map(|(n, _)| n.clone());
+    match c.rules.action.as_ref().map(|(_, a)| a) {
+        Some(RuleAction::Route(q)) => {
+            d.reasons.push(format!("rule {:?} routes to {q}", rule_name.clone().unwrap_or_default()));
+            d.verdict = Verdict::Route { queue: q.clone() };
+            d.rule = rule_name;
+            return d;
+        }
+        Some(RuleAction::Escalate(q)) => {
+            let queue = q.clone().unwrap_or_else(|| p.default_queue.clone());
+            d.reasons.push(format!("rule {:?} escalates to the supervisor of {queue}", rule_name.clone().unwrap_or_default()));
+            d.verdict = Verdict::Escalate { queue };
+            d.rule = rule_name;
+            return d;
+        }
+        Some(RuleAction::Ignore(r)) => {
+            d.reasons.push(format!("rule {:?} ignores it: {r}", rule_name.clone().unwrap_or_default()));
+            d.verdict = Verdict::Ignore { reason: r.clone() };
+            d.rule = rule_name;
+            return d;
+        }
+        Some(RuleAction::Park(r)) => {
+            d.reasons.push(format!("rule {:?} parks it: {r}", rule_name.clone().unwrap_or_default()));
+            d.verdict = Verdict::Park { reason: r.clone() };
+            d.rule = rule_name;
+            return d;
+        }
+        Some(RuleAction::Reply(_)) => {
+            d.rule = rule_name.clone();
+            d.reasons.push(format!("rule {:?} asks for an automatic reply", rule_name.unwrap_or_default()));
+        }
+        Some(RuleAction::Stop) => {
+            d.reasons.push(format!(
+                "rule {:?} stops rule processing; the default policy decides",
+                rule_name.unwrap_or_default()
+            ));
+        }
+        None => d.reasons.push("no rule decided".into()),
+    }
+
+    let automatic: Vec<&Finding> = c.guard.iter().filter(|f| f.is_automatic()).collect();
+    let Some((template, faq)) = proposed_reply(&c, k) else {
+        // Nothing to answer with.
+        if !automatic.is_empty() {
+            d.reasons.push(format!("automatic message: {}", describe(&automatic)));
+            d.verdict = Verdict::Ignore {
+                reason: format!("automatic message ({})", describe(&automatic)),
+            };
+        } else {
+            d.reasons.push(format!("FAQ: {}", c.faq.reason));
+            d.reasons.push(format!("routed to the default queue {}", p.default_queue));
+        }
+        return d;
+    };
+    if faq.is_some() {
+        d.reasons.push(format!("FAQ: {}", c.faq.reason));
+    }
+    d.suggested_template = Some(template.clone());
+
+    // Checks before any automatic reply.
+    if !automatic.is_empty() {
+        d.reasons.push(format!("no automatic reply to an automatic message: {}", describe(&automatic)));
+        d.verdict = Verdict::Ignore {
+            reason: format!("automatic message ({})", describe(&automatic)),
+        };
+        return d;
+    }
+    let to_human = |d: &mut Decision, why: String| {
+        d.reasons.push(format!("{why}; a person answers instead (queue {})", p.default_queue));
+        d.verdict = Verdict::Route {
+            queue: p.default_queue.clone(),
+        };
+    };
+    if c.guard.contains(&Finding::NotAddressedToUs) {
+        to_human(&mut d, "none of our addresses is in To/Cc (Bcc, list or forward)".into());
+        return d;
+    }
+    if h.answers_auto_reply {
+        to_human(&mut d, "this answers one of our automatic replies".into());
+        return d;
+    }
+    if c.follow_up {
+        to_human(&mut d, "this continues an existing conversation".into());
+        return d;
+    }
+    if let Some(lang) = m.language.as_deref() {
+        let has_variant = k
+            .templates
+            .sets
+            .get(&template)
+            .is_some_and(|s| s.text.contains_key(lang));
+        if lang != p.reply.language && !has_variant {
+            to_human(
+                &mut d,
+                format!("the message is in {lang} and {template} has no {lang} version"),
+            );
+            return d;
+        }
+    }
+    let to = match reply_address(m, p.reply.address, &p.our_addresses) {
+        Ok(a) => a,
+        Err(why) => {
+            to_human(&mut d, format!("cannot auto-reply: {why}"));
+            return d;
+        }
+    };
+    if !p.auto_reply {
+        to_human(&mut d, format!("auto-replies are switched off (suggested template: {template})"));
+        return d;
+    }
+    if let Some(last) = h.last_reply_same_template {
+        let window = p.limits.per_sender_interval.as_millis() as i64;
+        if now_ms - last < window {
+            to_human(
+                &mut d,
+                format!(
+                    "{} already got the automatic reply {template} {} ago (limit: one per {})",
+                    to.addr,
+                    human_duration((now_ms - last).max(0) / 1000),
+                    human_duration(window / 1000)
+                ),
+            );
+            return d;
+        }
+    }
+    if h.replies_last_hour >= p.limits.max_replies_per_hour {
+        to_human(
+            &mut d,
+            format!(
+                "circuit breaker: {} automatic replies in the last hour (limit {})",
+                h.replies_last_hour, p.limits.max_replies_per_hour
+            ),
+        );
+        return d;
+    }
+    d.reasons.push(format!("automatic reply with {template} to {}", to.addr));
+    d.verdict = Verdict::Reply { template, to, faq };
+    d
+}
+
+fn describe(f: &[&Finding]) -> String {
+    f.iter().map(|f| f.describe()).collect::<Vec<_>>().join(", ")
+}
+
+/// "3h 5m" style durations.
+pub fn human_duration(secs: i64) -> String {
+    let (d, h, m, s) = (secs / 86400, secs % 86400 / 3600, secs % 3600 / 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m"),
+        (0, _, 0) => format!("{h}h"),
+        (0, _, _) => format!("{h}h {m}m"),
+        (_, 0, _) => format!("{d}d"),
+        _ => format!("{d}d {h}h"),
+    }
+}
+
+/// A decision for a message that could not be parsed or processed.
+pub fn park(reason: impl Into<String>) -> Decision {
+    let reason = reason.into();
+    Decision {
+        verdict: Verdict::Park {
+            reason: reason.clone(),
+        },
+        rule: None,
+        flags: Vec::new(),
+        reasons: vec![reason],
+        suggested_template: None,
+        evidence: Classification {
+            faq: Default::default(),
+            guard: Vec::new(),
+            rules: Default::default(),
+            follow_up: false,
+        },
+    }
+}

@@ -1,0 +1,136 @@
+//! Stage 1 — **fetch**: mailbox backends behind one trait.
+//!
+//! A [`MailSource`] lists the unprocessed messages of one mailbox (its
+//! inbox holds only unprocessed work: everything processed is moved out),
+//! fetches them without marking them seen, sets flags, moves messages to
+//! folders (creating folders when missing) and appends copies of our
+//! replies. Implementations: [`maildir::Maildir`] (the embedded default,
+//! and Dovecot's on-disk format) and the IMAP client.
+
+pub mod maildir;
+
+use std::future::Future;
+
+/// A message's handle inside its source.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MsgRef {
+    /// IMAP UID (within the current UIDVALIDITY).
+    Uid(u32),
+    /// Maildir file, relative to the maildir root (`new/…` or `cur/…`).
+    File(String),
+}
+
+impl std::fmt::Display for MsgRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MsgRef::Uid(u) => write!(f, "UID {u}"),
+            MsgRef::File(p) => f.write_str(p),
+        }
+    }
+}
+
+/// A fetched message.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub id: MsgRef,
+    /// The raw message, or its beginning when it is over the size limit.
+    pub raw: Vec<u8>,
+    /// The full size on the server.
+    pub size: u64,
+    /// Whether `raw` is only a prefix (headers and first text part).
+    pub truncated: bool,
+}
+
+/// A flag to set on a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Flag {
+    Answered,
+    Seen,
+    /// An IMAP keyword set by a rule's `flag`.
+    Keyword(String),
+}
+
+/// Errors of a mailbox backend.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("cannot connect to {server}: {message}")]
+    Connect { server: String, message: String },
+    #[error("login to {server} as {user} failed: {message}")]
+    Auth {
+        server: String,
+        user: String,
+        message: String,
+    },
+    #[error("IMAP: {0}")]
+    Protocol(String),
+    #[error("the server did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("cannot read the password: {0}")]
+    Secret(#[from] crate::secret::SecretError),
+    #[error("shutting down")]
+    Shutdown,
+}
+
+impl FetchError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> FetchError {
+        FetchError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// A short kind for metrics and de-duplicated logging.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FetchError::Io { .. } => "io",
+            FetchError::Connect { .. } => "connect",
+            FetchError::Auth { .. } => "auth",
+            FetchError::Protocol(_) => "protocol",
+            FetchError::Timeout(_) => "timeout",
+            FetchError::Secret(_) => "secret",
+            FetchError::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// One mailbox backend.
+pub trait MailSource: Send {
+    /// Unprocessed messages, oldest first.
+    fn pending(&mut self) -> impl Future<Output = Result<Vec<MsgRef>, FetchError>> + Send;
+
+    /// Fetches messages without marking them seen. Messages larger than
+    /// `max_size` are fetched as a prefix (headers and first text part).
+    fn fetch(
+        &mut self,
+        ids: &[MsgRef],
+        max_size: u64,
+    ) -> impl Future<Output = Result<Vec<Fetched>, FetchError>> + Send;
+
+    /// Adds flags to a message.
+    fn add_flags(
+        &mut self,
+        id: &MsgRef,
+        flags: &[Flag],
+    ) -> impl Future<Output = Result<(), FetchError>> + Send;
+
+    /// Moves messages into a folder (created when missing). Never deletes.
+    fn move_to(
+        &mut self,
+        folder: &str,
+        ids: &[MsgRef],
+    ) -> impl Future<Output = Result<(), FetchError>> + Send;
+
+    /// Stores a copy of a message (our reply) in a folder.
+    fn append(
+        &mut self,
+        folder: &str,
+        raw: &[u8],
+        flags: &[Flag],
+    ) -> impl Future<Output = Result<(), FetchError>> + Send;
+}

@@ -1,0 +1,318 @@
+//! The knowledge snapshot: rules, queues, FAQ and templates, loaded and
+//! validated as one unit.
+//!
+//! A [`Knowledge`] is immutable. The daemon holds the current one in a
+//! `tokio::sync::watch` channel; a reload builds a complete new snapshot
+//! and swaps it in only when it has no errors, so a broken edit never
+//! replaces working rules. A message in flight keeps the snapshot it
+//! started with.
+
+pub mod faq;
+pub mod queues;
+pub mod rules;
+pub mod templates;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::classify::faq::FaqIndex;
+use crate::config::{Config, FaqConfig, Folders, Limits, ReplyConfig};
+use crate::diag::{Diagnostic, Diagnostics, Location, Source};
+use crate::tomlread::Ctx;
+
+pub use faq::FaqEntry;
+pub use queues::Queue;
+pub use rules::{Condition, Rule, RuleAction};
+pub use templates::Templates;
+
+/// The policy knobs from the config that decisions depend on. Part of the
+/// snapshot so that a reload applies them together with the rules.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Our own addresses, lower-case.
+    pub our_addresses: Vec<String>,
+    pub auto_reply: bool,
+    pub default_queue: String,
+    pub faq: FaqConfig,
+    pub limits: Limits,
+    pub reply: ReplyConfig,
+    pub company: BTreeMap<String, String>,
+    pub domain: String,
+    pub folders: Folders,
+    pub languages: Vec<whatlang::Lang>,
+}
+
+impl Policy {
+    pub fn from_config(cfg: &Config) -> Policy {
+        Policy {
+            our_addresses: cfg.all_our_addresses(),
+            auto_reply: cfg.auto_reply,
+            default_queue: cfg.default_queue.clone(),
+            faq: cfg.faq.clone(),
+            limits: cfg.limits.clone(),
+            reply: cfg.reply.clone(),
+            company: cfg.company.clone(),
+            domain: cfg.domain.clone(),
+            folders: cfg.folders.clone(),
+            languages: cfg.languages.clone(),
+        }
+    }
+}
+
+/// Everything switchboard knows: one validated, immutable snapshot.
+#[derive(Debug)]
+pub struct Knowledge {
+    pub rules: Vec<Rule>,
+    pub queues: BTreeMap<String, Queue>,
+    pub faq: FaqIndex,
+    pub templates: Templates,
+    pub policy: Policy,
+    /// Hash of every file the snapshot was built from.
+    pub fingerprint: String,
+}
+
+impl Knowledge {
+    /// The queue a message goes to by default.
+    pub fn default_queue(&self) -> Option<&Queue> {
+        self.queues.get(&self.policy.default_queue)
+    }
+
+    /// Loads the snapshot for a config. All problems of all files are
+    /// returned; the snapshot only when there is no error.
+    pub fn load(cfg: &Config) -> Result<(Arc<Knowledge>, Diagnostics), Diagnostics> {
+        let mut diags = Diagnostics::new();
+        let mut hasher = crate::util::Fingerprint::default();
+
+        // Rules and queues.
+        let mut rules: Vec<Rule> = Vec::new();
+        let mut refs = Vec::new();
+        let mut queues: BTreeMap<String, Queue> = BTreeMap::new();
+        for path in toml_files(&cfg.rules_dir, &mut diags, "rules") {
+            let Some(src) = Source::read(&path, &mut diags) else {
+                continue;
+            };
+            hasher.add(&path, &src.text);
+            let ctx = Ctx::new(src);
+            let mut t = ctx.parse();
+            for rt in t.tables("rule") {
+                if let Some(r) = rules::compile_rule(rt, &mut refs) {
+                    rules.push(r);
+                }
+            }
+            for qt in t.tables("queue") {
+                if let Some(q) = queues::read_queue(qt) {
+                    if let Some(prev) = queues.get(&q.name) {
+                        diags.error_at(
+                            &q.location,
+                            format!("queue {:?} is already defined at {}", q.name, prev.location),
+                        );
+                    } else {
+                        queues.insert(q.name.clone(), q);
+                    }
+                }
+            }
+            t.finish();
+            diags.extend(ctx.into_diagnostics());
+        }
+        let mut seen: BTreeMap<&str, &Location> = BTreeMap::new();
+        for r in &rules {
+            if let Some(prev) = seen.insert(&r.name, &r.location) {
+                diags.error_at(
+                    &r.location,
+                    format!("rule name {:?} is already used at {prev}; names must be unique so decisions can be explained", r.name),
+                );
+            }
+        }
+        // A terminal rule that always matches hides every rule after it.
+        if let Some(pos) = rules
+            .iter()
+            .position(|r| matches!(r.when, Condition::True) && r.action.is_some())
+        {
+            if let Some(next) = rules.get(pos + 1) {
+                diags.push(Diagnostic {
+                    location: next.location.clone(),
+                    severity: crate::diag::Severity::Warning,
+                    message: format!(
+                        "rule {:?} can never match: rule {:?} at {} matches every message",
+                        next.name, rules[pos].name, rules[pos].location
+                    ),
+                });
+            }
+        }
+
+        // FAQ entries.
+        let mut entries: Vec<FaqEntry> = Vec::new();
+        if cfg.faq_dir.exists() {
+            for path in toml_files(&cfg.faq_dir, &mut diags, "FAQ") {
+                let Some(src) = Source::read(&path, &mut diags) else {
+                    continue;
+                };
+                hasher.add(&path, &src.text);
+                let ctx = Ctx::new(src);
+                let mut t = ctx.parse();
+                for et in t.tables("entry") {
+                    if let Some(e) = faq::read_entry(et) {
+                        entries.push(e);
+                    }
+                }
+                t.finish();
+                diags.extend(ctx.into_diagnostics());
+            }
+        }
+        let mut ids: BTreeMap<&str, &Location> = BTreeMap::new();
+        for e in &entries {
+            if let Some(prev) = ids.insert(&e.id, &e.location) {
+                diags.error_at(
+                    &e.location,
+                    format!("duplicate FAQ id {:?}: already defined at {prev}", e.id),
+                );
+            }
+        }
+
+        // Templates.
+        let company: BTreeSet<String> = cfg.company.keys().cloned().collect();
+        let templates = if cfg.templates_dir.is_dir() {
+            Templates::load(&cfg.templates_dir, &company, &mut diags)
+        } else {
+            diags.push(Diagnostic::file(
+                &cfg.path,
+                format!(
+                    "templates directory {} does not exist (set templates_dir)",
+                    cfg.templates_dir.display()
+                ),
+            ));
+            Templates::load(Path::new("/nonexistent-templates"), &company, &mut Diagnostics::new())
+        };
+        for f in collect_template_hashes(&cfg.templates_dir) {
+            hasher.add(&f.0, &f.1);
+        }
+
+        // Cross references.
+        for r in &refs {
+            match r.kind {
+                rules::RefKind::Template if !templates.contains(&r.name) => {
+                    let hint = crate::diag::suggest(&r.name, templates.names())
+                        .map(|s| format!("; did you mean {s:?}?"))
+                        .unwrap_or_default();
+                    diags.error_at(
+                        &r.location,
+                        format!(
+                            "template {:?} not found: expected {}/{}.txt.j2{hint}",
+                            r.name,
+                            cfg.templates_dir.display(),
+                            r.name
+                        ),
+                    );
+                }
+                rules::RefKind::Queue if !queues.contains_key(&r.name) => {
+                    let hint = crate::diag::suggest(&r.name, queues.keys().map(String::as_str))
+                        .map(|s| format!("; did you mean {s:?}?"))
+                        .unwrap_or_default();
+                    diags.error_at(
+                        &r.location,
+                        format!(
+                            "queue {:?} is not defined: add a [[queue]] with name = {:?}{hint}",
+                            r.name, r.name
+                        ),
+                    );
+                }
+                _ => {}
+            }
+        }
+        for e in &entries {
+            if !templates.contains(&e.template) {
+                diags.error_at(
+                    &e.template_location,
+                    format!(
+                        "template {:?} not found: expected {}/{}.txt.j2",
+                        e.template,
+                        cfg.templates_dir.display(),
+                        e.template
+                    ),
+                );
+            }
+        }
+        if !queues.contains_key(&cfg.default_queue) {
+            diags.error_at(
+                &cfg.default_queue_location,
+                format!(
+                    "default_queue {:?} is not defined: add a [[queue]] with name = {:?} to a file in {}",
+                    cfg.default_queue,
+                    cfg.default_queue,
+                    cfg.rules_dir.display()
+                ),
+            );
+        }
+
+        if diags.has_errors() {
+            return Err(diags);
+        }
+        let faq = match FaqIndex::build(entries, &cfg.faq) {
+            Ok(f) => f,
+            Err(e) => {
+                diags.push(Diagnostic::file(&cfg.faq_dir, format!("cannot build the FAQ index: {e}")));
+                return Err(diags);
+            }
+        };
+        Ok((
+            Arc::new(Knowledge {
+                rules,
+                queues,
+                faq,
+                templates,
+                policy: Policy::from_config(cfg),
+                fingerprint: hasher.finish(),
+            }),
+            diags,
+        ))
+    }
+}
+
+/// `*.toml` files of a directory (not recursive), sorted by name.
+fn toml_files(dir: &Path, diags: &mut Diagnostics, what: &str) -> Vec<PathBuf> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => {
+            let mut v: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.is_file()
+                        && p.extension().is_some_and(|e| e == "toml")
+                        && !p
+                            .file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with('.'))
+                })
+                .collect();
+            v.sort();
+            v
+        }
+        Err(e) => {
+            diags.push(Diagnostic::file(
+                dir,
+                format!("cannot read the {what} directory: {e}"),
+            ));
+            Vec::new()
+        }
+    }
+}
+
+fn collect_template_hashes(dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(t) = std::fs::read_to_string(&p) {
+                out.push((p, t));
+            }
+        }
+    }
+    out.sort();
+    out
+}

@@ -1,0 +1,495 @@
+//! Stage 2 — **parse**: raw bytes → an owned, cleaned [`Message`].
+//!
+//! Parsing is best-effort (mail-parser recovers from most malformed mail)
+//! and isolated: a panic inside the MIME parser is caught and turned into a
+//! [`ParseError`], so one hostile message can never stop a mailbox. What
+//! cannot be parsed at all is parked by the caller, never dropped.
+
+pub mod clean;
+
+use std::borrow::Cow;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders};
+use mail_parser::parsers::MessageStream;
+use serde::Serialize;
+
+/// An e-mail address with its display name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Mailbox {
+    /// Display name, decoded, with control characters removed ("" if none).
+    pub name: String,
+    /// The address itself, as written (`local@domain`).
+    pub addr: String,
+}
+
+impl Mailbox {
+    /// The lower-cased address, for comparisons and rate-limit keys.
+    pub fn key(&self) -> String {
+        self.addr.trim().to_lowercase()
+    }
+
+    /// The domain part, lower-cased ("" when the address has no `@`).
+    pub fn domain(&self) -> String {
+        self.addr
+            .rsplit_once('@')
+            .map(|(_, d)| d.trim().trim_end_matches('>').to_lowercase())
+            .unwrap_or_default()
+    }
+
+    /// The local part, lower-cased.
+    pub fn local(&self) -> String {
+        self.addr
+            .rsplit_once('@')
+            .map_or(self.addr.as_str(), |(l, _)| l)
+            .trim()
+            .to_lowercase()
+    }
+}
+
+/// What the `Return-Path` header says (RFC 5321 §4.4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReturnPath {
+    /// `Return-Path: <>` — a bounce or other automatic message; never answer.
+    Null,
+    /// A normal envelope sender.
+    Addr(String),
+}
+
+/// A parsed message: everything later stages need, owned and cleaned.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Message {
+    /// `Message-ID` without angle brackets.
+    pub message_id: Option<String>,
+    /// `In-Reply-To` ids without angle brackets.
+    pub in_reply_to: Vec<String>,
+    /// `References` ids without angle brackets, oldest first.
+    pub references: Vec<String>,
+    pub from: Option<Mailbox>,
+    pub sender: Option<Mailbox>,
+    pub reply_to: Vec<Mailbox>,
+    /// `None` when the header is absent (common for mail read from a
+    /// Maildir that was not delivered by an MTA).
+    pub return_path: Option<ReturnPath>,
+    pub to: Vec<Mailbox>,
+    pub cc: Vec<Mailbox>,
+    /// Decoded subject with line breaks and control characters removed.
+    pub subject: String,
+    /// `Date` as a Unix timestamp, if it could be read.
+    pub date: Option<i64>,
+    /// Every header as (lower-case name, decoded single-line value), in order.
+    pub headers: Vec<(String, String)>,
+    /// Top-level MIME type, lower-case, e.g. `multipart/report`.
+    pub content_type: String,
+    /// The customer's own words: text (HTML converted), without quoted
+    /// replies, forwarded history and signature. What rules and the FAQ see.
+    pub body: String,
+    /// The whole text body before cleaning (for previews and audit).
+    pub body_full: String,
+    pub has_attachment: bool,
+    pub attachment_names: Vec<String>,
+    /// Size of the raw message in bytes (of the whole message, even when
+    /// only a prefix was fetched).
+    pub size: u64,
+    /// Detected language (ISO 639-1 where one exists, e.g. `en`, `de`).
+    pub language: Option<String>,
+    /// Problems noticed while parsing that did not prevent it.
+    pub warnings: Vec<String>,
+    /// Signs of a broken message (no sender, MIME structure that does not
+    /// match its headers, undecodable header bytes). Rules can park these
+    /// with `malformed = true`.
+    pub malformed: Vec<String>,
+}
+
+impl Message {
+    /// First value of a header (name compared case-insensitively).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// All values of a header.
+    pub fn header_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Customer name for templates: the From display name, or "".
+    pub fn customer_name(&self) -> &str {
+        self.from.as_ref().map_or("", |m| m.name.as_str())
+    }
+
+    /// A stable identity for de-duplication: the Message-ID, or for mail
+    /// without one a hash of the headers that identify it.
+    pub fn dedupe_key(&self, raw: &[u8]) -> String {
+        match &self.message_id {
+            Some(id) if !id.trim().is_empty() => format!("mid:{}", id.trim()),
+            _ => format!("sha256:{}", crate::util::sha256_hex(raw)),
+        }
+    }
+}
+
+/// Why a message could not be parsed at all.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ParseError {
+    #[error("the message is empty")]
+    Empty,
+    #[error("the message has no header section that could be read")]
+    NoHeaders,
+    #[error("the MIME parser failed on this message")]
+    ParserPanicked,
+    #[error("the message has no sender (no From, Sender, Reply-To or Return-Path)")]
+    NoSender,
+}
+
+/// Options that shape parsing.
+#[derive(Debug, Clone)]
+pub struct ParseOptions {
+    /// Total size of the message when only a prefix was fetched.
+    pub full_size: Option<u64>,
+    /// Languages the detector may answer (ISO 639-3 codes of whatlang).
+    pub languages: Vec<whatlang::Lang>,
+}
+
+impl Default for ParseOptions {
+    fn default() -> Self {
+        ParseOptions {
+            full_size: None,
+            languages: default_languages(),
+        }
+    }
+}
+
+/// The languages detected by default: the common ones of European and
+/// North American support desks. Restricting the set makes short texts far
+/// more reliable than an open-world guess.
+pub fn default_languages() -> Vec<whatlang::Lang> {
+    use whatlang::Lang::*;
+    vec![Eng, Deu, Fra, Spa, Ita, Nld, Por, Pol, Swe, Dan, Nob, Fin, Ces, Tur]
+}
+
+/// Parses raw bytes into a [`Message`]. Never panics.
+pub fn parse(raw: &[u8], opts: &ParseOptions) -> Result<Message, ParseError> {
+    if raw.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(ParseError::Empty);
+    }
+    match catch_unwind(AssertUnwindSafe(|| parse_inner(raw, opts))) {
+        Ok(r) => r,
+        Err(_) => Err(ParseError::ParserPanicked),
+    }
+}
+
+fn parse_inner(raw: &[u8], opts: &ParseOptions) -> Result<Message, ParseError> {
+    let parsed = MessageParser::default()
+        .parse(raw)
+        .ok_or(ParseError::NoHeaders)?;
+    if parsed.headers().is_empty() {
+        return Err(ParseError::NoHeaders);
+    }
+    let mut m = Message {
+        size: opts.full_size.unwrap_or(raw.len() as u64),
+        ..Message::default()
+    };
+
+    m.message_id = parsed
+        .message_id()
+        .map(|s| strip_id(s).to_string())
+        .filter(|s| !s.is_empty());
+    m.in_reply_to = ids(parsed.in_reply_to());
+    m.references = ids(parsed.references());
+    m.from = parsed.from().and_then(first_mailbox);
+    m.sender = parsed.sender().and_then(first_mailbox);
+    m.reply_to = parsed.reply_to().map(mailboxes).unwrap_or_default();
+    m.to = parsed.to().map(mailboxes).unwrap_or_default();
+    m.cc = parsed.cc().map(mailboxes).unwrap_or_default();
+    m.subject = single_line(parsed.subject().unwrap_or_default());
+    m.date = parsed.date().filter(|d| d.is_valid()).map(|d| d.to_timestamp());
+    m.return_path = parsed.header_raw("Return-Path").map(return_path);
+
+    for h in parsed.headers() {
+        let name = h.name().to_ascii_lowercase();
+        let value = match h.value() {
+            HeaderValue::Text(t) => single_line(t),
+            HeaderValue::TextList(l) => single_line(&l.join(", ")),
+            _ => {
+                let start = h.offset_start() as usize;
+                let end = h.offset_end() as usize;
+                let bytes = raw.get(start..end).unwrap_or_default();
+                match MessageStream::new(bytes).parse_unstructured() {
+                    HeaderValue::Text(t) => single_line(&t),
+                    _ => single_line(&String::from_utf8_lossy(bytes)),
+                }
+            }
+        };
+        m.headers.push((name, value));
+    }
+
+    m.content_type = parsed
+        .root_part()
+        .content_type()
+        .map(|ct| match ct.subtype() {
+            Some(sub) => format!("{}/{}", ct.ctype(), sub),
+            None => ct.ctype().to_string(),
+        })
+        .unwrap_or_else(|| "text/plain".to_string())
+        .to_ascii_lowercase();
+
+    // Text: every text/plain body; for HTML-only mail mail-parser converts
+    // the HTML to text. Parts that fail to decode are skipped, not fatal.
+    let mut text = String::new();
+    for i in 0..parsed.text_body_count().max(1) {
+        if let Some(t) = parsed.body_text(i) {
+            if !text.is_empty() {
+                text.push_str("\n\n");
+            }
+            text.push_str(&t);
+        }
+    }
+    if text.trim().is_empty() && parsed.html_body_count() > 0 {
+        if let Some(h) = parsed.body_html(0) {
+            text = clean::html_to_text(&h);
+        }
+    }
+    m.body_full = text.replace("\r\n", "\n");
+    m.body = clean::clean_body(&m.body_full);
+
+    for a in parsed.attachments() {
+        // Inline images of an HTML body are not attachments a human sent.
+        let inline = a
+            .content_disposition()
+            .is_some_and(|d| d.ctype().eq_ignore_ascii_case("inline"))
+            && a.content_type().is_some_and(|c| c.ctype().eq_ignore_ascii_case("image"));
+        if a.is_message() || !inline {
+            m.has_attachment = true;
+            if let Some(n) = a.attachment_name() {
+                m.attachment_names.push(single_line(n));
+            }
+        }
+    }
+
+    let probe = format!("{}\n{}", m.subject, m.body);
+    m.language = detect_language(&probe, &opts.languages);
+
+    if m.content_type.starts_with("multipart/")
+        && parsed.root_part().sub_parts().is_none_or(|p| p.is_empty())
+    {
+        m.malformed
+            .push("multipart message whose parts cannot be found (boundary missing)".into());
+    }
+    if m.subject.contains('\u{FFFD}') {
+        m.malformed.push("undecodable bytes in the subject".into());
+    }
+    if m.from.is_none() {
+        m.malformed.push("no usable From header".into());
+        m.warnings.push("no usable From header".into());
+        if m.sender.is_none()
+            && m.reply_to.is_empty()
+            && !matches!(m.return_path, Some(ReturnPath::Addr(_)))
+        {
+            return Err(ParseError::NoSender);
+        }
+    }
+    if m.message_id.is_none() {
+        m.warnings.push("no Message-ID header".into());
+    }
+    Ok(m)
+}
+
+fn strip_id(s: &str) -> &str {
+    s.trim().trim_start_matches('<').trim_end_matches('>').trim()
+}
+
+fn ids(v: &HeaderValue<'_>) -> Vec<String> {
+    let list: Vec<&str> = match v {
+        HeaderValue::Text(t) => vec![t.as_ref()],
+        HeaderValue::TextList(l) => l.iter().map(|c| c.as_ref()).collect(),
+        _ => Vec::new(),
+    };
+    list.into_iter()
+        .map(strip_id)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.to_string())
+        .collect()
+}
+
+fn first_mailbox(a: &Address<'_>) -> Option<Mailbox> {
+    mailboxes(a).into_iter().next()
+}
+
+fn mailboxes(a: &Address<'_>) -> Vec<Mailbox> {
+    a.iter()
+        .filter_map(|addr| {
+            let address = addr.address.as_deref().map(single_line)?;
+            if address.is_empty() {
+                return None;
+            }
+            Some(Mailbox {
+                name: addr
+                    .name
+                    .as_deref()
+                    .map(single_line)
+                    .unwrap_or_default()
+                    .trim_matches('"')
+                    .to_string(),
+                addr: address,
+            })
+        })
+        .collect()
+}
+
+fn return_path(raw: &str) -> ReturnPath {
+    let v = raw.trim();
+    let inner = match (v.find('<'), v.rfind('>')) {
+        (Some(a), Some(b)) if b > a => &v[a + 1..b],
+        _ => v,
+    };
+    let inner = inner.trim();
+    if inner.is_empty() {
+        ReturnPath::Null
+    } else {
+        ReturnPath::Addr(single_line(inner))
+    }
+}
+
+/// Collapses a header value to one line: CR, LF and other control
+/// characters become spaces, runs of whitespace one space. This is what
+/// makes customer text safe to reuse in headers we write.
+pub fn single_line(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut space = false;
+    for c in s.chars() {
+        if c.is_control() || c.is_whitespace() {
+            space = !out.is_empty();
+        } else {
+            if space {
+                out.push(' ');
+                space = false;
+            }
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Detects the language of a text among `allowed`. Returns `None` for
+/// texts too short or too mixed to tell.
+pub fn detect_language(text: &str, allowed: &[whatlang::Lang]) -> Option<String> {
+    let letters = text.chars().filter(|c| c.is_alphabetic()).count();
+    if letters < 12 {
+        return None;
+    }
+    let detector = if allowed.is_empty() {
+        whatlang::Detector::new()
+    } else {
+        whatlang::Detector::with_allowlist(allowed.to_vec())
+    };
+    let info = detector.detect(text)?;
+    if info.confidence() < 0.2 && letters < 40 {
+        return None;
+    }
+    Some(lang_code(info.lang()).into_owned())
+}
+
+/// ISO 639-1 code for common languages, ISO 639-3 otherwise.
+pub fn lang_code(l: whatlang::Lang) -> Cow<'static, str> {
+    use whatlang::Lang::*;
+    let two = match l {
+        Eng => "en",
+        Deu => "de",
+        Fra => "fr",
+        Spa => "es",
+        Ita => "it",
+        Nld => "nl",
+        Por => "pt",
+        Pol => "pl",
+        Swe => "sv",
+        Dan => "da",
+        Nob => "no",
+        Fin => "fi",
+        Ces => "cs",
+        Tur => "tr",
+        Rus => "ru",
+        Ukr => "uk",
+        Jpn => "ja",
+        Cmn => "zh",
+        Kor => "ko",
+        Ara => "ar",
+        Heb => "he",
+        Ell => "el",
+        Hun => "hu",
+        Ron => "ro",
+        _ => return Cow::Borrowed(l.code()),
+    };
+    Cow::Borrowed(two)
+}
+
+/// Parses a language code (`de`, `deu`, `german`) into whatlang's enum.
+pub fn lang_from_code(code: &str) -> Option<whatlang::Lang> {
+    let c = code.trim().to_ascii_lowercase();
+    whatlang::Lang::all()
+        .iter()
+        .copied()
+        .find(|l| lang_code(*l) == c.as_str() || l.code() == c || l.eng_name().eq_ignore_ascii_case(&c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Message {
+        match parse(s.as_bytes(), &ParseOptions::default()) {
+            Ok(m) => m,
+            Err(e) => panic!("parse failed: {e}"),
+        }
+    }
+
+    #[test]
+    fn basic_fields() {
+        let m = p("From: \"Jane Doe\" <Jane@Example.com>\r\nTo: support@shop.example\r\nSubject: Where is\r\n my order?\r\nMessage-ID: <abc@x>\r\nIn-Reply-To: <p1@x>\r\nReferences: <p0@x> <p1@x>\r\nReturn-Path: <bounce@example.com>\r\n\r\nHello, where is my order #123?\r\n");
+        assert_eq!(m.message_id.as_deref(), Some("abc@x"));
+        assert_eq!(m.in_reply_to, vec!["p1@x"]);
+        assert_eq!(m.references, vec!["p0@x", "p1@x"]);
+        let from = m.from.clone().unwrap_or_else(|| panic!("from"));
+        assert_eq!(from.name, "Jane Doe");
+        assert_eq!(from.key(), "jane@example.com");
+        assert_eq!(from.domain(), "example.com");
+        assert_eq!(m.subject, "Where is my order?");
+        assert_eq!(m.return_path, Some(ReturnPath::Addr("bounce@example.com".into())));
+        assert_eq!(m.to[0].addr, "support@shop.example");
+        assert!(m.body.contains("where is my order #123?"));
+        assert_eq!(m.header("subject"), Some("Where is my order?"));
+    }
+
+    #[test]
+    fn null_return_path_and_encoded_injection_are_neutralised() {
+        let m = p("From: a@b.example\nReturn-Path: <>\nSubject: =?UTF-8?Q?Hello=0D=0ABcc:_victim@evil.example?=\n\nhi\n");
+        assert_eq!(m.return_path, Some(ReturnPath::Null));
+        assert!(!m.subject.contains('\n') && !m.subject.contains('\r'));
+        assert_eq!(m.subject, "Hello Bcc: victim@evil.example");
+    }
+
+    #[test]
+    fn empty_and_senderless_input_is_an_error_not_a_panic() {
+        assert!(matches!(parse(b"", &ParseOptions::default()), Err(ParseError::Empty)));
+        assert!(parse(b"Subject: x\n\nbody", &ParseOptions::default()).is_err());
+    }
+
+    #[test]
+    fn languages() {
+        let de = detect_language(
+            "Wann haben Sie geöffnet? Ich möchte gerne vorbeikommen und etwas abholen.",
+            &default_languages(),
+        );
+        assert_eq!(de.as_deref(), Some("de"));
+        assert_eq!(detect_language("hi", &default_languages()), None);
+        assert_eq!(lang_from_code("de"), Some(whatlang::Lang::Deu));
+        assert_eq!(lang_from_code("fra"), Some(whatlang::Lang::Fra));
+        assert_eq!(lang_from_code("klingon"), None);
+    }
+}

@@ -1,0 +1,478 @@
+//! The pipeline: fetch → parse → classify → decide → act → record, for a
+//! batch of messages from one mailbox.
+//!
+//! # Crash safety
+//!
+//! Every step that has an effect outside the process is preceded by a
+//! state write, and every message is looked up in the store before
+//! anything is done with it:
+//!
+//! | state in the store   | what a restart does                                  |
+//! |----------------------|------------------------------------------------------|
+//! | none                 | classify and decide from scratch                     |
+//! | `decided` (no reply) | file it into the recorded folder                     |
+//! | `decided` (reply)    | nothing was sent yet: decide again                   |
+//! | `sending`            | the reply *may* have gone out: never send again; file it for a person |
+//! | `sent`               | store the copy in Sent, flag, file as answered       |
+//! | `archived`           | flag, file as answered                               |
+//! | `deferred`           | wait until `retry_at`, then decide again             |
+//! | `done`               | a duplicate (same Message-ID): file it like the first |
+//!
+//! So automatic replies are sent **at most once** per Message-ID, and
+//! every message is filed **at least once** into exactly one folder
+//! (moves are atomic renames or IMAP `UID MOVE`). Nothing is deleted.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::act::outbox::{Outbox, SendError};
+use crate::act::reply::{self, Outgoing, ReplyParts};
+use crate::classify::{self, Classification, Context};
+use crate::config::Folders;
+use crate::decide::{self, Decision, History, Verdict};
+use crate::fetch::{FetchError, Fetched, Flag, MailSource, MsgRef};
+use crate::knowledge::Knowledge;
+use crate::knowledge::templates::Rendered;
+use crate::parse::{self, Message, ParseOptions};
+use crate::record::{AuditEvent, NewMessage, State, Store, StoreError};
+use crate::util::now_ms;
+
+/// What the pipeline needs to know about the mailbox a batch comes from.
+#[derive(Debug, Clone)]
+pub struct MailboxInfo {
+    pub name: String,
+    pub folders: Folders,
+}
+
+/// What happened to one message.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub id: String,
+    pub message_id: Option<String>,
+    pub from: String,
+    pub subject: String,
+    /// `reply`, `route`, `escalate`, `ignore`, `park`, or `deferred`.
+    pub verdict: String,
+    /// The folder the message was filed into (`None`: left in the inbox).
+    pub folder: Option<String>,
+    pub ticket: Option<String>,
+    /// One line: why.
+    pub why: String,
+    pub decision: Option<Decision>,
+}
+
+/// Errors that stop a batch. Per-message problems never do: they park
+/// the message or defer it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PipelineError {
+    #[error(transparent)]
+    Source(#[from] FetchError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The stateful part of the pipeline, shared by all mailboxes.
+#[derive(Clone)]
+pub struct Pipeline {
+    pub store: Store,
+    pub outbox: Outbox,
+    /// First retry delay after a temporary failure (doubles each attempt).
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+}
+
+/// Where a verdict files the message.
+pub fn folder_for(v: &Verdict, k: &Knowledge, folders: &Folders) -> String {
+    match v {
+        Verdict::Reply { .. } => folders.answered.clone(),
+        Verdict::Route { queue } => k
+            .queues
+            .get(queue)
+            .map_or_else(|| folders.parked.clone(), |q| q.folder.clone()),
+        Verdict::Escalate { queue } => k
+            .queues
+            .get(queue)
+            .map_or_else(|| folders.parked.clone(), |q| q.escalation_folder.clone()),
+        Verdict::Ignore { .. } => folders.ignored.clone(),
+        Verdict::Park { .. } => folders.parked.clone(),
+    }
+}
+
+/// Parse options from a snapshot.
+pub fn parse_options(k: &Knowledge, full_size: Option<u64>) -> ParseOptions {
+    ParseOptions {
+        full_size,
+        languages: k.policy.languages.clone(),
+    }
+}
+
+/// Classifies and decides without any state: what `switchboard test` shows.
+pub fn dry_run(raw: &[u8], k: &Knowledge) -> (Option<Message>, Decision) {
+    match parse::parse(raw, &parse_options(k, None)) {
+        Err(e) => (None, decide::park(format!("cannot parse: {e}"))),
+        Ok(m) => {
+            let c = classify::classify(&m, k, &Context::default());
+            let d = decide::decide(&m, c, k, &History::default(), now_ms());
+            (Some(m), d)
+        }
+    }
+}
+
+/// The variables of a reply template.
+pub fn template_context(m: &Message, k: &Knowledge, faq: Option<&str>, ticket: &str) -> minijinja::Value {
+    let entry = faq.and_then(|id| k.faq.entry(id));
+    let date = m
+        .date
+        .and_then(|d| jiff::Timestamp::from_second(d).ok())
+        .map(|t| t.strftime("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_default();
+    minijinja::context! {
+        customer => minijinja::context! {
+            name => m.customer_name(),
+            email => m.from.as_ref().map(|f| f.addr.as_str()).unwrap_or(""),
+        },
+        original => minijinja::context! {
+            subject => m.subject.as_str(),
+            date => date,
+            message_id => m.message_id.as_deref().unwrap_or(""),
+        },
+        faq => minijinja::context! {
+            id => entry.map(|e| e.id.as_str()).unwrap_or(""),
+            title => entry.map(|e| e.title.as_str()).unwrap_or(""),
+        },
+        ticket => ticket,
+        date => jiff::Zoned::now().strftime("%Y-%m-%d").to_string(),
+        language => m.language.as_deref().unwrap_or(""),
+        company => minijinja::Value::from(k.policy.company.clone()),
+    }
+}
+
+/// Renders and builds the reply a decision asks for.
+pub fn build_reply(m: &Message, d: &Decision, k: &Knowledge, ticket: Option<&str>) -> Result<(Rendered, Outgoing), String> {
+    let Verdict::Reply { template, to, faq } = &d.verdict else {
+        return Err("not a reply".into());
+    };
+    let ctx = template_context(m, k, faq.as_deref(), ticket.unwrap_or(""));
+    let rendered = k
+        .templates
+        .render(template, m.language.as_deref(), &ctx)
+        .map_err(|e| e.to_string())?;
+    let out = reply::build(&ReplyParts {
+        from: &k.policy.reply.from,
+        to,
+        original: m,
+        ticket,
+        domain: &k.policy.domain,
+        body: &rendered,
+        null_sender: k.policy.reply.null_sender,
+    })
+    .map_err(|e| e.to_string())?;
+    Ok((rendered, out))
+}
+
+enum Plan {
+    /// File into a folder, then mark done.
+    File { folder: String, key: String },
+    /// Leave in the inbox (deferred).
+    Leave,
+}
+
+impl Pipeline {
+    /// Processes one batch of fetched messages from `src`.
+    pub async fn process<S: MailSource>(
+        &self,
+        src: &mut S,
+        mb: &MailboxInfo,
+        k: &Arc<Knowledge>,
+        batch: Vec<Fetched>,
+    ) -> Result<Vec<Outcome>, PipelineError> {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut moves: BTreeMap<String, Vec<(MsgRef, String)>> = BTreeMap::new();
+        for f in batch {
+            let id = f.id.clone();
+            let (plan, outcome) = self.handle(src, mb, k, f).await?;
+            if let Plan::File { folder, key } = plan {
+                moves.entry(folder).or_default().push((id, key));
+            }
+            outcomes.push(outcome);
+        }
+        // One move per destination folder, then the final state.
+        for (folder, items) in moves {
+            let ids: Vec<MsgRef> = items.iter().map(|(i, _)| i.clone()).collect();
+            src.move_to(&folder, &ids).await?;
+            let now = now_ms();
+            for (_, key) in &items {
+                self.store.done(key, &folder, now).await?;
+            }
+        }
+        Ok(outcomes)
+    }
+
+    async fn audit(&self, mb: &MailboxInfo, key: &str, m: Option<&Message>, event: &str, detail: String, data: Option<String>, ticket: Option<&str>, queue: Option<&str>) -> Result<(), StoreError> {
+        self.store
+            .audit(&AuditEvent {
+                at: now_ms(),
+                event: event.into(),
+                mailbox: Some(mb.name.clone()),
+                message_key: Some(key.into()),
+                message_id: m.and_then(|m| m.message_id.clone()),
+                sender: m.and_then(|m| m.from.as_ref().map(|f| f.key())),
+                ticket: ticket.map(str::to_string),
+                queue: queue.map(str::to_string),
+                rep: None,
+                detail,
+                data,
+            })
+            .await
+    }
+
+    async fn handle<S: MailSource>(
+        &self,
+        src: &mut S,
+        mb: &MailboxInfo,
+        k: &Arc<Knowledge>,
+        f: Fetched,
+    ) -> Result<(Plan, Outcome), PipelineError> {
+        let now = now_ms();
+        let parsed = parse::parse(&f.raw, &parse_options(k, Some(f.size)));
+        let key = match &parsed {
+            Ok(m) => m.dedupe_key(&f.raw),
+            Err(_) => format!("sha256:{}", crate::util::sha256_hex(&f.raw)),
+        };
+        let msg = parsed.as_ref().ok();
+        let mut outcome = Outcome {
+            id: f.id.to_string(),
+            message_id: msg.and_then(|m| m.message_id.clone()),
+            from: msg
+                .and_then(|m| m.from.as_ref().map(|a| a.addr.clone()))
+                .unwrap_or_default(),
+            subject: msg.map(|m| m.subject.clone()).unwrap_or_default(),
+            verdict: String::new(),
+            folder: None,
+            ticket: None,
+            why: String::new(),
+            decision: None,
+        };
+
+        // Resume whatever an earlier run started.
+        if let Some(row) = self.store.message(&key).await? {
+            outcome.verdict = row.verdict.clone();
+            outcome.ticket = row.ticket.clone();
+            let file = |folder: String, why: String, mut o: Outcome| {
+                o.folder = Some(folder.clone());
+                o.why = why;
+                (Plan::File { folder, key: key.clone() }, o)
+            };
+            match row.state {
+                State::Done => {
+                    self.audit(mb, &key, msg, "duplicate", format!("same message as one already filed in {}", row.folder), None, row.ticket.as_deref(), None).await?;
+                    return Ok(file(row.folder.clone(), "duplicate of a message already handled".into(), outcome));
+                }
+                State::Decided if row.verdict != "reply" => {
+                    return Ok(file(row.folder.clone(), "resumed: filing as decided earlier".into(), outcome));
+                }
+                State::Sending => {
+                    let queue = k.policy.default_queue.clone();
+                    let folder = folder_for(&Verdict::Route { queue: queue.clone() }, k, &mb.folders);
+                    let note = "an automatic reply may already have been sent when processing was interrupted; it is not sent again — please check";
+                    warn!(mailbox = %mb.name, key = %key, "{note}");
+                    self.store.reroute(&key, "route", &folder, Some(&queue), note, now).await?;
+                    self.audit(mb, &key, msg, "interrupted", note.into(), None, row.ticket.as_deref(), Some(&queue)).await?;
+                    outcome.verdict = "route".into();
+                    return Ok(file(folder, note.into(), outcome));
+                }
+                State::Sent | State::Archived => {
+                    if row.state == State::Sent {
+                        if let Some(raw) = self.store.reply_raw(&key).await? {
+                            src.append(&mb.folders.sent, &raw, &[Flag::Seen]).await?;
+                        }
+                        self.store.set_state(&key, State::Archived, now).await?;
+                    }
+                    src.add_flags(&f.id, &[Flag::Answered]).await?;
+                    return Ok(file(row.folder.clone(), "resumed: reply already sent, filing".into(), outcome));
+                }
+                State::Deferred if row.retry_at.is_some_and(|t| t > now) => {
+                    outcome.verdict = "deferred".into();
+                    outcome.why = format!(
+                        "waiting to retry: {}",
+                        row.last_error.clone().unwrap_or_default()
+                    );
+                    return Ok((Plan::Leave, outcome));
+                }
+                // Decided-reply (nothing sent yet) or a due retry: decide again.
+                State::Decided | State::Deferred => {}
+            }
+        }
+
+        let m = match parsed {
+            Ok(m) => m,
+            Err(e) => {
+                let d = decide::park(format!("cannot parse the message: {e}"));
+                let folder = mb.folders.parked.clone();
+                let json = serde_json::to_string(&d).unwrap_or_default();
+                self.store
+                    .record_decision(
+                        &NewMessage {
+                            key: &key,
+                            mailbox: &mb.name,
+                            verdict: "park",
+                            folder: &folder,
+                            decision: &json,
+                            ..Default::default()
+                        },
+                        now,
+                    )
+                    .await?;
+                self.audit(mb, &key, None, "decided", format!("park: {e}"), Some(json), None, None).await?;
+                warn!(mailbox = %mb.name, id = %f.id, "parked: cannot parse: {e}");
+                outcome.verdict = "park".into();
+                outcome.why = d.reasons.join("; ");
+                outcome.folder = Some(folder.clone());
+                outcome.decision = Some(d);
+                return Ok((Plan::File { folder, key }, outcome));
+            }
+        };
+
+        // Conversation: a reply in a known thread, or a ticket tag typed by
+        // the same customer (a tag from another address cannot hijack).
+        let sender = m.from.as_ref().map(|a| a.key()).unwrap_or_default();
+        let mut refs: Vec<String> = m.references.clone();
+        refs.extend(m.in_reply_to.iter().cloned());
+        let mut ticket = self.store.ticket_for_references(&refs).await?;
+        if ticket.is_none() {
+            for tag in reply::ticket_tags(&m.subject) {
+                if let Some(c) = self.store.conversation(&tag).await? {
+                    if c.customer == sender {
+                        ticket = Some(tag);
+                        break;
+                    }
+                }
+            }
+        }
+        let ctx = Context {
+            follow_up: ticket.is_some(),
+        };
+        let c: Classification = classify::classify(&m, k, &ctx);
+        let proposed = decide::proposed_reply(&c, k);
+        let history = self
+            .store
+            .history(&sender, proposed.as_ref().map(|p| p.0.as_str()), &refs, now)
+            .await?;
+        let mut d = decide::decide(&m, c, k, &history, now);
+        if ticket.is_none() && matches!(d.verdict, Verdict::Reply { .. } | Verdict::Route { .. } | Verdict::Escalate { .. }) {
+            let n = self.store.next_counter("ticket", 1001).await?;
+            ticket = Some(format!("{}-{n}", k.policy.reply.ticket_prefix));
+        }
+
+        // Build the reply before recording, so a template problem becomes
+        // a decision for a person rather than an error.
+        let mut outgoing = None;
+        if matches!(d.verdict, Verdict::Reply { .. }) {
+            match build_reply(&m, &d, k, ticket.as_deref()) {
+                Ok((_, out)) => outgoing = Some(out),
+                Err(e) => {
+                    d.reasons.push(format!("the reply could not be rendered ({e}); a person answers instead"));
+                    d.verdict = Verdict::Route {
+                        queue: k.policy.default_queue.clone(),
+                    };
+                }
+            }
+        }
+        let folder = folder_for(&d.verdict, k, &mb.folders);
+        let json = serde_json::to_string(&d).unwrap_or_default();
+        self.store
+            .record_decision(
+                &NewMessage {
+                    key: &key,
+                    mailbox: &mb.name,
+                    message_id: m.message_id.as_deref(),
+                    sender: &sender,
+                    subject: &m.subject,
+                    verdict: d.verdict.kind(),
+                    folder: &folder,
+                    queue: d.verdict.queue(),
+                    rep: None,
+                    template: d.verdict.template(),
+                    rule: d.rule.as_deref(),
+                    ticket: ticket.as_deref(),
+                    decision: &json,
+                },
+                now,
+            )
+            .await?;
+        if let Some(t) = &ticket {
+            self.store
+                .touch_conversation(t, &sender, &m.subject, m.message_id.as_deref(), now)
+                .await?;
+            if let Some(q) = d.verdict.queue() {
+                self.store
+                    .assign_conversation(t, Some(q), None, matches!(d.verdict, Verdict::Escalate { .. }), now)
+                    .await?;
+            }
+        }
+        let summary = format!("{}: {}", d.verdict.kind(), d.reasons.last().cloned().unwrap_or_default());
+        self.audit(mb, &key, Some(&m), "decided", summary, Some(json), ticket.as_deref(), d.verdict.queue()).await?;
+        info!(mailbox = %mb.name, id = %f.id, message_id = m.message_id.as_deref().unwrap_or(""), decision = d.verdict.kind(), folder = %folder, "decided");
+
+        outcome.ticket = ticket.clone();
+        outcome.verdict = d.verdict.kind().into();
+        outcome.why = d.reasons.last().cloned().unwrap_or_default();
+
+        if let (Verdict::Reply { template, to, .. }, Some(out)) = (&d.verdict, &outgoing) {
+            self.store.reply_intent(&key, &out.message_id, &out.raw, now).await?;
+            match self.outbox.send(out).await {
+                Ok(()) => {
+                    let now = now_ms();
+                    self.store
+                        .reply_sent(&key, &out.message_id, &to.addr, template, ticket.as_deref(), now)
+                        .await?;
+                    self.audit(mb, &key, Some(&m), "reply_sent", format!("{template} to {} ({})", out.to, out.subject), None, ticket.as_deref(), None).await?;
+                    src.append(&mb.folders.sent, &out.raw, &[Flag::Seen]).await?;
+                    self.store.set_state(&key, State::Archived, now_ms()).await?;
+                    src.add_flags(&f.id, &[Flag::Answered]).await?;
+                }
+                Err(SendError::Temporary(e)) => {
+                    let row = self.store.message(&key).await?;
+                    let attempts = row.map_or(1, |r| r.attempts.max(1)) as u32;
+                    let delay = self
+                        .retry_initial
+                        .saturating_mul(2u32.saturating_pow(attempts.saturating_sub(1).min(16)))
+                        .min(self.retry_max);
+                    let retry_at = now_ms() + delay.as_millis() as i64;
+                    self.store.defer(&key, retry_at, &e, now_ms()).await?;
+                    self.audit(mb, &key, Some(&m), "deferred", format!("reply not sent, retry in {}: {e}", decide::human_duration(delay.as_secs() as i64)), None, ticket.as_deref(), None).await?;
+                    warn!(mailbox = %mb.name, id = %f.id, "reply deferred: {e}");
+                    outcome.verdict = "deferred".into();
+                    outcome.why = format!("reply not sent yet: {e}");
+                    outcome.decision = Some(d);
+                    return Ok((Plan::Leave, outcome));
+                }
+                Err(SendError::Permanent(e)) => {
+                    let queue = k.policy.default_queue.clone();
+                    d.reasons.push(format!("the reply was refused ({e}); a person answers instead"));
+                    d.verdict = Verdict::Route { queue: queue.clone() };
+                    let folder = folder_for(&d.verdict, k, &mb.folders);
+                    self.store.reroute(&key, "route", &folder, Some(&queue), &e, now_ms()).await?;
+                    self.audit(mb, &key, Some(&m), "reply_failed", e.clone(), None, ticket.as_deref(), Some(&queue)).await?;
+                    warn!(mailbox = %mb.name, id = %f.id, "reply refused: {e}");
+                    outcome.verdict = "route".into();
+                    outcome.why = d.reasons.last().cloned().unwrap_or_default();
+                    outcome.folder = Some(folder.clone());
+                    outcome.decision = Some(d);
+                    return Ok((Plan::File { folder, key }, outcome));
+                }
+            }
+        } else if !d.flags.is_empty() {
+            let kw: Vec<Flag> = d.flags.iter().map(|f| Flag::Keyword(f.clone())).collect();
+            src.add_flags(&f.id, &kw).await?;
+        }
+        outcome.folder = Some(folder.clone());
+        outcome.decision = Some(d);
+        Ok((Plan::File { folder, key }, outcome))
+    }
+}

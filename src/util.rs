@@ -1,0 +1,52 @@
+//! Small helpers shared by several stages.
+
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+/// Hex SHA-256 of bytes.
+pub fn sha256_hex(data: &[u8]) -> String {
+    let d = Sha256::digest(data);
+    let mut s = String::with_capacity(64);
+    for b in d {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+/// A hash over a set of files, to tell snapshots apart.
+#[derive(Default)]
+pub struct Fingerprint {
+    h: Sha256,
+}
+
+impl Fingerprint {
+    pub fn add(&mut self, path: &Path, text: &str) {
+        self.h.update(path.to_string_lossy().as_bytes());
+        self.h.update([0]);
+        self.h.update(text.as_bytes());
+        self.h.update([0]);
+    }
+
+    pub fn finish(self) -> String {
+        let d = self.h.finalize();
+        d.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Shortens a text for one-line display, on a character boundary.
+pub fn ellipsize(s: &str, max: usize) -> String {
+    let s = crate::parse::single_line(s);
+    if s.chars().count() <= max {
+        s
+    } else {
+        let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+        out.push('…');
+        out
+    }
+}
