@@ -186,7 +186,9 @@ pub struct ImapConfig {
 pub enum OutboundConfig {
     /// Write each reply as an `.eml` file into a directory (lettre's file
     /// transport). The embedded default: nothing leaves the machine.
-    File { dir: PathBuf },
+    File {
+        dir: PathBuf,
+    },
     Smtp(SmtpConfig),
 }
 
@@ -317,13 +319,17 @@ fn check_address(ctx: &Ctx, a: &At<String>) {
 
 fn read_config(ctx: &Ctx, path: &Path, base: &Path) -> Option<Config> {
     let mut t = ctx.parse();
-    let rules_dir = resolve(base, &t.string("rules_dir").map_or("rules".into(), |s| s.value));
+    let rules_dir = resolve(
+        base,
+        &t.string("rules_dir").map_or("rules".into(), |s| s.value),
+    );
     let faq_dir = t
         .string("faq_dir")
         .map_or_else(|| rules_dir.join("faq"), |s| resolve(base, &s.value));
     let templates_dir = resolve(
         base,
-        &t.string("templates_dir").map_or("templates".into(), |s| s.value),
+        &t.string("templates_dir")
+            .map_or("templates".into(), |s| s.value),
     );
     let our = t.strings("our_addresses").unwrap_or_default();
     for a in &our {
@@ -343,7 +349,10 @@ fn read_config(ctx: &Ctx, path: &Path, base: &Path) -> Option<Config> {
                 if found.is_none() {
                     ctx.error(
                         l.span.clone(),
-                        format!("unknown language {:?}; use codes like \"en\", \"de\", \"fr\"", l.value),
+                        format!(
+                            "unknown language {:?}; use codes like \"en\", \"de\", \"fr\"",
+                            l.value
+                        ),
                     );
                 }
                 found
@@ -434,7 +443,10 @@ fn read_reply(ctx: &Ctx, t: Option<Table<'_>>) -> ReplyConfig {
     if let Some(l) = t.string("language") {
         match crate::parse::lang_from_code(&l.value) {
             Some(lang) => r.language = crate::parse::lang_code(lang).into_owned(),
-            None => ctx.error(l.span, format!("unknown language {:?}; use a code like \"en\"", l.value)),
+            None => ctx.error(
+                l.span,
+                format!("unknown language {:?}; use a code like \"en\"", l.value),
+            ),
         }
     }
     if let Some(f) = t.string("from") {
@@ -533,7 +545,8 @@ fn read_folders(t: Option<Table<'_>>, defaults: &Folders) -> Folders {
     ] {
         if let Some(v) = t.string(key) {
             if v.value.trim().is_empty() {
-                t.ctx().error(v.span, format!("folder `{key}` cannot be empty"));
+                t.ctx()
+                    .error(v.span, format!("folder `{key}` cannot be empty"));
             } else {
                 *slot = v.value;
             }
@@ -555,10 +568,8 @@ fn read_store(t: Option<Table<'_>>, base: &Path) -> StoreConfig {
             } else if u.value.starts_with("postgres://") || u.value.starts_with("postgresql://") {
                 u.value
             } else {
-                t.ctx().error(
-                    u.span,
-                    "`url` must start with sqlite:// or postgres://",
-                );
+                t.ctx()
+                    .error(u.span, "`url` must start with sqlite:// or postgres://");
                 default
             }
         }
@@ -626,10 +637,8 @@ fn read_auth(t: &mut Table<'_>) -> AuthMechanism {
             "plain" => AuthMechanism::Plain,
             "xoauth2" | "oauth2" => AuthMechanism::XOAuth2,
             _ => {
-                t.ctx().error(
-                    s.span,
-                    "`auth` must be \"login\", \"plain\" or \"xoauth2\"",
-                );
+                t.ctx()
+                    .error(s.span, "`auth` must be \"login\", \"plain\" or \"xoauth2\"");
                 AuthMechanism::Login
             }
         },
@@ -762,13 +771,15 @@ fn read_imap(ctx: &Ctx, t: &mut Table<'_>, base: &Path) -> Option<ImapConfig> {
     let idle = t.boolean("idle").is_none_or(|b| b.value);
     let poll_interval = t
         .duration("poll_interval")
-        .map_or(Duration::from_secs(60), |d| d.value.max(Duration::from_secs(1)));
+        .map_or(Duration::from_secs(60), |d| {
+            d.value.max(Duration::from_secs(1))
+        });
     let batch_size = t
         .integer("batch_size")
         .map_or(100, |b| b.value.clamp(1, 1000) as u32);
-    let timeout = t
-        .duration("timeout")
-        .map_or(Duration::from_secs(60), |d| d.value.max(Duration::from_secs(1)));
+    let timeout = t.duration("timeout").map_or(Duration::from_secs(60), |d| {
+        d.value.max(Duration::from_secs(1))
+    });
     let danger = t
         .boolean("danger_accept_invalid_certs")
         .is_some_and(|b| b.value);
@@ -820,9 +831,9 @@ fn read_outbound(ctx: &Ctx, t: Option<Table<'_>>, base: &Path) -> OutboundConfig
             let username = t.string("username").map(|u| u.value);
             let auth = read_auth(&mut t);
             let secret = read_secret(&mut t, base, username.is_some());
-            let timeout = t
-                .duration("timeout")
-                .map_or(Duration::from_secs(60), |d| d.value.max(Duration::from_secs(1)));
+            let timeout = t.duration("timeout").map_or(Duration::from_secs(60), |d| {
+                d.value.max(Duration::from_secs(1))
+            });
             let pool_size = t
                 .integer("pool_size")
                 .map_or(4, |p| p.value.clamp(1, 64) as u32);
@@ -867,9 +878,10 @@ mod tests {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let p = dir.path().join("switchboard.toml");
         std::fs::write(&p, text).map_err(|e| e.to_string())?;
-        Config::load(&p)
-            .map(|(c, _)| c)
-            .map_err(|d| d.to_string().replace(&dir.path().display().to_string(), "DIR"))
+        Config::load(&p).map(|(c, _)| c).map_err(|d| {
+            d.to_string()
+                .replace(&dir.path().display().to_string(), "DIR")
+        })
     }
 
     #[test]
@@ -879,7 +891,10 @@ mod tests {
         assert_eq!(c.domain, "shop.example");
         assert!(c.auto_reply);
         assert_eq!(c.limits.per_sender_interval, Duration::from_secs(86400));
-        assert!(c.all_our_addresses().contains(&"help@shop.example".to_string()));
+        assert!(
+            c.all_our_addresses()
+                .contains(&"help@shop.example".to_string())
+        );
         assert!(matches!(c.outbound, OutboundConfig::File { .. }));
         assert!(c.store.url.starts_with("sqlite://"));
     }
@@ -892,9 +907,15 @@ mod tests {
         .err()
         .unwrap_or_default();
         assert!(e.contains("DIR/switchboard.toml:1:1: unknown key `auto_replies` in the top level; did you mean `auto_reply`?"), "{e}");
-        assert!(e.contains("DIR/switchboard.toml:3:23: `per_sender_interval`: cannot read \"soon\""), "{e}");
+        assert!(
+            e.contains("DIR/switchboard.toml:3:23: `per_sender_interval`: cannot read \"soon\""),
+            "{e}"
+        );
         assert!(e.contains("DIR/switchboard.toml:9:"), "{e}");
-        assert!(e.contains("passwords are never written in the config"), "{e}");
+        assert!(
+            e.contains("passwords are never written in the config"),
+            "{e}"
+        );
         // The secret itself never appears in a message.
         assert!(!e.contains("hunter2"), "{e}");
     }

@@ -32,8 +32,9 @@ pub fn extract(root: &Path) -> std::io::Result<PathBuf> {
 
 /// Names of the bundled demo messages, for tests.
 pub fn message_count() -> usize {
-    DEMO.get_dir("Maildir/new")
-        .map_or(0, |d| d.files().filter(|f| !f.path().ends_with(".keep")).count())
+    DEMO.get_dir("Maildir/new").map_or(0, |d| {
+        d.files().filter(|f| !f.path().ends_with(".keep")).count()
+    })
 }
 
 /// A row of the demo summary.

@@ -207,8 +207,11 @@ impl Diagnostics {
     /// Sorted by path, line and column, without exact duplicates.
     pub fn sorted(mut self) -> Vec<Diagnostic> {
         self.items.sort_by(|a, b| {
-            (&a.location.path, a.location.line, a.location.col)
-                .cmp(&(&b.location.path, b.location.line, b.location.col))
+            (&a.location.path, a.location.line, a.location.col).cmp(&(
+                &b.location.path,
+                b.location.line,
+                b.location.col,
+            ))
         });
         self.items.dedup();
         self.items

@@ -124,7 +124,12 @@ pub fn dry_run(raw: &[u8], k: &Knowledge) -> (Option<Message>, Decision) {
 }
 
 /// The variables of a reply template.
-pub fn template_context(m: &Message, k: &Knowledge, faq: Option<&str>, ticket: &str) -> minijinja::Value {
+pub fn template_context(
+    m: &Message,
+    k: &Knowledge,
+    faq: Option<&str>,
+    ticket: &str,
+) -> minijinja::Value {
     let entry = faq.and_then(|id| k.faq.entry(id));
     let date = m
         .date
@@ -153,7 +158,12 @@ pub fn template_context(m: &Message, k: &Knowledge, faq: Option<&str>, ticket: &
 }
 
 /// Renders and builds the reply a decision asks for.
-pub fn build_reply(m: &Message, d: &Decision, k: &Knowledge, ticket: Option<&str>) -> Result<(Rendered, Outgoing), String> {
+pub fn build_reply(
+    m: &Message,
+    d: &Decision,
+    k: &Knowledge,
+    ticket: Option<&str>,
+) -> Result<(Rendered, Outgoing), String> {
     let Verdict::Reply { template, to, faq } = &d.verdict else {
         return Err("not a reply".into());
     };
@@ -213,7 +223,18 @@ impl Pipeline {
         Ok(outcomes)
     }
 
-    async fn audit(&self, mb: &MailboxInfo, key: &str, m: Option<&Message>, event: &str, detail: String, data: Option<String>, ticket: Option<&str>, queue: Option<&str>) -> Result<(), StoreError> {
+    #[allow(clippy::too_many_arguments)]
+    async fn audit(
+        &self,
+        mb: &MailboxInfo,
+        key: &str,
+        m: Option<&Message>,
+        event: &str,
+        detail: String,
+        data: Option<String>,
+        ticket: Option<&str>,
+        queue: Option<&str>,
+    ) -> Result<(), StoreError> {
         self.store
             .audit(&AuditEvent {
                 at: now_ms(),
@@ -266,23 +287,65 @@ impl Pipeline {
             let file = |folder: String, why: String, mut o: Outcome| {
                 o.folder = Some(folder.clone());
                 o.why = why;
-                (Plan::File { folder, key: key.clone() }, o)
+                (
+                    Plan::File {
+                        folder,
+                        key: key.clone(),
+                    },
+                    o,
+                )
             };
             match row.state {
                 State::Done => {
-                    self.audit(mb, &key, msg, "duplicate", format!("same message as one already filed in {}", row.folder), None, row.ticket.as_deref(), None).await?;
-                    return Ok(file(row.folder.clone(), "duplicate of a message already handled".into(), outcome));
+                    self.audit(
+                        mb,
+                        &key,
+                        msg,
+                        "duplicate",
+                        format!("same message as one already filed in {}", row.folder),
+                        None,
+                        row.ticket.as_deref(),
+                        None,
+                    )
+                    .await?;
+                    return Ok(file(
+                        row.folder.clone(),
+                        "duplicate of a message already handled".into(),
+                        outcome,
+                    ));
                 }
                 State::Decided if row.verdict != "reply" => {
-                    return Ok(file(row.folder.clone(), "resumed: filing as decided earlier".into(), outcome));
+                    return Ok(file(
+                        row.folder.clone(),
+                        "resumed: filing as decided earlier".into(),
+                        outcome,
+                    ));
                 }
                 State::Sending => {
                     let queue = k.policy.default_queue.clone();
-                    let folder = folder_for(&Verdict::Route { queue: queue.clone() }, k, &mb.folders);
+                    let folder = folder_for(
+                        &Verdict::Route {
+                            queue: queue.clone(),
+                        },
+                        k,
+                        &mb.folders,
+                    );
                     let note = "an automatic reply may already have been sent when processing was interrupted; it is not sent again — please check";
                     warn!(mailbox = %mb.name, key = %key, "{note}");
-                    self.store.reroute(&key, "route", &folder, Some(&queue), note, now).await?;
-                    self.audit(mb, &key, msg, "interrupted", note.into(), None, row.ticket.as_deref(), Some(&queue)).await?;
+                    self.store
+                        .reroute(&key, "route", &folder, Some(&queue), note, now)
+                        .await?;
+                    self.audit(
+                        mb,
+                        &key,
+                        msg,
+                        "interrupted",
+                        note.into(),
+                        None,
+                        row.ticket.as_deref(),
+                        Some(&queue),
+                    )
+                    .await?;
                     outcome.verdict = "route".into();
                     return Ok(file(folder, note.into(), outcome));
                 }
@@ -294,7 +357,11 @@ impl Pipeline {
                         self.store.set_state(&key, State::Archived, now).await?;
                     }
                     src.add_flags(&f.id, &[Flag::Answered]).await?;
-                    return Ok(file(row.folder.clone(), "resumed: reply already sent, filing".into(), outcome));
+                    return Ok(file(
+                        row.folder.clone(),
+                        "resumed: reply already sent, filing".into(),
+                        outcome,
+                    ));
                 }
                 State::Deferred if row.retry_at.is_some_and(|t| t > now) => {
                     outcome.verdict = "deferred".into();
@@ -328,7 +395,17 @@ impl Pipeline {
                         now,
                     )
                     .await?;
-                self.audit(mb, &key, None, "decided", format!("park: {e}"), Some(json), None, None).await?;
+                self.audit(
+                    mb,
+                    &key,
+                    None,
+                    "decided",
+                    format!("park: {e}"),
+                    Some(json),
+                    None,
+                    None,
+                )
+                .await?;
                 warn!(mailbox = %mb.name, id = %f.id, "parked: cannot parse: {e}");
                 outcome.verdict = "park".into();
                 outcome.why = d.reasons.join("; ");
@@ -346,11 +423,11 @@ impl Pipeline {
         let mut ticket = self.store.ticket_for_references(&refs).await?;
         if ticket.is_none() {
             for tag in reply::ticket_tags(&m.subject) {
-                if let Some(c) = self.store.conversation(&tag).await? {
-                    if c.customer == sender {
-                        ticket = Some(tag);
-                        break;
-                    }
+                if let Some(c) = self.store.conversation(&tag).await?
+                    && c.customer == sender
+                {
+                    ticket = Some(tag);
+                    break;
                 }
             }
         }
@@ -364,7 +441,12 @@ impl Pipeline {
             .history(&sender, proposed.as_ref().map(|p| p.0.as_str()), &refs, now)
             .await?;
         let mut d = decide::decide(&m, c, k, &history, now);
-        if ticket.is_none() && matches!(d.verdict, Verdict::Reply { .. } | Verdict::Route { .. } | Verdict::Escalate { .. }) {
+        if ticket.is_none()
+            && matches!(
+                d.verdict,
+                Verdict::Reply { .. } | Verdict::Route { .. } | Verdict::Escalate { .. }
+            )
+        {
             let n = self.store.next_counter("ticket", 1001).await?;
             ticket = Some(format!("{}-{n}", k.policy.reply.ticket_prefix));
         }
@@ -376,7 +458,9 @@ impl Pipeline {
             match build_reply(&m, &d, k, ticket.as_deref()) {
                 Ok((_, out)) => outgoing = Some(out),
                 Err(e) => {
-                    d.reasons.push(format!("the reply could not be rendered ({e}); a person answers instead"));
+                    d.reasons.push(format!(
+                        "the reply could not be rendered ({e}); a person answers instead"
+                    ));
                     d.verdict = Verdict::Route {
                         queue: k.policy.default_queue.clone(),
                     };
@@ -411,12 +495,32 @@ impl Pipeline {
                 .await?;
             if let Some(q) = d.verdict.queue() {
                 self.store
-                    .assign_conversation(t, Some(q), None, matches!(d.verdict, Verdict::Escalate { .. }), now)
+                    .assign_conversation(
+                        t,
+                        Some(q),
+                        None,
+                        matches!(d.verdict, Verdict::Escalate { .. }),
+                        now,
+                    )
                     .await?;
             }
         }
-        let summary = format!("{}: {}", d.verdict.kind(), d.reasons.last().cloned().unwrap_or_default());
-        self.audit(mb, &key, Some(&m), "decided", summary, Some(json), ticket.as_deref(), d.verdict.queue()).await?;
+        let summary = format!(
+            "{}: {}",
+            d.verdict.kind(),
+            d.reasons.last().cloned().unwrap_or_default()
+        );
+        self.audit(
+            mb,
+            &key,
+            Some(&m),
+            "decided",
+            summary,
+            Some(json),
+            ticket.as_deref(),
+            d.verdict.queue(),
+        )
+        .await?;
         info!(mailbox = %mb.name, id = %f.id, message_id = m.message_id.as_deref().unwrap_or(""), decision = d.verdict.kind(), folder = %folder, "decided");
 
         outcome.ticket = ticket.clone();
@@ -424,16 +528,38 @@ impl Pipeline {
         outcome.why = d.reasons.last().cloned().unwrap_or_default();
 
         if let (Verdict::Reply { template, to, .. }, Some(out)) = (&d.verdict, &outgoing) {
-            self.store.reply_intent(&key, &out.message_id, &out.raw, now).await?;
+            self.store
+                .reply_intent(&key, &out.message_id, &out.raw, now)
+                .await?;
             match self.outbox.send(out).await {
                 Ok(()) => {
                     let now = now_ms();
                     self.store
-                        .reply_sent(&key, &out.message_id, &to.addr, template, ticket.as_deref(), now)
+                        .reply_sent(
+                            &key,
+                            &out.message_id,
+                            &to.addr,
+                            template,
+                            ticket.as_deref(),
+                            now,
+                        )
                         .await?;
-                    self.audit(mb, &key, Some(&m), "reply_sent", format!("{template} to {} ({})", out.to, out.subject), None, ticket.as_deref(), None).await?;
-                    src.append(&mb.folders.sent, &out.raw, &[Flag::Seen]).await?;
-                    self.store.set_state(&key, State::Archived, now_ms()).await?;
+                    self.audit(
+                        mb,
+                        &key,
+                        Some(&m),
+                        "reply_sent",
+                        format!("{template} to {} ({})", out.to, out.subject),
+                        None,
+                        ticket.as_deref(),
+                        None,
+                    )
+                    .await?;
+                    src.append(&mb.folders.sent, &out.raw, &[Flag::Seen])
+                        .await?;
+                    self.store
+                        .set_state(&key, State::Archived, now_ms())
+                        .await?;
                     src.add_flags(&f.id, &[Flag::Answered]).await?;
                 }
                 Err(SendError::Temporary(e)) => {
@@ -445,7 +571,20 @@ impl Pipeline {
                         .min(self.retry_max);
                     let retry_at = now_ms() + delay.as_millis() as i64;
                     self.store.defer(&key, retry_at, &e, now_ms()).await?;
-                    self.audit(mb, &key, Some(&m), "deferred", format!("reply not sent, retry in {}: {e}", decide::human_duration(delay.as_secs() as i64)), None, ticket.as_deref(), None).await?;
+                    self.audit(
+                        mb,
+                        &key,
+                        Some(&m),
+                        "deferred",
+                        format!(
+                            "reply not sent, retry in {}: {e}",
+                            decide::human_duration(delay.as_secs() as i64)
+                        ),
+                        None,
+                        ticket.as_deref(),
+                        None,
+                    )
+                    .await?;
                     warn!(mailbox = %mb.name, id = %f.id, "reply deferred: {e}");
                     outcome.verdict = "deferred".into();
                     outcome.why = format!("reply not sent yet: {e}");
@@ -454,11 +593,27 @@ impl Pipeline {
                 }
                 Err(SendError::Permanent(e)) => {
                     let queue = k.policy.default_queue.clone();
-                    d.reasons.push(format!("the reply was refused ({e}); a person answers instead"));
-                    d.verdict = Verdict::Route { queue: queue.clone() };
+                    d.reasons.push(format!(
+                        "the reply was refused ({e}); a person answers instead"
+                    ));
+                    d.verdict = Verdict::Route {
+                        queue: queue.clone(),
+                    };
                     let folder = folder_for(&d.verdict, k, &mb.folders);
-                    self.store.reroute(&key, "route", &folder, Some(&queue), &e, now_ms()).await?;
-                    self.audit(mb, &key, Some(&m), "reply_failed", e.clone(), None, ticket.as_deref(), Some(&queue)).await?;
+                    self.store
+                        .reroute(&key, "route", &folder, Some(&queue), &e, now_ms())
+                        .await?;
+                    self.audit(
+                        mb,
+                        &key,
+                        Some(&m),
+                        "reply_failed",
+                        e.clone(),
+                        None,
+                        ticket.as_deref(),
+                        Some(&queue),
+                    )
+                    .await?;
                     warn!(mailbox = %mb.name, id = %f.id, "reply refused: {e}");
                     outcome.verdict = "route".into();
                     outcome.why = d.reasons.last().cloned().unwrap_or_default();

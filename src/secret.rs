@@ -34,7 +34,11 @@ impl fmt::Display for SecretSource {
         match self {
             SecretSource::File(p) => write!(f, "password_file {}", p.display()),
             SecretSource::Command(c) => {
-                write!(f, "password_command {}", c.first().map_or("", |s| s.as_str()))
+                write!(
+                    f,
+                    "password_command {}",
+                    c.first().map_or("", |s| s.as_str())
+                )
             }
             SecretSource::Env(v) => write!(f, "password_env {v}"),
             SecretSource::Credential(c) => write!(f, "password_credential {c}"),
@@ -54,7 +58,9 @@ pub enum SecretError {
     },
     #[error("environment variable {0} is not set")]
     EnvMissing(String),
-    #[error("systemd credential {0} not found (is LoadCredential= set and $CREDENTIALS_DIRECTORY present?)")]
+    #[error(
+        "systemd credential {0} not found (is LoadCredential= set and $CREDENTIALS_DIRECTORY present?)"
+    )]
     CredentialMissing(String),
     #[error("password command {program} could not be started: {source}")]
     CommandStart {

@@ -58,7 +58,9 @@ impl Ctx {
     }
 
     pub fn error(&self, span: Range<usize>, message: impl Into<String>) {
-        self.diags.borrow_mut().error(&self.src, span.start, message);
+        self.diags
+            .borrow_mut()
+            .error(&self.src, span.start, message);
     }
 
     pub fn warning(&self, span: Range<usize>, message: impl Into<String>) {
@@ -149,15 +151,16 @@ impl<'c> Value<'c> {
 
     pub fn into_integer(self) -> Option<At<i64>> {
         match &self.value {
-            DeValue::Integer(i) => match i64::from_str_radix(&i.as_str().replace('_', ""), i.radix())
-            {
-                Ok(n) => Some(At::new(n, self.span)),
-                Err(_) => {
-                    self.ctx
-                        .error(self.span.clone(), format!("`{}` is out of range", self.key));
-                    None
+            DeValue::Integer(i) => {
+                match i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()) {
+                    Ok(n) => Some(At::new(n, self.span)),
+                    Err(_) => {
+                        self.ctx
+                            .error(self.span.clone(), format!("`{}` is out of range", self.key));
+                        None
+                    }
                 }
-            },
+            }
             _ => {
                 self.wrong("an integer");
                 None

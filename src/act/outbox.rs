@@ -102,13 +102,13 @@ impl SmtpOutbox {
         };
         if let (Some(user), Some(secret)) = (&s.username, &s.secret) {
             let pw = read_secret(secret).await?;
-            b = b.credentials(Credentials::new(user.clone(), pw)).authentication(vec![
-                match s.auth {
+            b = b
+                .credentials(Credentials::new(user.clone(), pw))
+                .authentication(vec![match s.auth {
                     AuthMechanism::Plain => Mechanism::Plain,
                     AuthMechanism::Login => Mechanism::Login,
                     AuthMechanism::XOAuth2 => Mechanism::Xoauth2,
-                },
-            ]);
+                }]);
         }
         let pool = lettre::transport::smtp::PoolConfig::new().max_size(s.pool_size);
         Ok(SmtpOutbox {

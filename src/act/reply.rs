@@ -14,7 +14,8 @@ use crate::knowledge::templates::Rendered;
 use crate::parse::{Mailbox, Message, single_line};
 
 static REPLY_PREFIX: LazyLock<Option<Regex>> = LazyLock::new(|| {
-    Regex::new(r"(?i)^\s*(?:(?:re|aw|sv|antw|vs|ref|rif|odp|r|res)(?:\[\d+\]|\(\d+\))?\s*:\s*)+").ok()
+    Regex::new(r"(?i)^\s*(?:(?:re|aw|sv|antw|vs|ref|rif|odp|r|res)(?:\[\d+\]|\(\d+\))?\s*:\s*)+")
+        .ok()
 });
 static TICKET_TAG: LazyLock<Option<Regex>> =
     LazyLock::new(|| Regex::new(r"\s*\[#([A-Za-z0-9]{1,8}-\d{1,12})\]").ok());
@@ -117,11 +118,10 @@ pub fn build(p: &ReplyParts<'_>) -> Result<Outgoing, BuildError> {
         .from
         .parse()
         .map_err(|_| BuildError::Address(p.from.to_string()))?;
-    let to_addr: lettre::Address = p
-        .to
-        .addr
-        .parse()
-        .map_err(|_| BuildError::Address(p.to.addr.clone()))?;
+    let to_addr: lettre::Address =
+        p.to.addr
+            .parse()
+            .map_err(|_| BuildError::Address(p.to.addr.clone()))?;
     let name = single_line(&p.to.name);
     let to = LettreMailbox::new((!name.is_empty()).then_some(name), to_addr.clone());
     let subject = reply_subject(&p.original.subject, p.ticket);
@@ -157,7 +157,11 @@ pub fn build(p: &ReplyParts<'_>) -> Result<Outgoing, BuildError> {
             refs.drain(..refs.len() - 20);
         }
         refs.push(id);
-        let value = refs.iter().map(|r| format!("<{r}>")).collect::<Vec<_>>().join(" ");
+        let value = refs
+            .iter()
+            .map(|r| format!("<{r}>"))
+            .collect::<Vec<_>>()
+            .join(" ");
         b = b.references(value);
     }
     let sender = if p.null_sender {
@@ -197,11 +201,20 @@ mod tests {
 
     #[test]
     fn subjects_do_not_stack() {
-        assert_eq!(reply_subject("Re: RE: Aw: where is it", Some("SB-1")), "Re: where is it [#SB-1]");
-        assert_eq!(reply_subject("Re: thing [#SB-7]", Some("SB-7")), "Re: thing [#SB-7]");
+        assert_eq!(
+            reply_subject("Re: RE: Aw: where is it", Some("SB-1")),
+            "Re: where is it [#SB-1]"
+        );
+        assert_eq!(
+            reply_subject("Re: thing [#SB-7]", Some("SB-7")),
+            "Re: thing [#SB-7]"
+        );
         assert_eq!(reply_subject("", None), "Re: Your message");
         assert_eq!(reply_subject("Fwd: a", None), "Re: Fwd: a");
         assert_eq!(reply_subject("Reply needed", None), "Re: Reply needed");
-        assert_eq!(ticket_tags("Re: x [#sb-12] [#SB-13]"), vec!["SB-12", "SB-13"]);
+        assert_eq!(
+            ticket_tags("Re: x [#sb-12] [#SB-13]"),
+            vec!["SB-12", "SB-13"]
+        );
     }
 }

@@ -12,7 +12,9 @@ use std::collections::HashMap;
 use serde::Serialize;
 use tantivy::collector::TopDocs;
 use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
-use tantivy::schema::{FAST, Field, IndexRecordOption, STORED, Schema, TextFieldIndexing, TextOptions};
+use tantivy::schema::{
+    FAST, Field, IndexRecordOption, STORED, Schema, TextFieldIndexing, TextOptions,
+};
 use tantivy::{Index, IndexReader, TantivyDocument, Term};
 
 use crate::config::FaqConfig;
@@ -192,7 +194,8 @@ impl FaqIndex {
             result.reason = "no similar example".into();
             return result;
         }
-        let mut scored: Vec<(usize, f64)> = votes.into_iter().map(|(e, v)| (e, v / total)).collect();
+        let mut scored: Vec<(usize, f64)> =
+            votes.into_iter().map(|(e, v)| (e, v / total)).collect();
         scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         result.candidates = scored
             .iter()

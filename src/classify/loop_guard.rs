@@ -140,10 +140,8 @@ pub fn inspect(m: &Message, ours: &[String]) -> Vec<Finding> {
                     f.push(Finding::AutoSubmitted(value.trim().to_string()));
                 }
             }
-            "precedence" => {
-                if ["bulk", "list", "junk", "auto_reply"].contains(&v.as_str()) {
-                    f.push(Finding::Precedence(v));
-                }
+            "precedence" if ["bulk", "list", "junk", "auto_reply"].contains(&v.as_str()) => {
+                f.push(Finding::Precedence(v));
             }
             "x-auto-response-suppress" => {
                 let hit = v
@@ -155,11 +153,11 @@ pub fn inspect(m: &Message, ours: &[String]) -> Vec<Finding> {
                 }
             }
             "x-failed-recipients" => f.push(Finding::DeliveryReport),
-            n if n.starts_with("list-") => {
+            n if n.starts_with("list-")
                 // One finding is enough; report the first List-* header.
-                if !f.iter().any(|x| matches!(x, Finding::ListHeader(_))) {
-                    f.push(Finding::ListHeader(header_title(n)));
-                }
+                && !f.iter().any(|x| matches!(x, Finding::ListHeader(_))) =>
+            {
+                f.push(Finding::ListHeader(header_title(n)));
             }
             n if VENDOR_HEADERS.contains(&n) => {
                 f.push(Finding::VendorAutoReply(header_title(n)));
@@ -181,7 +179,9 @@ pub fn inspect(m: &Message, ours: &[String]) -> Vec<Finding> {
     }
     let subject = m.subject.to_lowercase();
     if let Some(s) = OOF_SUBJECTS.iter().find(|s| subject.starts_with(*s)) {
-        f.push(Finding::VendorAutoReply(format!("subject starts with {s:?}")));
+        f.push(Finding::VendorAutoReply(format!(
+            "subject starts with {s:?}"
+        )));
     }
     // Automatic senders, in From, Sender and Return-Path.
     let mut senders: Vec<String> = Vec::new();
@@ -204,11 +204,18 @@ pub fn inspect(m: &Message, ours: &[String]) -> Vec<Finding> {
         }
     }
     if !ours.is_empty() {
-        let mut rcpts = m.to.iter().chain(m.cc.iter()).map(|a| a.key()).collect::<Vec<_>>();
+        let mut rcpts =
+            m.to.iter()
+                .chain(m.cc.iter())
+                .map(|a| a.key())
+                .collect::<Vec<_>>();
         for h in ["resent-to", "resent-cc"] {
             for v in m.header_all(h) {
                 rcpts.extend(v.split(',').map(|a| {
-                    crate::config::address_of(a).unwrap_or(a).trim().to_lowercase()
+                    crate::config::address_of(a)
+                        .unwrap_or(a)
+                        .trim()
+                        .to_lowercase()
                 }));
             }
         }

@@ -92,7 +92,12 @@ pub fn facts(m: &Message, faq: &FaqResult, guard: &[Finding], ctx: &Context) -> 
         from: m.from.as_ref().map(|f| f.addr.clone()).unwrap_or_default(),
         from_name: m.customer_name().to_string(),
         from_domain: m.from.as_ref().map(|f| f.domain()).unwrap_or_default(),
-        to: m.to.iter().chain(m.cc.iter()).map(|a| a.addr.clone()).collect(),
+        to: m
+            .to
+            .iter()
+            .chain(m.cc.iter())
+            .map(|a| a.addr.clone())
+            .collect(),
         subject: m.subject.clone(),
         body: m.body.clone(),
         headers: m.headers.clone(),

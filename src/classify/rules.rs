@@ -6,8 +6,7 @@ use serde::Serialize;
 
 use crate::diag::Location;
 use crate::knowledge::rules::{
-    BoolField, Condition, NumField, NumOp, ReplyWith, Rule, RuleAction, TextField, TextOp,
-    TextTest,
+    BoolField, Condition, NumField, NumOp, ReplyWith, Rule, RuleAction, TextField, TextOp, TextTest,
 };
 
 /// Everything a condition can look at, computed once per message.

@@ -40,7 +40,9 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     };
     eprint!("{warnings}");
     let store = Store::open(&cfg.store.url).await?;
-    let outbox = Outbox::open(&cfg.outbound).await.map_err(anyhow::Error::msg)?;
+    let outbox = Outbox::open(&cfg.outbound)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let (_ktx, krx) = tokio::sync::watch::channel(Arc::clone(&k));
     let (_stx, srx) = tokio::sync::watch::channel(false);
     let shared = Shared {
@@ -70,7 +72,13 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             }
             let decision = match (&o.decision, o.folder.as_deref()) {
                 (Some(d), _) if d.verdict.kind() == "reply" => {
-                    format!("reply {}", d.verdict.template().unwrap_or_default().trim_start_matches("faq/"))
+                    format!(
+                        "reply {}",
+                        d.verdict
+                            .template()
+                            .unwrap_or_default()
+                            .trim_start_matches("faq/")
+                    )
                 }
                 (Some(d), Some(f)) => format!("{} → {f}", d.verdict.kind()),
                 (_, Some(f)) => format!("{} → {f}", o.verdict),
@@ -78,7 +86,11 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             };
             rows.push(Row {
                 n: rows.len() + 1,
-                from: if o.from.is_empty() { "(unknown)".into() } else { o.from.clone() },
+                from: if o.from.is_empty() {
+                    "(unknown)".into()
+                } else {
+                    o.from.clone()
+                },
                 subject: o.subject.clone(),
                 decision,
                 why: o.why.clone(),
@@ -104,7 +116,10 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         };
         println!("Replies (.eml):   {outbox_dir}");
         if let Some(md) = maildirs.first() {
-            println!("Mailbox folders:  {} (Maildir++: .Queues.Support, .Answered, …)", md.root.display());
+            println!(
+                "Mailbox folders:  {} (Maildir++: .Queues.Support, .Answered, …)",
+                md.root.display()
+            );
         }
         println!("State and audit:  {}", cfg.store.url);
         println!(

@@ -125,7 +125,11 @@ pub fn load_all(
         Ok(c) => c,
         Err(d) => {
             eprint!("{d}");
-            eprintln!("{}: {} error(s) in the configuration", path.display(), d.error_count());
+            eprintln!(
+                "{}: {} error(s) in the configuration",
+                path.display(),
+                d.error_count()
+            );
             return None;
         }
     };

@@ -29,7 +29,9 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         tracing::warn!("{w}");
     }
     let store = Store::open(&cfg.store.url).await?;
-    let outbox = Outbox::open(&cfg.outbound).await.map_err(anyhow::Error::msg)?;
+    let outbox = Outbox::open(&cfg.outbound)
+        .await
+        .map_err(anyhow::Error::msg)?;
     info!(
         "switchboard {} starting: {}, {} mailbox(es), replies via {}",
         env!("CARGO_PKG_VERSION"),

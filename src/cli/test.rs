@@ -50,7 +50,9 @@ pub fn message_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
                             .file_name()
                             .and_then(|n| n.to_str())
                             .is_some_and(|n| n.starts_with('.'))
-                        && (maildir || f.extension().is_none_or(|e| e != "toml" && e != "md" && e != "json"))
+                        && (maildir
+                            || f.extension()
+                                .is_none_or(|e| e != "toml" && e != "md" && e != "json"))
                 }));
             }
             files.sort();
@@ -64,13 +66,20 @@ pub fn message_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
 
 fn faq_json(d: &Decision) -> serde_json::Value {
     match d.evidence.faq.best() {
-        Some(b) => json!({"id": b.id, "score": (b.score * 1000.0).round() / 1000.0, "confident": d.evidence.faq.confident}),
+        Some(b) => {
+            json!({"id": b.id, "score": (b.score * 1000.0).round() / 1000.0, "confident": d.evidence.faq.confident})
+        }
         None => serde_json::Value::Null,
     }
 }
 
 /// The JSON line of one message.
-pub fn json_line(file: &Path, m: Option<&Message>, d: &Decision, k: &Knowledge) -> serde_json::Value {
+pub fn json_line(
+    file: &Path,
+    m: Option<&Message>,
+    d: &Decision,
+    k: &Knowledge,
+) -> serde_json::Value {
     json!({
         "file": file.display().to_string(),
         "message_id": m.and_then(|m| m.message_id.clone()),
@@ -103,8 +112,14 @@ fn explain(m: Option<&Message>, d: &Decision, k: &Knowledge) -> String {
     let mut s = String::new();
     let ev = &d.evidence;
     if let Some(m) = m {
-        s.push_str(&format!("  language: {}\n", m.language.as_deref().unwrap_or("unknown")));
-        s.push_str(&format!("  cleaned text: {}\n", switchboard::util::ellipsize(&m.body, 160)));
+        s.push_str(&format!(
+            "  language: {}\n",
+            m.language.as_deref().unwrap_or("unknown")
+        ));
+        s.push_str(&format!(
+            "  cleaned text: {}\n",
+            switchboard::util::ellipsize(&m.body, 160)
+        ));
     }
     s.push_str("  rules matched:\n");
     if ev.rules.hits.is_empty() {
@@ -115,8 +130,14 @@ fn explain(m: Option<&Message>, d: &Decision, k: &Knowledge) -> String {
             "    {} at {}{}{}\n",
             h.name,
             h.location,
-            h.action.as_ref().map(|a| format!(" → {a}")).unwrap_or_default(),
-            h.skipped.as_ref().map(|a| format!(" (skipped: {a})")).unwrap_or_default()
+            h.action
+                .as_ref()
+                .map(|a| format!(" → {a}"))
+                .unwrap_or_default(),
+            h.skipped
+                .as_ref()
+                .map(|a| format!(" (skipped: {a})"))
+                .unwrap_or_default()
         ));
     }
     s.push_str("  FAQ candidates:\n");
@@ -138,7 +159,10 @@ fn explain(m: Option<&Message>, d: &Decision, k: &Knowledge) -> String {
     if let (Some(m), Verdict::Reply { .. }) = (m, &d.verdict) {
         match pipeline::build_reply(m, d, k, Some("SB-0000")) {
             Ok((r, out)) => {
-                s.push_str(&format!("  reply preview (To: {}, Subject: {}):\n", out.to, out.subject));
+                s.push_str(&format!(
+                    "  reply preview (To: {}, Subject: {}):\n",
+                    out.to, out.subject
+                ));
                 for line in r.text.lines() {
                     s.push_str(&format!("    | {line}\n"));
                 }

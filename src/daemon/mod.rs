@@ -131,7 +131,10 @@ pub async fn run(
             MailboxKind::Maildir { path } => {
                 tasks.spawn(async move {
                     let name = mb.name.clone();
-                    (name, run_maildir(mb, path, shared, once, Duration::from_secs(2)).await)
+                    (
+                        name,
+                        run_maildir(mb, path, shared, once, Duration::from_secs(2)).await,
+                    )
                 });
             }
             MailboxKind::Imap(_) => {

@@ -149,33 +149,48 @@ pub fn decide(m: &Message, c: Classification, k: &Knowledge, h: &History, now_ms
     let rule_name = c.rules.action.as_ref().map(|(n, _)| n.clone());
     match c.rules.action.as_ref().map(|(_, a)| a) {
         Some(RuleAction::Route(q)) => {
-            d.reasons.push(format!("rule {:?} routes to {q}", rule_name.clone().unwrap_or_default()));
+            d.reasons.push(format!(
+                "rule {:?} routes to {q}",
+                rule_name.clone().unwrap_or_default()
+            ));
             d.verdict = Verdict::Route { queue: q.clone() };
             d.rule = rule_name;
             return d;
         }
         Some(RuleAction::Escalate(q)) => {
             let queue = q.clone().unwrap_or_else(|| p.default_queue.clone());
-            d.reasons.push(format!("rule {:?} escalates to the supervisor of {queue}", rule_name.clone().unwrap_or_default()));
+            d.reasons.push(format!(
+                "rule {:?} escalates to the supervisor of {queue}",
+                rule_name.clone().unwrap_or_default()
+            ));
             d.verdict = Verdict::Escalate { queue };
             d.rule = rule_name;
             return d;
         }
         Some(RuleAction::Ignore(r)) => {
-            d.reasons.push(format!("rule {:?} ignores it: {r}", rule_name.clone().unwrap_or_default()));
+            d.reasons.push(format!(
+                "rule {:?} ignores it: {r}",
+                rule_name.clone().unwrap_or_default()
+            ));
             d.verdict = Verdict::Ignore { reason: r.clone() };
             d.rule = rule_name;
             return d;
         }
         Some(RuleAction::Park(r)) => {
-            d.reasons.push(format!("rule {:?} parks it: {r}", rule_name.clone().unwrap_or_default()));
+            d.reasons.push(format!(
+                "rule {:?} parks it: {r}",
+                rule_name.clone().unwrap_or_default()
+            ));
             d.verdict = Verdict::Park { reason: r.clone() };
             d.rule = rule_name;
             return d;
         }
         Some(RuleAction::Reply(_)) => {
             d.rule = rule_name.clone();
-            d.reasons.push(format!("rule {:?} asks for an automatic reply", rule_name.unwrap_or_default()));
+            d.reasons.push(format!(
+                "rule {:?} asks for an automatic reply",
+                rule_name.unwrap_or_default()
+            ));
         }
         Some(RuleAction::Stop) => {
             d.reasons.push(format!(
@@ -190,13 +205,15 @@ pub fn decide(m: &Message, c: Classification, k: &Knowledge, h: &History, now_ms
     let Some((template, faq)) = proposed_reply(&c, k) else {
         // Nothing to answer with.
         if !automatic.is_empty() {
-            d.reasons.push(format!("automatic message: {}", describe(&automatic)));
+            d.reasons
+                .push(format!("automatic message: {}", describe(&automatic)));
             d.verdict = Verdict::Ignore {
                 reason: format!("automatic message ({})", describe(&automatic)),
             };
         } else {
             d.reasons.push(format!("FAQ: {}", c.faq.reason));
-            d.reasons.push(format!("routed to the default queue {}", p.default_queue));
+            d.reasons
+                .push(format!("routed to the default queue {}", p.default_queue));
         }
         return d;
     };
@@ -207,20 +224,29 @@ pub fn decide(m: &Message, c: Classification, k: &Knowledge, h: &History, now_ms
 
     // Checks before any automatic reply.
     if !automatic.is_empty() {
-        d.reasons.push(format!("no automatic reply to an automatic message: {}", describe(&automatic)));
+        d.reasons.push(format!(
+            "no automatic reply to an automatic message: {}",
+            describe(&automatic)
+        ));
         d.verdict = Verdict::Ignore {
             reason: format!("automatic message ({})", describe(&automatic)),
         };
         return d;
     }
     let to_human = |d: &mut Decision, why: String| {
-        d.reasons.push(format!("{why}; a person answers instead (queue {})", p.default_queue));
+        d.reasons.push(format!(
+            "{why}; a person answers instead (queue {})",
+            p.default_queue
+        ));
         d.verdict = Verdict::Route {
             queue: p.default_queue.clone(),
         };
     };
     if c.guard.contains(&Finding::NotAddressedToUs) {
-        to_human(&mut d, "none of our addresses is in To/Cc (Bcc, list or forward)".into());
+        to_human(
+            &mut d,
+            "none of our addresses is in To/Cc (Bcc, list or forward)".into(),
+        );
         return d;
     }
     if h.answers_auto_reply {
@@ -253,7 +279,10 @@ pub fn decide(m: &Message, c: Classification, k: &Knowledge, h: &History, now_ms
         }
     };
     if !p.auto_reply {
-        to_human(&mut d, format!("auto-replies are switched off (suggested template: {template})"));
+        to_human(
+            &mut d,
+            format!("auto-replies are switched off (suggested template: {template})"),
+        );
         return d;
     }
     if let Some(last) = h.last_reply_same_template {
@@ -281,18 +310,27 @@ pub fn decide(m: &Message, c: Classification, k: &Knowledge, h: &History, now_ms
         );
         return d;
     }
-    d.reasons.push(format!("automatic reply with {template} to {}", to.addr));
+    d.reasons
+        .push(format!("automatic reply with {template} to {}", to.addr));
     d.verdict = Verdict::Reply { template, to, faq };
     d
 }
 
 fn describe(f: &[&Finding]) -> String {
-    f.iter().map(|f| f.describe()).collect::<Vec<_>>().join(", ")
+    f.iter()
+        .map(|f| f.describe())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// "3h 5m" style durations.
 pub fn human_duration(secs: i64) -> String {
-    let (d, h, m, s) = (secs / 86400, secs % 86400 / 3600, secs % 3600 / 60, secs % 60);
+    let (d, h, m, s) = (
+        secs / 86400,
+        secs % 86400 / 3600,
+        secs % 3600 / 60,
+        secs % 60,
+    );
     match (d, h, m) {
         (0, 0, 0) => format!("{s}s"),
         (0, 0, _) => format!("{m}m"),

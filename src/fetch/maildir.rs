@@ -279,7 +279,8 @@ mod tests {
         let f = md.fetch(&ids, 5).await?;
         assert!(f.iter().all(|m| m.raw.len() <= 5));
         assert!(f.iter().all(|m| m.truncated));
-        md.add_flags(&MsgRef::File("new/1.a".into()), &[Flag::Answered]).await?;
+        md.add_flags(&MsgRef::File("new/1.a".into()), &[Flag::Answered])
+            .await?;
         assert!(dir.path().join("cur/1.a:2,R").exists());
         md.move_to("Queues/Billing", &ids).await?;
         assert!(md.pending().await?.is_empty());
@@ -287,7 +288,8 @@ mod tests {
         assert_eq!(moved.len(), 2);
         assert!(dir.path().join(".Queues.Billing/cur/1.a:2,R").exists());
         assert!(dir.path().join(".Queues.Billing/cur/2.b:2,S").exists());
-        md.append("Sent", b"Subject: r\r\n\r\nz", &[Flag::Seen]).await?;
+        md.append("Sent", b"Subject: r\r\n\r\nz", &[Flag::Seen])
+            .await?;
         assert_eq!(md.list("Sent").len(), 1);
         Ok(())
     }

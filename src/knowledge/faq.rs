@@ -56,10 +56,10 @@ pub fn read_entry(mut t: Table<'_>) -> Option<FaqEntry> {
     let keywords = t.strings("keywords").unwrap_or_default();
     let examples = t.strings("examples").unwrap_or_default();
     let threshold = t.float("threshold");
-    if let Some(th) = &threshold {
-        if !(0.0..=1.0).contains(&th.value) {
-            ctx.error(th.span.clone(), "`threshold` must be between 0 and 1");
-        }
+    if let Some(th) = &threshold
+        && !(0.0..=1.0).contains(&th.value)
+    {
+        ctx.error(th.span.clone(), "`threshold` must be between 0 and 1");
     }
     if examples.is_empty() && keywords.is_empty() {
         ctx.error(

@@ -128,17 +128,16 @@ impl Knowledge {
         if let Some(pos) = rules
             .iter()
             .position(|r| matches!(r.when, Condition::True) && r.action.is_some())
+            && let Some(next) = rules.get(pos + 1)
         {
-            if let Some(next) = rules.get(pos + 1) {
-                diags.push(Diagnostic {
-                    location: next.location.clone(),
-                    severity: crate::diag::Severity::Warning,
-                    message: format!(
-                        "rule {:?} can never match: rule {:?} at {} matches every message",
-                        next.name, rules[pos].name, rules[pos].location
-                    ),
-                });
-            }
+            diags.push(Diagnostic {
+                location: next.location.clone(),
+                severity: crate::diag::Severity::Warning,
+                message: format!(
+                    "rule {:?} can never match: rule {:?} at {} matches every message",
+                    next.name, rules[pos].name, rules[pos].location
+                ),
+            });
         }
 
         // FAQ entries.
@@ -182,7 +181,11 @@ impl Knowledge {
                     cfg.templates_dir.display()
                 ),
             ));
-            Templates::load(Path::new("/nonexistent-templates"), &company, &mut Diagnostics::new())
+            Templates::load(
+                Path::new("/nonexistent-templates"),
+                &company,
+                &mut Diagnostics::new(),
+            )
         };
         for f in collect_template_hashes(&cfg.templates_dir) {
             hasher.add(&f.0, &f.1);
@@ -251,7 +254,10 @@ impl Knowledge {
         let faq = match FaqIndex::build(entries, &cfg.faq) {
             Ok(f) => f,
             Err(e) => {
-                diags.push(Diagnostic::file(&cfg.faq_dir, format!("cannot build the FAQ index: {e}")));
+                diags.push(Diagnostic::file(
+                    &cfg.faq_dir,
+                    format!("cannot build the FAQ index: {e}"),
+                ));
                 return Err(diags);
             }
         };

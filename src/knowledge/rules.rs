@@ -205,7 +205,9 @@ pub fn compile_rule(mut t: Table<'_>, refs: &mut Vec<RuleRef>) -> Option<Rule> {
         .into_iter()
         .filter_map(|f| {
             let ok = !f.value.is_empty()
-                && f.value.chars().all(|c| c.is_ascii_alphanumeric() || "-_$".contains(c));
+                && f.value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_$".contains(c));
             if !ok {
                 ctx.error(
                     f.span,
@@ -262,17 +264,20 @@ pub fn compile_rule(mut t: Table<'_>, refs: &mut Vec<RuleRef>) -> Option<Rule> {
             let span = v.span.clone();
             if let toml::de::DeValue::Boolean(b) = v.value {
                 if b {
-                    actions.push((make(format!("rule {:?}", name.as_ref().map_or("", |n| &n.value))), span));
+                    actions.push((
+                        make(format!("rule {:?}", name.as_ref().map_or("", |n| &n.value))),
+                        span,
+                    ));
                 }
             } else if let Some(reason) = v.into_string() {
                 actions.push((make(reason.value), span));
             }
         }
     }
-    if let Some(s) = t.boolean("stop") {
-        if s.value {
-            actions.push((RuleAction::Stop, s.span));
-        }
+    if let Some(s) = t.boolean("stop")
+        && s.value
+    {
+        actions.push((RuleAction::Stop, s.span));
     }
     if actions.len() > 1 {
         ctx.error(
@@ -309,13 +314,19 @@ pub fn compile_condition(v: Value<'_>) -> Option<Condition> {
     if let toml::de::DeValue::Array(_) = v.value {
         let items: Vec<Option<Condition>> =
             v.into_items().into_iter().map(compile_condition).collect();
-        return items.into_iter().collect::<Option<Vec<_>>>().map(Condition::All);
+        return items
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .map(Condition::All);
     }
     let mut t = v.into_table("a condition")?;
     let mut parts = Vec::new();
     let mut ok = true;
     if t.remaining_keys().is_empty() {
-        ctx.error(t.span.clone(), "empty condition: add a test such as { subject = { contains = \"refund\" } }");
+        ctx.error(
+            t.span.clone(),
+            "empty condition: add a test such as { subject = { contains = \"refund\" } }",
+        );
         return None;
     }
     while let Some((key, val)) = t.take_any() {
@@ -389,7 +400,10 @@ fn compile_entry(key: &At<String>, val: Value<'_>) -> Option<Condition> {
                 if name.value.is_empty()
                     || !name.value.chars().all(|c| c.is_ascii_graphic() && c != ':')
                 {
-                    ctx.error(name.span.clone(), format!("{:?} is not a header name", name.value));
+                    ctx.error(
+                        name.span.clone(),
+                        format!("{:?} is not a header name", name.value),
+                    );
                     ok = false;
                     continue;
                 }
@@ -475,10 +489,10 @@ fn compile_number(field: NumField, val: Value<'_>) -> Option<Condition> {
                 NumField::FaqScore => {
                     let span = v.span.clone();
                     let f = v.into_float();
-                    if let Some(x) = &f {
-                        if !(0.0..=1.0).contains(&x.value) {
-                            ctx.error(span, "FAQ scores are between 0 and 1");
-                        }
+                    if let Some(x) = &f
+                        && !(0.0..=1.0).contains(&x.value)
+                    {
+                        ctx.error(span, "FAQ scores are between 0 and 1");
                     }
                     f.map(|f| f.value)
                 }
@@ -521,7 +535,10 @@ fn compile_text_test(val: Value<'_>) -> Option<TextTest> {
             Ok(ac) => ops.push(TextOp::Contains(ac)),
             Err(e) => {
                 ok = false;
-                ctx.error(t.span.clone(), format!("cannot build the `contains` matcher: {e}"));
+                ctx.error(
+                    t.span.clone(),
+                    format!("cannot build the `contains` matcher: {e}"),
+                );
             }
         }
     }
@@ -535,10 +552,14 @@ fn compile_text_test(val: Value<'_>) -> Option<TextTest> {
         ops.push(TextOp::Equals(equals));
     }
     if let Some(list) = t.strings("starts_with") {
-        ops.push(TextOp::StartsWith(list.into_iter().map(|p| norm(p.value)).collect()));
+        ops.push(TextOp::StartsWith(
+            list.into_iter().map(|p| norm(p.value)).collect(),
+        ));
     }
     if let Some(list) = t.strings("ends_with") {
-        ops.push(TextOp::EndsWith(list.into_iter().map(|p| norm(p.value)).collect()));
+        ops.push(TextOp::EndsWith(
+            list.into_iter().map(|p| norm(p.value)).collect(),
+        ));
     }
     if let Some(list) = t.strings("regex") {
         let mut res = Vec::new();
@@ -559,10 +580,7 @@ fn compile_text_test(val: Value<'_>) -> Option<TextTest> {
                         .next()
                         .unwrap_or(msg.lines().last().unwrap_or(""))
                         .to_string();
-                    ctx.error(
-                        p.span,
-                        format!("invalid regex {:?}: {detail}", p.value),
-                    );
+                    ctx.error(p.span, format!("invalid regex {:?}: {detail}", p.value));
                 }
             }
         }
@@ -577,5 +595,8 @@ fn compile_text_test(val: Value<'_>) -> Option<TextTest> {
         );
         return None;
     }
-    ok.then_some(TextTest { case_sensitive, ops })
+    ok.then_some(TextTest {
+        case_sensitive,
+        ops,
+    })
 }

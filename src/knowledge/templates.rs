@@ -48,7 +48,9 @@ pub struct Templates {
 
 impl std::fmt::Debug for Templates {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Templates").field("sets", &self.sets).finish()
+        f.debug_struct("Templates")
+            .field("sets", &self.sets)
+            .finish()
     }
 }
 
@@ -129,7 +131,8 @@ fn find_variable(text: &str, needle: &str) -> usize {
         let at = from + i;
         let before = text[..at].chars().next_back();
         let after = text[at + needle.len()..].chars().next();
-        let ident = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.');
+        let ident =
+            |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.');
         let open = text[..at].rfind("{{").max(text[..at].rfind("{%"));
         let close = text[..at].rfind("}}").max(text[..at].rfind("%}"));
         if !ident(before) && !ident(after) && open > close {
@@ -185,7 +188,9 @@ impl Templates {
                         .sum(),
                     _ => 0,
                 };
-                let detail = e.detail().map_or_else(|| e.kind().to_string(), str::to_string);
+                let detail = e
+                    .detail()
+                    .map_or_else(|| e.kind().to_string(), str::to_string);
                 diags.error(&src, offset, format!("template syntax error: {detail}"));
                 continue;
             }
@@ -203,25 +208,32 @@ impl Templates {
         // Every HTML variant needs its plain-text sibling.
         for (name, set) in &sets {
             for lang in set.html.keys() {
-                if !set.text.contains_key(lang) {
-                    if let Some(p) = set.html.get(lang) {
-                        diags.push(crate::diag::Diagnostic::file(
-                            p,
-                            format!(
-                                "HTML template without a plain-text version: add {name}{}.txt.j2",
-                                if lang.is_empty() { String::new() } else { format!(".{lang}") }
-                            ),
-                        ));
-                    }
-                }
-            }
-            if !set.text.is_empty() && !set.text.contains_key("") {
-                if let Some(p) = set.text.values().next() {
+                if !set.text.contains_key(lang)
+                    && let Some(p) = set.html.get(lang)
+                {
                     diags.push(crate::diag::Diagnostic::file(
                         p,
-                        format!("template {name} has language variants but no default: add {name}.txt.j2"),
+                        format!(
+                            "HTML template without a plain-text version: add {name}{}.txt.j2",
+                            if lang.is_empty() {
+                                String::new()
+                            } else {
+                                format!(".{lang}")
+                            }
+                        ),
                     ));
                 }
+            }
+            if !set.text.is_empty()
+                && !set.text.contains_key("")
+                && let Some(p) = set.text.values().next()
+            {
+                diags.push(crate::diag::Diagnostic::file(
+                    p,
+                    format!(
+                        "template {name} has language variants but no default: add {name}.txt.j2"
+                    ),
+                ));
             }
         }
         Templates {
@@ -240,7 +252,12 @@ impl Templates {
     }
 
     /// Renders `name` in `language` (falling back to the default variant).
-    pub fn render(&self, name: &str, language: Option<&str>, ctx: &Value) -> Result<Rendered, RenderError> {
+    pub fn render(
+        &self,
+        name: &str,
+        language: Option<&str>,
+        ctx: &Value,
+    ) -> Result<Rendered, RenderError> {
         let err = |message: String| RenderError {
             name: name.to_string(),
             message,
@@ -270,7 +287,8 @@ impl Templates {
             t.render(ctx).map_err(|e| {
                 err(format!(
                     "{}{}",
-                    e.detail().map_or_else(|| e.kind().to_string(), str::to_string),
+                    e.detail()
+                        .map_or_else(|| e.kind().to_string(), str::to_string),
                     e.line().map(|l| format!(" (line {l})")).unwrap_or_default()
                 ))
             })
@@ -292,7 +310,12 @@ impl Templates {
     }
 }
 
-fn check_variable(src: &Arc<Source>, var: &str, company: &BTreeSet<String>, diags: &mut Diagnostics) {
+fn check_variable(
+    src: &Arc<Source>,
+    var: &str,
+    company: &BTreeSet<String>,
+    diags: &mut Diagnostics,
+) {
     let mut parts = var.split('.');
     let top = parts.next().unwrap_or_default();
     let attr = parts.next();
@@ -300,7 +323,11 @@ fn check_variable(src: &Arc<Source>, var: &str, company: &BTreeSet<String>, diag
     let problem = match (known, attr) {
         (None, _) => Some(format!(
             "unknown variable `{top}`; templates can use: {}",
-            VARIABLES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+            VARIABLES
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
         (Some(("company", _)), Some(a)) if !company.contains(a) => Some(format!(
             "`company.{a}` is not defined: add `{a} = \"…\"` to [company] in switchboard.toml"
@@ -310,7 +337,7 @@ fn check_variable(src: &Arc<Source>, var: &str, company: &BTreeSet<String>, diag
             "`{top}` has no field `{a}`; it has: {}",
             attrs.join(", ")
         )),
-        (Some((_, attrs)), Some(a)) if attrs.is_empty() => {
+        (Some((_, [])), Some(a)) => {
             Some(format!("`{top}` is a plain value and has no field `{a}`"))
         }
         _ => None,
@@ -327,9 +354,18 @@ mod tests {
 
     #[test]
     fn names() {
-        assert_eq!(split_name("faq/x.txt.j2"), Some(("faq/x".into(), "".into(), false)));
-        assert_eq!(split_name("faq/x.de.txt.j2"), Some(("faq/x".into(), "de".into(), false)));
-        assert_eq!(split_name("ack.html.j2"), Some(("ack".into(), "".into(), true)));
+        assert_eq!(
+            split_name("faq/x.txt.j2"),
+            Some(("faq/x".into(), "".into(), false))
+        );
+        assert_eq!(
+            split_name("faq/x.de.txt.j2"),
+            Some(("faq/x".into(), "de".into(), false))
+        );
+        assert_eq!(
+            split_name("ack.html.j2"),
+            Some(("ack".into(), "".into(), true))
+        );
         assert_eq!(split_name("notes.md"), None);
     }
 
@@ -341,16 +377,30 @@ mod tests {
             dir.path().join("faq/a.txt.j2"),
             "Hi {{ customer.name }},\nref {{ ticket }}\n{{ company.name }}\n",
         )?;
-        std::fs::write(dir.path().join("faq/a.de.txt.j2"), "Hallo {{ customer.name }}\n")?;
-        std::fs::write(dir.path().join("faq/a.html.j2"), "<p>Hi {{ customer.name }}</p>\n")?;
-        std::fs::write(dir.path().join("bad.txt.j2"), "ok\n{{ customer.nmae }}\n{% if %}")?;
+        std::fs::write(
+            dir.path().join("faq/a.de.txt.j2"),
+            "Hallo {{ customer.name }}\n",
+        )?;
+        std::fs::write(
+            dir.path().join("faq/a.html.j2"),
+            "<p>Hi {{ customer.name }}</p>\n",
+        )?;
+        std::fs::write(
+            dir.path().join("bad.txt.j2"),
+            "ok\n{{ customer.nmae }}\n{% if %}",
+        )?;
         std::fs::write(dir.path().join("typo.txt.j2"), "x\n  {{ custmer.name }}\n")?;
         let company: BTreeSet<String> = ["name".to_string()].into();
         let mut d = Diagnostics::new();
         let t = Templates::load(dir.path(), &company, &mut d);
-        let out = d.to_string().replace(&dir.path().display().to_string(), "T");
+        let out = d
+            .to_string()
+            .replace(&dir.path().display().to_string(), "T");
         assert!(out.contains("T/bad.txt.j2:3:"), "{out}");
-        assert!(out.contains("T/typo.txt.j2:2:6: unknown variable `custmer`"), "{out}");
+        assert!(
+            out.contains("T/typo.txt.j2:2:6: unknown variable `custmer`"),
+            "{out}"
+        );
         assert!(t.contains("faq/a"));
         let ctx = minijinja::context! {
             customer => minijinja::context!{ name => "<Ann>", email => "a@x" },

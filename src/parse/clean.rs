@@ -18,7 +18,11 @@ pub fn clean_body(text: &str) -> String {
         let line = lines[i];
         let t = line.trim();
         // Everything from a reply or forward header on is history.
-        if starts_history(t, lines.get(i + 1).map(|l| l.trim()), lines.get(i + 2).map(|l| l.trim())) {
+        if starts_history(
+            t,
+            lines.get(i + 1).map(|l| l.trim()),
+            lines.get(i + 2).map(|l| l.trim()),
+        ) {
             break;
         }
         // The signature delimiter "-- " (RFC 3676 §4.3); many clients trim it to "--".
@@ -80,9 +84,17 @@ fn starts_history(t: &str, next: Option<&str>, next2: Option<&str>) -> bool {
     let wrote = |s: &str| {
         let s = lower(s);
         s.trim_end().ends_with(':')
-            && ["wrote", "schrieb", "a écrit", "escribió", "schreef", "ha scritto", "skrev"]
-                .iter()
-                .any(|v| s.contains(v))
+            && [
+                "wrote",
+                "schrieb",
+                "a écrit",
+                "escribió",
+                "schreef",
+                "ha scritto",
+                "skrev",
+            ]
+            .iter()
+            .any(|v| s.contains(v))
     };
     let opener = ["on ", "am ", "le ", "el ", "op ", "il "]
         .iter()
@@ -97,10 +109,17 @@ fn starts_history(t: &str, next: Option<&str>, next2: Option<&str>) -> bool {
     let header = |s: Option<&str>| {
         s.is_some_and(|s| {
             let s = lower(s);
-            s.starts_with("sent:") || s.starts_with("date:") || s.starts_with("gesendet:") || s.starts_with("envoyé :") || s.starts_with("to:")
+            s.starts_with("sent:")
+                || s.starts_with("date:")
+                || s.starts_with("gesendet:")
+                || s.starts_with("envoyé :")
+                || s.starts_with("to:")
         })
     };
-    if (l.starts_with("from:") || l.starts_with("von:") || l.starts_with("de :") || l.starts_with("de:"))
+    if (l.starts_with("from:")
+        || l.starts_with("von:")
+        || l.starts_with("de :")
+        || l.starts_with("de:"))
         && (header(next) || header(next2))
     {
         return true;
@@ -192,9 +211,11 @@ mod tests {
     fn wrapped_on_wrote_and_outlook_blocks() {
         let body = "Still nothing.\nOn Tue, 19 Nov 2026 at 10:00, Northwind Support <\nsupport@northwind.example> wrote:\nold text";
         assert_eq!(clean_body(body), "Still nothing.");
-        let body = "Please cancel.\n\nFrom: Support <s@x>\nSent: Monday\nTo: me\nSubject: old\n\nold";
+        let body =
+            "Please cancel.\n\nFrom: Support <s@x>\nSent: Monday\nTo: me\nSubject: old\n\nold";
         assert_eq!(clean_body(body), "Please cancel.");
-        let body = "Wo bleibt meine Bestellung?\n\nAm 18.11.2026 um 10:00 schrieb Support <s@x>:\n> alt";
+        let body =
+            "Wo bleibt meine Bestellung?\n\nAm 18.11.2026 um 10:00 schrieb Support <s@x>:\n> alt";
         assert_eq!(clean_body(body), "Wo bleibt meine Bestellung?");
         let body = "FYI\n\n---------- Forwarded message ---------\nFrom: x\nold";
         assert_eq!(clean_body(body), "FYI");
@@ -203,9 +224,13 @@ mod tests {
     #[test]
     fn keeps_ordinary_text() {
         let body = "I would like to return the lamp.\nIt arrived broken.\n\nSent from my iPhone";
-        assert_eq!(clean_body(body), "I would like to return the lamp.\nIt arrived broken.");
+        assert_eq!(
+            clean_body(body),
+            "I would like to return the lamp.\nIt arrived broken."
+        );
         // "thanks" in the middle of a long text is not a sign-off.
-        let body = "Thanks for the quick help last time.\nNow my password reset link does not work.";
+        let body =
+            "Thanks for the quick help last time.\nNow my password reset link does not work.";
         assert_eq!(clean_body(body), body);
     }
 

@@ -10,8 +10,8 @@ pub mod clean;
 use std::borrow::Cow;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders};
 use mail_parser::parsers::MessageStream;
+use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders};
 use serde::Serialize;
 
 /// An e-mail address with its display name.
@@ -171,7 +171,9 @@ impl Default for ParseOptions {
 /// more reliable than an open-world guess.
 pub fn default_languages() -> Vec<whatlang::Lang> {
     use whatlang::Lang::*;
-    vec![Eng, Deu, Fra, Spa, Ita, Nld, Por, Pol, Swe, Dan, Nob, Fin, Ces, Tur]
+    vec![
+        Eng, Deu, Fra, Spa, Ita, Nld, Por, Pol, Swe, Dan, Nob, Fin, Ces, Tur,
+    ]
 }
 
 /// Parses raw bytes into a [`Message`]. Never panics.
@@ -209,7 +211,10 @@ fn parse_inner(raw: &[u8], opts: &ParseOptions) -> Result<Message, ParseError> {
     m.to = parsed.to().map(mailboxes).unwrap_or_default();
     m.cc = parsed.cc().map(mailboxes).unwrap_or_default();
     m.subject = single_line(parsed.subject().unwrap_or_default());
-    m.date = parsed.date().filter(|d| d.is_valid()).map(|d| d.to_timestamp());
+    m.date = parsed
+        .date()
+        .filter(|d| d.is_valid())
+        .map(|d| d.to_timestamp());
     m.return_path = parsed.header_raw("Return-Path").map(return_path);
 
     for h in parsed.headers() {
@@ -251,10 +256,11 @@ fn parse_inner(raw: &[u8], opts: &ParseOptions) -> Result<Message, ParseError> {
             text.push_str(&t);
         }
     }
-    if text.trim().is_empty() && parsed.html_body_count() > 0 {
-        if let Some(h) = parsed.body_html(0) {
-            text = clean::html_to_text(&h);
-        }
+    if text.trim().is_empty()
+        && parsed.html_body_count() > 0
+        && let Some(h) = parsed.body_html(0)
+    {
+        text = clean::html_to_text(&h);
     }
     m.body_full = text.replace("\r\n", "\n");
     m.body = clean::clean_body(&m.body_full);
@@ -264,7 +270,8 @@ fn parse_inner(raw: &[u8], opts: &ParseOptions) -> Result<Message, ParseError> {
         let inline = a
             .content_disposition()
             .is_some_and(|d| d.ctype().eq_ignore_ascii_case("inline"))
-            && a.content_type().is_some_and(|c| c.ctype().eq_ignore_ascii_case("image"));
+            && a.content_type()
+                .is_some_and(|c| c.ctype().eq_ignore_ascii_case("image"));
         if a.is_message() || !inline {
             m.has_attachment = true;
             if let Some(n) = a.attachment_name() {
@@ -302,7 +309,10 @@ fn parse_inner(raw: &[u8], opts: &ParseOptions) -> Result<Message, ParseError> {
 }
 
 fn strip_id(s: &str) -> &str {
-    s.trim().trim_start_matches('<').trim_end_matches('>').trim()
+    s.trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .trim()
 }
 
 fn ids(v: &HeaderValue<'_>) -> Vec<String> {
@@ -377,20 +387,168 @@ pub fn single_line(s: &str) -> String {
     out
 }
 
+/// Frequent function words of the languages support desks see most. On
+/// short texts counting them is far more reliable than n-gram statistics
+/// (which happily call "When are you open on Saturday?" Dutch).
+const STOPWORDS: &[(whatlang::Lang, &[&str])] = &[
+    (
+        whatlang::Lang::Eng,
+        &[
+            "the", "and", "you", "your", "is", "are", "my", "to", "of", "what", "when", "where",
+            "how", "it", "for", "can", "do", "i", "have", "has", "not", "please", "with", "this",
+            "that", "would", "could", "order", "was", "am", "me",
+        ],
+    ),
+    (
+        whatlang::Lang::Deu,
+        &[
+            "der",
+            "die",
+            "das",
+            "und",
+            "ich",
+            "ist",
+            "nicht",
+            "mein",
+            "meine",
+            "sie",
+            "wann",
+            "wo",
+            "haben",
+            "habe",
+            "mit",
+            "ein",
+            "eine",
+            "bitte",
+            "ihr",
+            "ihre",
+            "wie",
+            "auf",
+            "für",
+            "noch",
+            "bei",
+            "zu",
+            "den",
+            "dem",
+            "es",
+            "hallo",
+            "bestellung",
+        ],
+    ),
+    (
+        whatlang::Lang::Fra,
+        &[
+            "le", "la", "les", "et", "je", "est", "pas", "mon", "ma", "mes", "vous", "votre",
+            "une", "un", "pour", "avec", "des", "du", "que", "qui", "bonjour", "merci", "commande",
+            "ne", "il", "sur", "au", "ai",
+        ],
+    ),
+    (
+        whatlang::Lang::Spa,
+        &[
+            "el", "la", "los", "las", "y", "yo", "es", "no", "mi", "mis", "usted", "su", "una",
+            "un", "para", "con", "que", "por", "pedido", "hola", "gracias", "del", "está", "dónde",
+            "cuándo", "tengo",
+        ],
+    ),
+    (
+        whatlang::Lang::Ita,
+        &[
+            "il",
+            "lo",
+            "la",
+            "gli",
+            "le",
+            "e",
+            "io",
+            "è",
+            "non",
+            "mio",
+            "mia",
+            "una",
+            "un",
+            "per",
+            "con",
+            "che",
+            "ordine",
+            "buongiorno",
+            "grazie",
+            "del",
+            "della",
+            "sono",
+            "quando",
+            "dove",
+        ],
+    ),
+    (
+        whatlang::Lang::Nld,
+        &[
+            "de",
+            "het",
+            "een",
+            "en",
+            "ik",
+            "is",
+            "niet",
+            "mijn",
+            "u",
+            "uw",
+            "wanneer",
+            "waar",
+            "met",
+            "voor",
+            "van",
+            "dat",
+            "bestelling",
+            "hallo",
+            "bedankt",
+            "graag",
+            "nog",
+            "heb",
+        ],
+    ),
+    (
+        whatlang::Lang::Por,
+        &[
+            "o", "os", "as", "e", "eu", "é", "não", "meu", "minha", "você", "uma", "um", "para",
+            "com", "que", "pedido", "olá", "obrigado", "obrigada", "onde", "quando", "está",
+        ],
+    ),
+];
+
 /// Detects the language of a text among `allowed`. Returns `None` for
 /// texts too short or too mixed to tell.
 pub fn detect_language(text: &str, allowed: &[whatlang::Lang]) -> Option<String> {
-    let letters = text.chars().filter(|c| c.is_alphabetic()).count();
+    let lower = text.to_lowercase();
+    let words: Vec<&str> = lower
+        .split(|c: char| !c.is_alphabetic())
+        .filter(|w| !w.is_empty())
+        .collect();
+    let letters: usize = words.iter().map(|w| w.chars().count()).sum();
     if letters < 12 {
         return None;
     }
+    let allowed_ok = |l: whatlang::Lang| allowed.is_empty() || allowed.contains(&l);
+    let mut scores: Vec<(usize, whatlang::Lang)> = STOPWORDS
+        .iter()
+        .filter(|(l, _)| allowed_ok(*l))
+        .map(|(l, list)| (words.iter().filter(|w| list.contains(w)).count(), *l))
+        .collect();
+    scores.sort_by_key(|s| std::cmp::Reverse(s.0));
+    let best = scores.first().copied().unwrap_or((0, whatlang::Lang::Eng));
+    let second = scores.get(1).map_or(0, |s| s.0);
+    if best.0 >= 2 && best.0 >= second * 2 {
+        return Some(lang_code(best.1).into_owned());
+    }
+    // Not conclusive: ask the statistical detector, and trust it only
+    // when it is sure.
     let detector = if allowed.is_empty() {
         whatlang::Detector::new()
     } else {
         whatlang::Detector::with_allowlist(allowed.to_vec())
     };
     let info = detector.detect(text)?;
-    if info.confidence() < 0.2 && letters < 40 {
+    if !info.is_reliable() && (info.confidence() < 0.5 || letters < 60) {
         return None;
     }
     Some(lang_code(info.lang()).into_owned())
@@ -432,10 +590,9 @@ pub fn lang_code(l: whatlang::Lang) -> Cow<'static, str> {
 /// Parses a language code (`de`, `deu`, `german`) into whatlang's enum.
 pub fn lang_from_code(code: &str) -> Option<whatlang::Lang> {
     let c = code.trim().to_ascii_lowercase();
-    whatlang::Lang::all()
-        .iter()
-        .copied()
-        .find(|l| lang_code(*l) == c.as_str() || l.code() == c || l.eng_name().eq_ignore_ascii_case(&c))
+    whatlang::Lang::all().iter().copied().find(|l| {
+        lang_code(*l) == c.as_str() || l.code() == c || l.eng_name().eq_ignore_ascii_case(&c)
+    })
 }
 
 #[cfg(test)]
@@ -451,7 +608,9 @@ mod tests {
 
     #[test]
     fn basic_fields() {
-        let m = p("From: \"Jane Doe\" <Jane@Example.com>\r\nTo: support@shop.example\r\nSubject: Where is\r\n my order?\r\nMessage-ID: <abc@x>\r\nIn-Reply-To: <p1@x>\r\nReferences: <p0@x> <p1@x>\r\nReturn-Path: <bounce@example.com>\r\n\r\nHello, where is my order #123?\r\n");
+        let m = p(
+            "From: \"Jane Doe\" <Jane@Example.com>\r\nTo: support@shop.example\r\nSubject: Where is\r\n my order?\r\nMessage-ID: <abc@x>\r\nIn-Reply-To: <p1@x>\r\nReferences: <p0@x> <p1@x>\r\nReturn-Path: <bounce@example.com>\r\n\r\nHello, where is my order #123?\r\n",
+        );
         assert_eq!(m.message_id.as_deref(), Some("abc@x"));
         assert_eq!(m.in_reply_to, vec!["p1@x"]);
         assert_eq!(m.references, vec!["p0@x", "p1@x"]);
@@ -460,7 +619,10 @@ mod tests {
         assert_eq!(from.key(), "jane@example.com");
         assert_eq!(from.domain(), "example.com");
         assert_eq!(m.subject, "Where is my order?");
-        assert_eq!(m.return_path, Some(ReturnPath::Addr("bounce@example.com".into())));
+        assert_eq!(
+            m.return_path,
+            Some(ReturnPath::Addr("bounce@example.com".into()))
+        );
         assert_eq!(m.to[0].addr, "support@shop.example");
         assert!(m.body.contains("where is my order #123?"));
         assert_eq!(m.header("subject"), Some("Where is my order?"));
@@ -468,7 +630,9 @@ mod tests {
 
     #[test]
     fn null_return_path_and_encoded_injection_are_neutralised() {
-        let m = p("From: a@b.example\nReturn-Path: <>\nSubject: =?UTF-8?Q?Hello=0D=0ABcc:_victim@evil.example?=\n\nhi\n");
+        let m = p(
+            "From: a@b.example\nReturn-Path: <>\nSubject: =?UTF-8?Q?Hello=0D=0ABcc:_victim@evil.example?=\n\nhi\n",
+        );
         assert_eq!(m.return_path, Some(ReturnPath::Null));
         assert!(!m.subject.contains('\n') && !m.subject.contains('\r'));
         assert_eq!(m.subject, "Hello Bcc: victim@evil.example");
@@ -476,7 +640,10 @@ mod tests {
 
     #[test]
     fn empty_and_senderless_input_is_an_error_not_a_panic() {
-        assert!(matches!(parse(b"", &ParseOptions::default()), Err(ParseError::Empty)));
+        assert!(matches!(
+            parse(b"", &ParseOptions::default()),
+            Err(ParseError::Empty)
+        ));
         assert!(parse(b"Subject: x\n\nbody", &ParseOptions::default()).is_err());
     }
 
@@ -488,6 +655,21 @@ mod tests {
         );
         assert_eq!(de.as_deref(), Some("de"));
         assert_eq!(detect_language("hi", &default_languages()), None);
+        let en = detect_language(
+            "What are your opening hours?\nWhen are you open on Saturday?",
+            &default_languages(),
+        );
+        assert_eq!(en.as_deref(), Some("en"));
+        let fr = detect_language(
+            "Bonjour, je voudrais retourner un article de ma commande.",
+            &default_languages(),
+        );
+        assert_eq!(fr.as_deref(), Some("fr"));
+        let es = detect_language(
+            "Hola, ¿dónde está mi pedido? Gracias.",
+            &default_languages(),
+        );
+        assert_eq!(es.as_deref(), Some("es"));
         assert_eq!(lang_from_code("de"), Some(whatlang::Lang::Deu));
         assert_eq!(lang_from_code("fra"), Some(whatlang::Lang::Fra));
         assert_eq!(lang_from_code("klingon"), None);

@@ -154,10 +154,10 @@ impl Store {
         sqlx::any::install_default_drivers();
         let sqlite = url.starts_with("sqlite:");
         let full = if sqlite && !url.contains('?') {
-            if let Some(path) = url.strip_prefix("sqlite://") {
-                if let Some(dir) = std::path::Path::new(path).parent() {
-                    let _ = std::fs::create_dir_all(dir);
-                }
+            if let Some(path) = url.strip_prefix("sqlite://")
+                && let Some(dir) = std::path::Path::new(path).parent()
+            {
+                let _ = std::fs::create_dir_all(dir);
             }
             format!("{url}?mode=rwc")
         } else {
@@ -377,7 +377,13 @@ impl Store {
 
     /// A temporary failure: the message stays where it is and is retried
     /// after `retry_at`.
-    pub async fn defer(&self, key: &str, retry_at: i64, error: &str, now: i64) -> Result<(), StoreError> {
+    pub async fn defer(
+        &self,
+        key: &str,
+        retry_at: i64,
+        error: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE messages SET state = 'deferred', retry_at = $1, last_error = $2, updated_at = $3 \
              WHERE key = $4",
@@ -393,12 +399,14 @@ impl Store {
 
     /// The message was filed into its final folder.
     pub async fn done(&self, key: &str, folder: &str, now: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE messages SET state = 'done', folder = $1, updated_at = $2 WHERE key = $3")
-            .bind(folder)
-            .bind(now)
-            .bind(key)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE messages SET state = 'done', folder = $1, updated_at = $2 WHERE key = $3",
+        )
+        .bind(folder)
+        .bind(now)
+        .bind(key)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -442,11 +450,13 @@ impl Store {
     /// The next value of a named counter (starting at `start`).
     pub async fn next_counter(&self, name: &str, start: i64) -> Result<i64, StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("INSERT INTO counters (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
-            .bind(name)
-            .bind(start - 1)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO counters (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(start - 1)
+        .execute(&mut *tx)
+        .await?;
         let v: i64 = sqlx::query_scalar(
             "UPDATE counters SET value = value + 1 WHERE name = $1 RETURNING value",
         )
@@ -459,7 +469,10 @@ impl Store {
 
     /// The conversation a message belongs to, found by the Message-IDs it
     /// answers.
-    pub async fn ticket_for_references(&self, ids: &[String]) -> Result<Option<String>, StoreError> {
+    pub async fn ticket_for_references(
+        &self,
+        ids: &[String],
+    ) -> Result<Option<String>, StoreError> {
         for id in ids.iter().rev().take(50) {
             let t: Option<String> =
                 sqlx::query_scalar("SELECT ticket FROM thread_ids WHERE message_id = $1")
@@ -663,8 +676,14 @@ mod tests {
 
     #[test]
     fn urls_are_redacted() {
-        assert_eq!(redact_url("postgres://sb:pw@db/x"), "postgres://sb:***@db/x");
-        assert_eq!(redact_url("sqlite:///var/lib/x.db"), "sqlite:///var/lib/x.db");
+        assert_eq!(
+            redact_url("postgres://sb:pw@db/x"),
+            "postgres://sb:***@db/x"
+        );
+        assert_eq!(
+            redact_url("sqlite:///var/lib/x.db"),
+            "sqlite:///var/lib/x.db"
+        );
     }
 
     #[tokio::test]
@@ -687,9 +706,13 @@ mod tests {
         let row = s.message("mid:a@x").await?.ok_or("row")?;
         assert_eq!(row.state, State::Sending);
         assert_eq!(row.reply_message_id.as_deref(), Some("r1@us"));
-        s.touch_conversation("SB-1", "A@X", "hi", Some("a@x"), 1000).await?;
-        s.reply_sent("mid:a@x", "r1@us", "A@x", "faq/x", Some("SB-1"), 1002).await?;
-        let h = s.history("a@X", Some("faq/x"), &["r1@us".to_string()], 2000).await?;
+        s.touch_conversation("SB-1", "A@X", "hi", Some("a@x"), 1000)
+            .await?;
+        s.reply_sent("mid:a@x", "r1@us", "A@x", "faq/x", Some("SB-1"), 1002)
+            .await?;
+        let h = s
+            .history("a@X", Some("faq/x"), &["r1@us".to_string()], 2000)
+            .await?;
         assert_eq!(h.last_reply_same_template, Some(1002));
         assert_eq!(h.replies_last_hour, 1);
         assert!(h.answers_auto_reply);
@@ -698,11 +721,19 @@ mod tests {
         assert!(!h.answers_auto_reply);
         assert_eq!(s.next_counter("ticket", 1001).await?, 1001);
         assert_eq!(s.next_counter("ticket", 1001).await?, 1002);
-        assert_eq!(s.ticket_for_references(&["x".into(), "r1@us".into()]).await?.as_deref(), Some("SB-1"));
+        assert_eq!(
+            s.ticket_for_references(&["x".into(), "r1@us".into()])
+                .await?
+                .as_deref(),
+            Some("SB-1")
+        );
         let c = s.conversation("SB-1").await?.ok_or("conv")?;
         assert_eq!((c.customer_messages, c.auto_replies), (1, 1));
         s.done("mid:a@x", "Answered", 3000).await?;
-        assert_eq!(s.message("mid:a@x").await?.map(|r| r.state), Some(State::Done));
+        assert_eq!(
+            s.message("mid:a@x").await?.map(|r| r.state),
+            Some(State::Done)
+        );
         // Reopening keeps the data (migrations are idempotent).
         drop(s);
         let s = Store::open(&url).await?;

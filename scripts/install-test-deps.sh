@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Install the mail servers used by the integration tests (Debian 12):
+#   dovecot-imapd, dovecot-lmtpd (Dovecot 2.3) and postfix (Postfix 3.7).
+#
+# Idempotent and quiet on success: does nothing when `dovecot`, `postfix` and
+# `doveadm` are already on PATH. Must run as root (or with sudo available).
+#
+# The tests never use the packages' system-wide instances (/etc/dovecot,
+# /etc/postfix): tests/harness/mailservers.sh runs private instances with
+# their own configuration. Whatever the package scripts started is stopped
+# again here, so that no system daemon occupies ports 25/143/993.
+set -euo pipefail
+
+PACKAGES=(dovecot-imapd dovecot-lmtpd postfix)
+PATH="$PATH:/usr/sbin:/sbin"
+
+have_all() {
+    command -v dovecot >/dev/null 2>&1 &&
+        command -v postfix >/dev/null 2>&1 &&
+        command -v doveadm >/dev/null 2>&1
+}
+
+if have_all; then
+    exit 0
+fi
+
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then
+        SUDO=(sudo)
+    else
+        echo "install-test-deps: must run as root (or with sudo) to install ${PACKAGES[*]}" >&2
+        exit 1
+    fi
+fi
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
+# Keep postfix's postinst from asking how mail should be configured.
+echo "postfix postfix/main_mailer_type select No configuration" |
+    "${SUDO[@]}" debconf-set-selections
+
+apt_install() {
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -q --no-install-recommends "${PACKAGES[@]}" >>"$log" 2>&1
+}
+
+# Try without refreshing the package lists first (fast when they are current);
+# on failure (e.g. lists missing or stale) update once and retry.
+if ! apt_install; then
+    if ! { "${SUDO[@]}" apt-get update -q >>"$log" 2>&1 && apt_install; }; then
+        echo "install-test-deps: installing ${PACKAGES[*]} failed:" >&2
+        tail -n 40 "$log" >&2
+        exit 1
+    fi
+fi
+
+# Stop the system instances in case a package script started them (there is no
+# systemd here, but the init scripts may have run). Errors are irrelevant: in
+# the usual case nothing is running.
+"${SUDO[@]}" postfix stop >/dev/null 2>&1 || true
+"${SUDO[@]}" dovecot stop >/dev/null 2>&1 || true
+if [ -x /etc/init.d/postfix ]; then
+    "${SUDO[@]}" /etc/init.d/postfix stop >/dev/null 2>&1 || true
+fi
+if [ -x /etc/init.d/dovecot ]; then
+    "${SUDO[@]}" /etc/init.d/dovecot stop >/dev/null 2>&1 || true
+fi
+
+if ! have_all; then
+    echo "install-test-deps: packages installed but dovecot/postfix/doveadm not found on PATH" >&2
+    exit 1
+fi

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it:
+#   1. installs what the integration tests need (Dovecot and Postfix from
+#      Debian's packages; they are started privately on loopback by the
+#      tests themselves, never as system services),
+#   2. checks formatting and lints,
+#   3. runs unit, integration and benchmark-smoke tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./scripts/install-test-deps.sh
+
+echo "== cargo fmt --check"
+cargo fmt --check
+echo "== cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --quiet -- -D warnings
+echo "== cargo test"
+cargo test --all-targets
+cargo test --doc --quiet

@@ -1,0 +1,78 @@
+//! The bundled demo runs end to end and files every message somewhere.
+
+use switchboard::act::outbox::Outbox;
+use switchboard::config::{Config, MailboxKind};
+use switchboard::daemon::{Shared, drain};
+use switchboard::fetch::maildir::Maildir;
+use switchboard::knowledge::Knowledge;
+use switchboard::pipeline::Pipeline;
+use switchboard::record::Store;
+
+#[tokio::test]
+async fn demo_files_every_message_exactly_once() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = switchboard::demo::extract(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let (cfg, _) = Config::load(&config).unwrap_or_else(|d| panic!("{d}"));
+    let (k, _) = Knowledge::load(&cfg).unwrap_or_else(|d| panic!("{d}"));
+    let store = Store::open(&cfg.store.url)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let outbox = Outbox::open(&cfg.outbound)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (_kt, kr) = tokio::sync::watch::channel(k);
+    let (_st, sr) = tokio::sync::watch::channel(false);
+    let shared = Shared {
+        pipeline: Pipeline {
+            store,
+            outbox,
+            retry_initial: cfg.daemon.retry_initial,
+            retry_max: cfg.daemon.retry_max,
+        },
+        knowledge: kr,
+        shutdown: sr,
+        max_size: cfg.limits.max_message_size,
+        batch_size: 7,
+    };
+    let MailboxKind::Maildir { path } = &cfg.mailboxes[0].kind else {
+        panic!("demo mailbox is a maildir");
+    };
+    let mut md = Maildir::open(path).unwrap_or_else(|e| panic!("{e}"));
+    let info = switchboard::daemon::mailbox_info(&cfg.mailboxes[0]);
+    let total = switchboard::demo::message_count();
+    assert!(total >= 30, "the demo has {total} messages");
+    let outcomes = drain(&mut md, &shared, &info)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(outcomes.len(), total);
+    // The inbox is empty, and every message is in exactly one folder.
+    assert!(md.list("INBOX").is_empty());
+    let mut filed = 0;
+    for entry in std::fs::read_dir(path)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with('.') && entry.path().is_dir() && name != ".Sent" {
+            filed += md.list(&name[1..].replace('.', "/")).len();
+        }
+    }
+    assert_eq!(filed, total);
+    // Every reply went out once and a copy is in Sent.
+    let replies = outcomes.iter().filter(|o| o.verdict == "reply").count();
+    assert!(replies >= 5, "only {replies} automatic replies");
+    let outbox_files = std::fs::read_dir(dir.path().join("examples/demo/outbox"))
+        .map(|r| {
+            r.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(outbox_files, replies);
+    assert_eq!(md.list("Sent").len(), replies);
+    // A second run finds nothing to do and sends nothing.
+    let again = drain(&mut md, &shared, &info)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(again.is_empty());
+}

@@ -1,0 +1,362 @@
+//! The loop-guard matrix: header combinations that must never get an
+//! automatic reply, and ordinary ones that may. Each case runs through
+//! the whole classify + decide path with a rule that asks to reply to
+//! everything, so a gap in the guard would show up as a reply.
+
+use switchboard::classify::loop_guard::{Finding, inspect};
+use switchboard::decide::Verdict;
+use switchboard::parse::{ParseOptions, parse};
+use switchboard::pipeline::dry_run;
+
+use crate::common::{Setup, message};
+
+const REPLY_TO_ALL: &str = r#"
+[[rule]]
+name = "reply-to-everything"
+reply = "ack"
+"#;
+
+/// (case, extra headers, From override, expected finding kind or "" for none)
+const CASES: &[(&str, &str, Option<&str>, &str)] = &[
+    (
+        "auto-submitted auto-replied",
+        "Auto-Submitted: auto-replied",
+        None,
+        "auto_submitted",
+    ),
+    (
+        "auto-submitted auto-generated",
+        "Auto-Submitted: auto-generated",
+        None,
+        "auto_submitted",
+    ),
+    (
+        "auto-submitted auto-notified",
+        "Auto-Submitted: auto-notified",
+        None,
+        "auto_submitted",
+    ),
+    (
+        "auto-submitted with parameters",
+        "Auto-Submitted: auto-replied; owner-email=\"x@y\"",
+        None,
+        "auto_submitted",
+    ),
+    (
+        "auto-submitted uppercase",
+        "AUTO-SUBMITTED: AUTO-REPLIED",
+        None,
+        "auto_submitted",
+    ),
+    (
+        "auto-submitted unknown value",
+        "Auto-Submitted: yes-please",
+        None,
+        "auto_submitted",
+    ),
+    ("precedence bulk", "Precedence: bulk", None, "precedence"),
+    ("precedence list", "Precedence: list", None, "precedence"),
+    ("precedence junk", "Precedence: junk", None, "precedence"),
+    ("precedence BULK", "Precedence: BULK", None, "precedence"),
+    (
+        "list-id",
+        "List-Id: Shop ops <shopops.lists.example>",
+        None,
+        "list_header",
+    ),
+    (
+        "list-unsubscribe",
+        "List-Unsubscribe: <mailto:leave@lists.example>",
+        None,
+        "list_header",
+    ),
+    (
+        "list-post",
+        "List-Post: <mailto:ops@lists.example>",
+        None,
+        "list_header",
+    ),
+    (
+        "list-help",
+        "List-Help: <mailto:help@lists.example>",
+        None,
+        "list_header",
+    ),
+    (
+        "list-archive",
+        "List-Archive: <https://lists.example/arch>",
+        None,
+        "list_header",
+    ),
+    (
+        "null return path",
+        "Return-Path: <>",
+        None,
+        "null_return_path",
+    ),
+    (
+        "null return path with spaces",
+        "Return-Path: < >",
+        None,
+        "null_return_path",
+    ),
+    (
+        "mailer-daemon",
+        "",
+        Some("MAILER-DAEMON@mx.example"),
+        "daemon_sender",
+    ),
+    (
+        "postmaster",
+        "",
+        Some("postmaster@customer.example"),
+        "daemon_sender",
+    ),
+    (
+        "no-reply",
+        "",
+        Some("no-reply@shop-platform.example"),
+        "daemon_sender",
+    ),
+    ("noreply", "", Some("noreply@bank.example"), "daemon_sender"),
+    (
+        "do-not-reply",
+        "",
+        Some("do-not-reply@airline.example"),
+        "daemon_sender",
+    ),
+    (
+        "owner- prefix",
+        "",
+        Some("owner-shopops@lists.example"),
+        "daemon_sender",
+    ),
+    (
+        "-request suffix",
+        "",
+        Some("shopops-request@lists.example"),
+        "daemon_sender",
+    ),
+    (
+        "listserv",
+        "",
+        Some("LISTSERV@lists.example"),
+        "daemon_sender",
+    ),
+    (
+        "majordomo",
+        "",
+        Some("majordomo@lists.example"),
+        "daemon_sender",
+    ),
+    (
+        "bounce return path",
+        "Return-Path: <bounces+123@esp.example>",
+        None,
+        "daemon_sender",
+    ),
+    (
+        "delivery report",
+        "Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"",
+        None,
+        "delivery_report",
+    ),
+    (
+        "failed recipients",
+        "X-Failed-Recipients: a@b.example",
+        None,
+        "delivery_report",
+    ),
+    (
+        "suppress all",
+        "X-Auto-Response-Suppress: All",
+        None,
+        "suppress_header",
+    ),
+    (
+        "suppress oof",
+        "X-Auto-Response-Suppress: DR, OOF",
+        None,
+        "suppress_header",
+    ),
+    (
+        "suppress autoreply",
+        "X-Auto-Response-Suppress: AutoReply",
+        None,
+        "suppress_header",
+    ),
+    ("x-autoreply", "X-Autoreply: yes", None, "vendor_auto_reply"),
+    (
+        "x-autorespond",
+        "X-Autorespond: Out of office",
+        None,
+        "vendor_auto_reply",
+    ),
+    (
+        "x-auto-reply",
+        "X-Auto-Reply: true",
+        None,
+        "vendor_auto_reply",
+    ),
+    (
+        "x-autoresponder",
+        "X-Autoresponder: 1",
+        None,
+        "vendor_auto_reply",
+    ),
+    (
+        "x-autogenerated reply",
+        "X-Autogenerated: Reply",
+        None,
+        "vendor_auto_reply",
+    ),
+    (
+        "our own address",
+        "",
+        Some("support@shop.example"),
+        "own_address",
+    ),
+    (
+        "our own address, other case",
+        "",
+        Some("Support@SHOP.example"),
+        "own_address",
+    ),
+    (
+        "our loop header",
+        "X-Switchboard-Loop: shop.example",
+        None,
+        "own_address",
+    ),
+    // Ordinary mail: nothing found, a reply is allowed.
+    ("plain", "", None, ""),
+    ("auto-submitted no", "Auto-Submitted: no", None, ""),
+    (
+        "precedence first-class",
+        "Precedence: first-class",
+        None,
+        "",
+    ),
+    (
+        "suppress only DR and RN",
+        "X-Auto-Response-Suppress: DR, RN, NRN",
+        None,
+        "",
+    ),
+    (
+        "normal return path",
+        "Return-Path: <jane@customer.example>",
+        None,
+        "",
+    ),
+    (
+        "reply-to elsewhere",
+        "Reply-To: Jane <jane.private@customer.example>",
+        None,
+        "",
+    ),
+];
+
+fn finding_kind(f: &Finding) -> String {
+    serde_json::to_value(f)
+        .ok()
+        .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn raw(headers: &str, from: Option<&str>) -> Vec<u8> {
+    let mut raw = message(
+        headers,
+        "What are your opening hours?",
+        "When are you open on Saturday?\n",
+    );
+    if let Some(f) = from {
+        let s = String::from_utf8_lossy(&raw).replacen(
+            "From: Jane Doe <jane@customer.example>",
+            &format!("From: {f}"),
+            1,
+        );
+        raw = s.into_bytes();
+    }
+    raw
+}
+
+#[test]
+fn matrix_findings() {
+    assert!(CASES.len() >= 30 + 6);
+    let ours = vec!["support@shop.example".to_string()];
+    for (name, headers, from, want) in CASES {
+        let m = parse(&raw(headers, *from), &ParseOptions::default())
+            .unwrap_or_else(|e| panic!("{name}: parse failed: {e}"));
+        let kinds: Vec<String> = inspect(&m, &ours).iter().map(finding_kind).collect();
+        if want.is_empty() {
+            assert!(
+                kinds.is_empty(),
+                "{name}: expected no finding, got {kinds:?}"
+            );
+        } else {
+            assert!(
+                kinds.iter().any(|k| k == want),
+                "{name}: expected {want}, got {kinds:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn matrix_decisions_never_reply_to_machines() {
+    let setup = Setup::new(REPLY_TO_ALL);
+    let k = setup.knowledge();
+    for (name, headers, from, want) in CASES {
+        let (_, d) = dry_run(&raw(headers, *from), &k);
+        let replied = matches!(d.verdict, Verdict::Reply { .. });
+        if want.is_empty() {
+            assert!(
+                replied,
+                "{name}: ordinary mail should get the reply, got {:?}: {:?}",
+                d.verdict, d.reasons
+            );
+        } else {
+            assert!(
+                !replied,
+                "{name}: replied to automatic mail: {:?}",
+                d.reasons
+            );
+            assert!(
+                matches!(d.verdict, Verdict::Ignore { .. }),
+                "{name}: automatic mail is filed as ignored, got {:?}",
+                d.verdict
+            );
+        }
+    }
+}
+
+#[test]
+fn reply_goes_to_reply_to_then_from() {
+    let setup = Setup::new(REPLY_TO_ALL);
+    let k = setup.knowledge();
+    let (_, d) = dry_run(
+        &raw("Reply-To: Jane <jane.private@customer.example>", None),
+        &k,
+    );
+    match d.verdict {
+        Verdict::Reply { to, .. } => assert_eq!(to.addr, "jane.private@customer.example"),
+        v => panic!("expected a reply, got {v:?}"),
+    }
+    let (_, d) = dry_run(&raw("", None), &k);
+    match d.verdict {
+        Verdict::Reply { to, .. } => assert_eq!(to.addr, "jane@customer.example"),
+        v => panic!("expected a reply, got {v:?}"),
+    }
+}
+
+#[test]
+fn not_addressed_to_us_goes_to_a_person() {
+    let setup = Setup::new(REPLY_TO_ALL);
+    let k = setup.knowledge();
+    let m = String::from_utf8_lossy(&raw("", None))
+        .replace("To: support@shop.example", "To: someone@else.example")
+        .into_bytes();
+    let (_, d) = dry_run(&m, &k);
+    assert_eq!(d.verdict.kind(), "route", "{:?}", d.reasons);
+}

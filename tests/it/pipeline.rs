@@ -1,0 +1,351 @@
+//! The pipeline's crash-safety protocol and policies, end to end on a
+//! Maildir with the file outbox and a real SQLite store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchboard::act::outbox::Outbox;
+use switchboard::config::{OutboundConfig, SmtpConfig, Tls};
+use switchboard::daemon::{Shared, drain, mailbox_info};
+use switchboard::fetch::maildir::Maildir;
+use switchboard::knowledge::Knowledge;
+use switchboard::pipeline::{Outcome, Pipeline};
+use switchboard::record::{NewMessage, Store};
+
+use crate::common::{Setup, message, write};
+
+struct Env {
+    setup: Setup,
+    k: Arc<Knowledge>,
+    store: Store,
+    md: Maildir,
+}
+
+impl Env {
+    async fn new() -> Env {
+        let setup = Setup::new("");
+        let k = setup.knowledge();
+        let cfg = setup.config();
+        let store = Store::open(&cfg.store.url)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let md = Maildir::open(&setup.path("Maildir")).unwrap_or_else(|e| panic!("{e}"));
+        Env {
+            setup,
+            k,
+            store,
+            md,
+        }
+    }
+
+    async fn outbox(&self) -> Outbox {
+        Outbox::open(&OutboundConfig::File {
+            dir: self.setup.path("outbox"),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn shared(&self, outbox: Outbox, retry: Duration) -> Shared {
+        let (_kt, kr) = tokio::sync::watch::channel(self.k.clone());
+        let (_st, sr) = tokio::sync::watch::channel(false);
+        Shared {
+            pipeline: Pipeline {
+                store: self.store.clone(),
+                outbox,
+                retry_initial: retry,
+                retry_max: retry,
+            },
+            knowledge: kr,
+            shutdown: sr,
+            max_size: 1 << 20,
+            batch_size: 50,
+        }
+    }
+
+    fn deliver(&self, name: &str, raw: &[u8]) {
+        std::fs::write(self.setup.path("Maildir/new").join(name), raw)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    async fn run(&mut self, outbox: Outbox, retry: Duration) -> Vec<Outcome> {
+        let shared = self.shared(outbox, retry);
+        let cfg = self.setup.config();
+        drain(&mut self.md, &shared, &mailbox_info(&cfg.mailboxes[0]))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn sent_files(&self) -> usize {
+        std::fs::read_dir(self.setup.path("outbox"))
+            .map(|r| {
+                r.flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+}
+
+fn question(id: &str, from: &str) -> Vec<u8> {
+    let raw = message(
+        "",
+        "Opening hours",
+        "What are your opening hours on Saturday?\n",
+    );
+    String::from_utf8_lossy(&raw)
+        .replace("jane@customer.example", from)
+        .replacen("Message-ID: <", &format!("Message-ID: <{id}."), 1)
+        .into_bytes()
+}
+
+#[tokio::test]
+async fn auto_reply_is_sent_threaded_and_filed() {
+    let mut env = Env::new().await;
+    env.deliver("1.q", &question("a1", "jane@customer.example"));
+    let out = env.run(env.outbox().await, Duration::from_secs(1)).await;
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].verdict, "reply", "{:?}", out[0].why);
+    assert_eq!(env.sent_files(), 1);
+    assert_eq!(env.md.list("Answered").len(), 1);
+    assert_eq!(env.md.list("Sent").len(), 1);
+    // The original carries \Answered (R); the copy in Sent is seen (S).
+    let answered = env.md.list("Answered")[0].display().to_string();
+    assert!(answered.ends_with(":2,R"), "{answered}");
+    let sent = std::fs::read_to_string(&env.md.list("Sent")[0]).unwrap_or_default();
+    for h in [
+        "Auto-Submitted: auto-replied",
+        "X-Auto-Response-Suppress: All",
+        "In-Reply-To: <a1.",
+        "References: <a1.",
+        "Subject: Re: Opening hours [#SB-1001]",
+        "To: \"Jane Doe\" <jane@customer.example>",
+        "@shop.example>",
+    ] {
+        assert!(sent.contains(h), "missing {h:?} in\n{sent}");
+    }
+}
+
+#[tokio::test]
+async fn crash_while_sending_never_sends_twice() {
+    let mut env = Env::new().await;
+    let raw = question("crash1", "jane@customer.example");
+    env.deliver("1.q", &raw);
+    // Simulate a crash right after the intent was recorded.
+    let key = "mid:crash1.".to_string()
+        + String::from_utf8_lossy(&raw)
+            .split("Message-ID: <crash1.")
+            .nth(1)
+            .and_then(|s| s.split('>').next())
+            .unwrap_or_default();
+    env.store
+        .record_decision(
+            &NewMessage {
+                key: &key,
+                mailbox: "support",
+                verdict: "reply",
+                folder: "Answered",
+                template: Some("faq/opening-hours"),
+                decision: "{}",
+                ..Default::default()
+            },
+            1,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    env.store
+        .reply_intent(&key, "r@shop.example", b"raw", 2)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = env.run(env.outbox().await, Duration::from_secs(1)).await;
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        env.sent_files(),
+        0,
+        "a possibly-sent reply must not be sent again"
+    );
+    assert_eq!(env.md.list("Queues/Support").len(), 1);
+    assert!(
+        out[0].why.contains("may already have been sent"),
+        "{}",
+        out[0].why
+    );
+}
+
+#[tokio::test]
+async fn crash_after_sending_files_without_resending() {
+    let mut env = Env::new().await;
+    let raw = question("sent1", "jane@customer.example");
+    env.deliver("1.q", &raw);
+    let key = format!(
+        "mid:{}",
+        String::from_utf8_lossy(&raw)
+            .split("Message-ID: <")
+            .nth(1)
+            .and_then(|s| s.split('>').next())
+            .unwrap_or_default()
+    );
+    env.store
+        .record_decision(
+            &NewMessage {
+                key: &key,
+                mailbox: "support",
+                verdict: "reply",
+                folder: "Answered",
+                template: Some("faq/opening-hours"),
+                decision: "{}",
+                ..Default::default()
+            },
+            1,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    env.store
+        .reply_intent(
+            &key,
+            "r2@shop.example",
+            b"Subject: the reply\r\n\r\nbody\r\n",
+            2,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    env.store
+        .reply_sent(
+            &key,
+            "r2@shop.example",
+            "jane@customer.example",
+            "faq/opening-hours",
+            None,
+            3,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    env.run(env.outbox().await, Duration::from_secs(1)).await;
+    assert_eq!(env.sent_files(), 0);
+    assert_eq!(env.md.list("Answered").len(), 1);
+    let sent = env.md.list("Sent");
+    assert_eq!(sent.len(), 1);
+    assert!(
+        std::fs::read_to_string(&sent[0])
+            .unwrap_or_default()
+            .contains("the reply")
+    );
+}
+
+#[tokio::test]
+async fn smtp_outage_defers_then_sends_exactly_once() {
+    let mut env = Env::new().await;
+    env.deliver("1.q", &question("t1", "jane@customer.example"));
+    // A port nobody listens on: connection refused is a temporary failure.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(9);
+    let down = Outbox::open(&OutboundConfig::Smtp(SmtpConfig {
+        host: "127.0.0.1".into(),
+        port: closed,
+        tls: Tls::None,
+        username: None,
+        auth: switchboard::config::AuthMechanism::Plain,
+        secret: None,
+        timeout: Duration::from_secs(5),
+        pool_size: 1,
+        danger_accept_invalid_certs: false,
+    }))
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let out = env.run(down.clone(), Duration::from_secs(3600)).await;
+    assert_eq!(out[0].verdict, "deferred", "{:?}", out[0].why);
+    assert_eq!(
+        env.md.list("INBOX").len(),
+        1,
+        "the message stays in the inbox"
+    );
+    // Before the retry time nothing happens, even with a working transport.
+    let out = env.run(env.outbox().await, Duration::from_secs(3600)).await;
+    assert_eq!(out[0].verdict, "deferred");
+    assert_eq!(env.sent_files(), 0);
+    // Make the retry due and run with the working transport.
+    sqlx::query("UPDATE messages SET retry_at = 0")
+        .execute(env.store.pool())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = env.run(env.outbox().await, Duration::from_secs(1)).await;
+    assert_eq!(out[0].verdict, "reply");
+    assert_eq!(env.sent_files(), 1);
+    let again = env.run(env.outbox().await, Duration::from_secs(1)).await;
+    assert!(again.is_empty());
+    assert_eq!(env.sent_files(), 1);
+}
+
+#[tokio::test]
+async fn duplicates_rate_limit_and_follow_ups() {
+    let mut env = Env::new().await;
+    // The same message delivered twice (e.g. to two aliases): one reply.
+    let q = question("dup", "jane@customer.example");
+    env.deliver("1.a", &q);
+    env.deliver("2.b", &q);
+    let out = env.run(env.outbox().await, Duration::from_secs(1)).await;
+    assert_eq!(out.len(), 2);
+    assert_eq!(env.sent_files(), 1);
+    assert_eq!(env.md.list("Answered").len(), 2);
+
+    // The same sender asks the same thing again the same day: a person answers.
+    env.deliver("3.c", &question("again", "jane@customer.example"));
+    let out = env.run(env.outbox().await, Duration::from_secs(1)).await;
+    assert_eq!(out[0].verdict, "route", "{}", out[0].why);
+    assert!(
+        out[0].why.contains("already got the automatic reply"),
+        "{}",
+        out[0].why
+    );
+    assert_eq!(env.sent_files(), 1);
+
+    // "That didn't help": a reply to our auto-reply goes to a person.
+    let sent = std::fs::read_to_string(&env.md.list("Sent")[0]).unwrap_or_default();
+    let our_id = sent
+        .lines()
+        .find_map(|l| l.strip_prefix("Message-ID: "))
+        .unwrap_or_default()
+        .to_string();
+    let follow = String::from_utf8_lossy(&message(
+        &format!("In-Reply-To: {our_id}\nReferences: {our_id}"),
+        "Re: Opening hours [#SB-1001]",
+        "That did not help, what are your opening hours on Sunday?\n",
+    ))
+    .replace("Message-ID: <", "Message-ID: <fu.")
+    .into_bytes();
+    env.deliver("4.d", &follow);
+    let out = env.run(env.outbox().await, Duration::from_secs(1)).await;
+    assert_eq!(out[0].verdict, "route");
+    assert_eq!(
+        out[0].ticket.as_deref(),
+        Some("SB-1001"),
+        "follow-up keeps its ticket"
+    );
+    assert_eq!(env.sent_files(), 1);
+
+    // Someone else typing the same ticket tag does not join that conversation.
+    let hijack = String::from_utf8_lossy(&message(
+        "",
+        "Re: Opening hours [#SB-1001]",
+        "Hi, when are you open?\n",
+    ))
+    .replace("jane@customer.example", "mallory@evil.example")
+    .replace("Message-ID: <", "Message-ID: <hj.")
+    .into_bytes();
+    env.deliver("5.e", &hijack);
+    let out = env.run(env.outbox().await, Duration::from_secs(1)).await;
+    assert_ne!(out[0].ticket.as_deref(), Some("SB-1001"));
+}
+
+#[tokio::test]
+async fn unparseable_mail_is_parked_not_lost() {
+    let mut env = Env::new().await;
+    env.deliver("1.bad", b"\x00\x01\x02 not a message at all");
+    write(&env.setup.path("Maildir/new/2.empty"), "");
+    let out = env.run(env.outbox().await, Duration::from_secs(1)).await;
+    assert_eq!(out.len(), 2);
+    assert!(out.iter().all(|o| o.verdict == "park"), "{out:?}");
+    assert_eq!(env.md.list("Parked").len(), 2);
+}
