@@ -8,7 +8,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, MailboxConfig, MailboxKind};
+use crate::config::{Config, ImapConfig, MailboxConfig, MailboxKind};
+use crate::fetch::imap::{Imap, Wake};
 use crate::fetch::maildir::Maildir;
 use crate::fetch::{FetchError, MailSource};
 use crate::knowledge::Knowledge;
@@ -108,6 +109,145 @@ pub async fn run_maildir(
     }
 }
 
+/// Exponential backoff with jitter, for reconnects.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Backoff {
+        Backoff {
+            initial,
+            max,
+            current: initial,
+        }
+    }
+
+    /// The next delay: doubles up to the maximum, with ±25 % jitter so
+    /// many instances do not reconnect in lockstep.
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self.current;
+        self.current = (self.current * 2).min(self.max);
+        let jitter: f64 = rand::random::<f64>() * 0.5 + 0.75;
+        base.mul_f64(jitter).min(self.max)
+    }
+
+    pub fn reset(&mut self) {
+        self.current = self.initial;
+    }
+}
+
+/// How long one IDLE may last before it is re-issued (RFC 2177: clients
+/// must re-issue at least every 29 minutes).
+pub const IDLE_PERIOD: Duration = Duration::from_secs(25 * 60);
+
+/// Runs an IMAP mailbox: connect, drain the backlog, then IDLE (or poll)
+/// and drain again on every change, reconnecting with backoff after any
+/// failure. One failing mailbox never affects the others: each has its
+/// own task and connection.
+pub async fn run_imap(
+    mb: MailboxConfig,
+    icfg: ImapConfig,
+    mut shared: Shared,
+    once: bool,
+    retry: (Duration, Duration),
+) -> Result<usize, FetchError> {
+    let info = mailbox_info(&mb);
+    let mut backoff = Backoff::new(retry.0.max(Duration::from_millis(200)), retry.1);
+    // The last error logged: the same failure is logged once, not per retry.
+    let mut last_error: Option<String> = None;
+    let mut handled = 0;
+    let mut uid_validity: Option<u32> = None;
+    loop {
+        if shared.stopping() {
+            return Ok(handled);
+        }
+        let mut imap = match Imap::connect(&icfg).await {
+            Ok(c) => {
+                if last_error.take().is_some() {
+                    info!(mailbox = %mb.name, "connected again");
+                } else {
+                    info!(mailbox = %mb.name, idle = c.caps.idle, r#move = c.caps.mv, "connected");
+                }
+                backoff.reset();
+                c
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if last_error.as_deref() != Some(text.as_str()) {
+                    error!(mailbox = %mb.name, "{text}; retrying with backoff");
+                    last_error = Some(text);
+                }
+                if once {
+                    return Err(e);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    _ = shared.shutdown.changed() => {}
+                }
+                continue;
+            }
+        };
+        if let (Some(old), Some(new)) = (uid_validity, imap.uid_validity) {
+            if old != new {
+                warn!(mailbox = %mb.name, old, new, "UIDVALIDITY changed: rescanning (already handled messages are recognised by Message-ID)");
+            }
+        }
+        uid_validity = imap.uid_validity;
+        loop {
+            let mut idle_for = IDLE_PERIOD;
+            match drain(&mut imap, &shared, &info).await {
+                Ok(o) => {
+                    handled += o.iter().filter(|o| o.folder.is_some()).count();
+                    if o.iter().any(|o| o.verdict == "deferred") {
+                        // Come back for deferred replies even without new mail.
+                        idle_for = retry.0.max(Duration::from_secs(1));
+                    }
+                }
+                Err(PipelineError::Source(e)) => {
+                    let text = e.to_string();
+                    if last_error.as_deref() != Some(text.as_str()) {
+                        warn!(mailbox = %mb.name, "connection problem: {text}; reconnecting");
+                        last_error = Some(text);
+                    }
+                    break;
+                }
+                Err(PipelineError::Store(e)) => {
+                    error!(mailbox = %mb.name, "state store: {e}; retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    continue;
+                }
+            }
+            if once || shared.stopping() {
+                imap.logout().await;
+                return Ok(handled);
+            }
+            match imap.wait(&mut shared.shutdown, idle_for).await {
+                Ok(Wake::Shutdown) => {
+                    imap.logout().await;
+                    return Ok(handled);
+                }
+                Ok(Wake::Changed | Wake::Timeout) => {}
+                Err(e) => {
+                    let text = e.to_string();
+                    if last_error.as_deref() != Some(text.as_str()) {
+                        warn!(mailbox = %mb.name, "connection problem while waiting: {text}; reconnecting");
+                        last_error = Some(text);
+                    }
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            _ = shared.shutdown.changed() => {}
+        }
+    }
+}
+
 /// Runs every configured mailbox until shutdown (or once through the
 /// backlog with `once`). Returns the number of messages filed.
 pub async fn run(
@@ -137,8 +277,12 @@ pub async fn run(
                     )
                 });
             }
-            MailboxKind::Imap(_) => {
-                warn!(mailbox = %mb.name, "IMAP mailboxes are not supported by this build");
+            MailboxKind::Imap(icfg) => {
+                let retry = (cfg.daemon.retry_initial, cfg.daemon.retry_max);
+                tasks.spawn(async move {
+                    let name = mb.name.clone();
+                    (name, run_imap(mb, icfg, shared, once, retry).await)
+                });
             }
         }
     }

@@ -7,6 +7,7 @@
 //! replies. Implementations: [`maildir::Maildir`] (the embedded default,
 //! and Dovecot's on-disk format) and the IMAP client.
 
+pub mod imap;
 pub mod maildir;
 
 use std::future::Future;

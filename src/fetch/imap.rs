@@ -1,0 +1,700 @@
+//! An IMAP mailbox (async-imap on tokio, TLS with rustls).
+//!
+//! * UIDs only, never sequence numbers. The inbox holds only unprocessed
+//!   work, so "pending" is simply `UID SEARCH UNDELETED` — no UID is cached
+//!   between rounds, which makes a UIDVALIDITY change harmless (messages
+//!   are de-duplicated by Message-ID in the state store).
+//! * `BODY.PEEK[]`: fetching never marks customer mail as seen. Messages
+//!   over the size limit are fetched as a bounded prefix.
+//! * Moves use `UID MOVE` (RFC 6851), one command per destination; without
+//!   MOVE: `UID COPY` + `\Deleted` + `UID EXPUNGE` (UIDPLUS) — never a bare
+//!   EXPUNGE, which would also remove other clients' deleted mail.
+//! * Every command runs under a timeout (async-imap has none of its own).
+//! * IDLE when the server has it (re-issued well before 29 minutes),
+//!   polling otherwise.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_imap::extensions::idle::IdleResponse;
+use async_imap::types::Fetch;
+use futures::TryStreamExt;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tracing::{debug, info};
+
+use super::{FetchError, Fetched, Flag, MailSource, MsgRef};
+use crate::config::{AuthMechanism, ImapConfig, Tls};
+use crate::secret::ExposeSecret;
+
+/// Bytes fetched of a message over the size limit: enough for the headers
+/// and the first text part of any real message.
+pub const PREFIX_BYTES: u64 = 256 * 1024;
+
+/// A TCP connection, with or without TLS.
+#[derive(Debug)]
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+type Session = async_imap::Session<Stream>;
+
+/// What the server can do.
+#[derive(Debug, Clone, Default)]
+pub struct Caps {
+    pub idle: bool,
+    pub mv: bool,
+    pub uidplus: bool,
+}
+
+/// Why waiting for new mail ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// The server announced a change (or the poll interval passed).
+    Changed,
+    /// Nothing happened within the IDLE period.
+    Timeout,
+    /// Shutdown was requested.
+    Shutdown,
+}
+
+/// A connected IMAP mailbox.
+pub struct Imap {
+    cfg: ImapConfig,
+    /// `None` while IDLE owns the session (or after a failure).
+    session: Option<Session>,
+    pub caps: Caps,
+    /// Hierarchy separator of the server (`/`, `.`).
+    pub delimiter: String,
+    pub uid_validity: Option<u32>,
+    /// Folders known to exist.
+    folders: HashSet<String>,
+}
+
+fn server(cfg: &ImapConfig) -> String {
+    format!("{}:{}", cfg.host, cfg.port)
+}
+
+/// rustls client config: web PKI roots, or no verification when the
+/// config explicitly says so (test servers with self-signed certificates).
+pub fn tls_config(accept_invalid: bool) -> Result<Arc<rustls::ClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?;
+    let cfg = if accept_invalid {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+            .with_no_client_auth()
+    } else {
+        let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    Ok(Arc::new(cfg))
+}
+
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+struct PlainAuth {
+    user: String,
+    pass: String,
+}
+
+impl async_imap::Authenticator for PlainAuth {
+    type Response = Vec<u8>;
+    fn process(&mut self, _: &[u8]) -> Vec<u8> {
+        format!("\0{}\0{}", self.user, self.pass).into_bytes()
+    }
+}
+
+struct XOAuth2 {
+    user: String,
+    token: String,
+}
+
+impl async_imap::Authenticator for XOAuth2 {
+    type Response = Vec<u8>;
+    fn process(&mut self, _: &[u8]) -> Vec<u8> {
+        format!("user={}\x01auth=Bearer {}\x01\x01", self.user, self.token).into_bytes()
+    }
+}
+
+/// Encodes a folder name in IMAP's modified UTF-7 (RFC 3501 §5.1.3).
+pub fn encode_folder(name: &str) -> String {
+    let mut out = String::new();
+    let mut pending: Vec<u16> = Vec::new();
+    let flush = |pending: &mut Vec<u16>, out: &mut String| {
+        if pending.is_empty() {
+            return;
+        }
+        let bytes: Vec<u8> = pending.iter().flat_map(|u| u.to_be_bytes()).collect();
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+,";
+        out.push('&');
+        for chunk in bytes.chunks(3) {
+            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            let chars = chunk.len() + 1;
+            for i in 0..chars {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            }
+        }
+        out.push('-');
+        pending.clear();
+    };
+    for c in name.chars() {
+        if (' '..='~').contains(&c) {
+            flush(&mut pending, &mut out);
+            if c == '&' {
+                out.push_str("&-");
+            } else {
+                out.push(c);
+            }
+        } else {
+            let mut buf = [0u16; 2];
+            pending.extend_from_slice(c.encode_utf16(&mut buf));
+        }
+    }
+    flush(&mut pending, &mut out);
+    out
+}
+
+/// Compact UID sets ("1:4,7,9:10"), split so each command stays well under
+/// the ~8 KB line limits of common servers.
+pub fn uid_sets(uids: &[u32]) -> Vec<String> {
+    let mut sorted: Vec<u32> = uids.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut sets = Vec::new();
+    let mut cur = String::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let start = sorted[i];
+        let mut end = start;
+        while i + 1 < sorted.len() && sorted[i + 1] == end + 1 {
+            i += 1;
+            end = sorted[i];
+        }
+        let part = if start == end {
+            start.to_string()
+        } else {
+            format!("{start}:{end}")
+        };
+        if cur.len() + part.len() + 1 > 4000 {
+            sets.push(std::mem::take(&mut cur));
+        }
+        if !cur.is_empty() {
+            cur.push(',');
+        }
+        cur.push_str(&part);
+        i += 1;
+    }
+    if !cur.is_empty() {
+        sets.push(cur);
+    }
+    sets
+}
+
+fn uids(ids: &[MsgRef]) -> Vec<u32> {
+    ids.iter()
+        .filter_map(|i| match i {
+            MsgRef::Uid(u) => Some(*u),
+            MsgRef::File(_) => None,
+        })
+        .collect()
+}
+
+fn proto(e: impl std::fmt::Display) -> FetchError {
+    FetchError::Protocol(e.to_string())
+}
+
+impl Imap {
+    /// Connects, authenticates and selects the configured folder.
+    pub async fn connect(cfg: &ImapConfig) -> Result<Imap, FetchError> {
+        let t = cfg.timeout;
+        let srv = server(cfg);
+        let connect_err = |m: String| FetchError::Connect {
+            server: srv.clone(),
+            message: m,
+        };
+        let tcp = tokio::time::timeout(t, TcpStream::connect((cfg.host.as_str(), cfg.port)))
+            .await
+            .map_err(|_| FetchError::Timeout(t))?
+            .map_err(|e| connect_err(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let tls = |tcp: TcpStream| async {
+            let name = rustls::pki_types::ServerName::try_from(cfg.host.clone())
+                .map_err(|e| connect_err(format!("invalid host name: {e}")))?;
+            let conn = TlsConnector::from(tls_config(cfg.danger_accept_invalid_certs).map_err(&connect_err)?);
+            tokio::time::timeout(t, conn.connect(name, tcp))
+                .await
+                .map_err(|_| FetchError::Timeout(t))?
+                .map(|s| Stream::Tls(Box::new(s)))
+                .map_err(|e| connect_err(format!("TLS: {e}")))
+        };
+        let stream = match cfg.tls {
+            Tls::Implicit => tls(tcp).await?,
+            Tls::None | Tls::StartTls => Stream::Plain(tcp),
+        };
+        let mut client = async_imap::Client::new(stream);
+        let greeting = tokio::time::timeout(t, client.read_response())
+            .await
+            .map_err(|_| FetchError::Timeout(t))?
+            .map_err(|e| connect_err(e.to_string()))?;
+        if greeting.is_none() {
+            return Err(connect_err("the server closed the connection".into()));
+        }
+        if cfg.tls == Tls::StartTls {
+            tokio::time::timeout(t, client.run_command_and_check_ok("STARTTLS", None))
+                .await
+                .map_err(|_| FetchError::Timeout(t))?
+                .map_err(|e| connect_err(format!("STARTTLS refused: {e}")))?;
+            let Stream::Plain(tcp) = client.into_inner() else {
+                return Err(connect_err("unexpected TLS state".into()));
+            };
+            client = async_imap::Client::new(tls(tcp).await?);
+        }
+        let secret = cfg.secret.read().await?;
+        let auth_err = |e: async_imap::error::Error| FetchError::Auth {
+            server: srv.clone(),
+            user: cfg.username.clone(),
+            message: e.to_string(),
+        };
+        let login = async {
+            match cfg.auth {
+                AuthMechanism::Login => client
+                    .login(&cfg.username, secret.expose_secret())
+                    .await
+                    .map_err(|(e, _)| auth_err(e)),
+                AuthMechanism::Plain => client
+                    .authenticate(
+                        "PLAIN",
+                        PlainAuth {
+                            user: cfg.username.clone(),
+                            pass: secret.expose_secret().to_string(),
+                        },
+                    )
+                    .await
+                    .map_err(|(e, _)| auth_err(e)),
+                AuthMechanism::XOAuth2 => client
+                    .authenticate(
+                        "XOAUTH2",
+                        XOAuth2 {
+                            user: cfg.username.clone(),
+                            token: secret.expose_secret().to_string(),
+                        },
+                    )
+                    .await
+                    .map_err(|(e, _)| auth_err(e)),
+            }
+        };
+        let mut session = tokio::time::timeout(t, login)
+            .await
+            .map_err(|_| FetchError::Timeout(t))??;
+        let caps = tokio::time::timeout(t, session.capabilities())
+            .await
+            .map_err(|_| FetchError::Timeout(t))?
+            .map_err(proto)?;
+        let caps = Caps {
+            idle: caps.has_str("IDLE"),
+            mv: caps.has_str("MOVE"),
+            uidplus: caps.has_str("UIDPLUS"),
+        };
+        let delimiter = {
+            let names: Vec<_> = tokio::time::timeout(t, async {
+                session.list(Some(""), Some("")).await?.try_collect::<Vec<_>>().await
+            })
+            .await
+            .map_err(|_| FetchError::Timeout(t))?
+            .map_err(proto)?;
+            names
+                .first()
+                .and_then(|n| n.delimiter().map(str::to_string))
+                .unwrap_or_else(|| "/".to_string())
+        };
+        let mailbox = tokio::time::timeout(t, session.select(encode_folder(&cfg.folder)))
+            .await
+            .map_err(|_| FetchError::Timeout(t))?
+            .map_err(|e| proto(format!("cannot select {}: {e}", cfg.folder)))?;
+        debug!(server = %srv, ?caps, delimiter = %delimiter, "connected");
+        Ok(Imap {
+            cfg: cfg.clone(),
+            session: Some(session),
+            caps,
+            delimiter,
+            uid_validity: mailbox.uid_validity,
+            folders: HashSet::new(),
+        })
+    }
+
+    fn session(&mut self) -> Result<&mut Session, FetchError> {
+        self.session
+            .as_mut()
+            .ok_or_else(|| FetchError::Protocol("not connected".into()))
+    }
+
+    async fn timed<F, T>(t: Duration, f: F) -> Result<T, FetchError>
+    where
+        F: std::future::Future<Output = Result<T, async_imap::error::Error>>,
+    {
+        tokio::time::timeout(t, f)
+            .await
+            .map_err(|_| FetchError::Timeout(t))?
+            .map_err(proto)
+    }
+
+    /// Discards unsolicited responses (the channel holds 100 and drops the
+    /// rest; we never depend on them).
+    fn drain_unsolicited(&mut self) {
+        if let Some(s) = self.session.as_mut() {
+            while s.unsolicited_responses.try_recv().is_ok() {}
+        }
+    }
+
+    /// The server's name of a folder written with `/` in the config.
+    pub fn server_folder(&self, folder: &str) -> String {
+        let name = if self.delimiter == "/" {
+            folder.to_string()
+        } else {
+            folder.replace('/', &self.delimiter)
+        };
+        encode_folder(&name)
+    }
+
+    /// Creates a folder (and its parents) when it does not exist.
+    async fn ensure_folder(&mut self, folder: &str) -> Result<String, FetchError> {
+        let name = self.server_folder(folder);
+        if self.folders.contains(&name) {
+            return Ok(name);
+        }
+        let t = self.cfg.timeout;
+        let exists = {
+            let s = self.session()?;
+            let found: Vec<_> = Self::timed(t, async {
+                s.list(Some(""), Some(&name)).await?.try_collect::<Vec<_>>().await
+            })
+            .await?;
+            !found.is_empty()
+        };
+        if !exists {
+            // Parents first, for servers that do not create them implicitly.
+            let parts: Vec<&str> = folder.split('/').filter(|p| !p.is_empty()).collect();
+            for i in 1..=parts.len() {
+                let partial = self.server_folder(&parts[..i].join("/"));
+                let s = self.session()?;
+                match Self::timed(t, s.create(&partial)).await {
+                    Ok(()) => {
+                        let _ = Self::timed(t, s.subscribe(&partial)).await;
+                        info!(folder = %parts[..i].join("/"), "created folder");
+                    }
+                    // Already exists (e.g. created by a parallel client).
+                    Err(FetchError::Protocol(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.folders.insert(name.clone());
+        Ok(name)
+    }
+
+    /// Waits for new mail: IDLE (re-issued before the 29-minute limit) or
+    /// the poll interval, whichever applies; returns early on shutdown.
+    pub async fn wait(&mut self, shutdown: &mut tokio::sync::watch::Receiver<bool>, idle_period: Duration) -> Result<Wake, FetchError> {
+        if *shutdown.borrow() {
+            return Ok(Wake::Shutdown);
+        }
+        self.drain_unsolicited();
+        if !(self.cfg.idle && self.caps.idle) {
+            tokio::select! {
+                _ = tokio::time::sleep(self.cfg.poll_interval) => return Ok(Wake::Changed),
+                _ = shutdown.changed() => return Ok(Wake::Shutdown),
+            }
+        }
+        let t = self.cfg.timeout;
+        let session = self
+            .session
+            .take()
+            .ok_or_else(|| FetchError::Protocol("not connected".into()))?;
+        let mut idle = session.idle();
+        Self::timed(t, idle.init()).await?;
+        let result = {
+            let (fut, stop) = idle.wait_with_timeout(idle_period);
+            tokio::select! {
+                r = fut => r.map_err(proto).map(|r| match r {
+                    IdleResponse::NewData(_) => Wake::Changed,
+                    IdleResponse::Timeout => Wake::Timeout,
+                    // A clean EOF looks like a manual interrupt: the caller
+                    // finds out on the next command and reconnects.
+                    IdleResponse::ManualInterrupt => Wake::Changed,
+                }),
+                _ = shutdown.changed() => {
+                    drop(stop);
+                    Ok(Wake::Shutdown)
+                }
+            }
+        };
+        let session = Self::timed(t, idle.done()).await?;
+        self.session = Some(session);
+        result
+    }
+
+    /// Logs out (best effort).
+    pub async fn logout(mut self) {
+        if let Some(mut s) = self.session.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.logout()).await;
+        }
+    }
+
+    /// Number of messages in a folder (IMAP STATUS), e.g. a representative's open load.
+    pub async fn count(&mut self, folder: &str) -> Result<u32, FetchError> {
+        let name = self.server_folder(folder);
+        let t = self.cfg.timeout;
+        let s = self.session()?;
+        match Self::timed(t, s.status(&name, "(MESSAGES)")).await {
+            Ok(m) => Ok(m.exists),
+            Err(FetchError::Protocol(_)) => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn flag_list(flags: &[Flag]) -> String {
+    flags
+        .iter()
+        .map(|f| match f {
+            Flag::Answered => "\\Answered".to_string(),
+            Flag::Seen => "\\Seen".to_string(),
+            Flag::Keyword(k) => k.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl MailSource for Imap {
+    async fn pending(&mut self) -> Result<Vec<MsgRef>, FetchError> {
+        let t = self.cfg.timeout;
+        let s = self.session()?;
+        let found = Self::timed(t, s.uid_search("UNDELETED")).await?;
+        self.drain_unsolicited();
+        let mut v: Vec<u32> = found.into_iter().collect();
+        v.sort_unstable();
+        Ok(v.into_iter().map(MsgRef::Uid).collect())
+    }
+
+    async fn fetch(&mut self, ids: &[MsgRef], max_size: u64) -> Result<Vec<Fetched>, FetchError> {
+        let t = self.cfg.timeout.max(Duration::from_secs(60));
+        let wanted = uids(ids);
+        // Sizes first, so big messages are fetched as a prefix only.
+        let mut sizes = std::collections::HashMap::new();
+        for set in uid_sets(&wanted) {
+            let s = self.session()?;
+            let fetches: Vec<Fetch> = Self::timed(t, async {
+                s.uid_fetch(&set, "(UID RFC822.SIZE)").await?.try_collect().await
+            })
+            .await?;
+            for f in fetches {
+                if let (Some(uid), Some(size)) = (f.uid, f.size) {
+                    sizes.insert(uid, u64::from(size));
+                }
+            }
+        }
+        let (small, big): (Vec<u32>, Vec<u32>) = wanted
+            .iter()
+            .filter(|u| sizes.contains_key(u))
+            .partition(|u| sizes.get(u).is_some_and(|s| *s <= max_size));
+        let mut out = Vec::with_capacity(wanted.len());
+        for (list, query, truncated) in [
+            (small, "(UID BODY.PEEK[])".to_string(), false),
+            (big, format!("(UID BODY.PEEK[]<0.{}>)", PREFIX_BYTES.min(max_size)), true),
+        ] {
+            for set in uid_sets(&list) {
+                let s = self.session()?;
+                let fetches: Vec<Fetch> = Self::timed(t, async {
+                    s.uid_fetch(&set, &query).await?.try_collect().await
+                })
+                .await?;
+                for f in fetches {
+                    let (Some(uid), Some(body)) = (f.uid, f.body()) else {
+                        continue;
+                    };
+                    out.push(Fetched {
+                        id: MsgRef::Uid(uid),
+                        raw: body.to_vec(),
+                        size: sizes.get(&uid).copied().unwrap_or(body.len() as u64),
+                        truncated,
+                    });
+                }
+            }
+        }
+        self.drain_unsolicited();
+        // Keep the order of the request (oldest first).
+        out.sort_by_key(|f| match f.id {
+            MsgRef::Uid(u) => u,
+            MsgRef::File(_) => 0,
+        });
+        Ok(out)
+    }
+
+    async fn add_flags(&mut self, id: &MsgRef, flags: &[Flag]) -> Result<(), FetchError> {
+        let MsgRef::Uid(uid) = id else {
+            return Ok(());
+        };
+        let t = self.cfg.timeout;
+        let (system, keywords): (Vec<Flag>, Vec<Flag>) =
+            flags.iter().cloned().partition(|f| !matches!(f, Flag::Keyword(_)));
+        for (list, optional) in [(system, false), (keywords, true)] {
+            if list.is_empty() {
+                continue;
+            }
+            let q = format!("+FLAGS.SILENT ({})", flag_list(&list));
+            let s = self.session()?;
+            let r: Result<Vec<Fetch>, FetchError> = Self::timed(t, async {
+                s.uid_store(uid.to_string(), &q).await?.try_collect().await
+            })
+            .await;
+            match r {
+                Ok(_) => {}
+                // Servers may refuse custom keywords (PERMANENTFLAGS): not fatal.
+                Err(FetchError::Protocol(e)) if optional => debug!("keywords not stored: {e}"),
+                Err(e) => return Err(e),
+            }
+        }
+        self.drain_unsolicited();
+        Ok(())
+    }
+
+    async fn move_to(&mut self, folder: &str, ids: &[MsgRef]) -> Result<(), FetchError> {
+        let list = uids(ids);
+        if list.is_empty() {
+            return Ok(());
+        }
+        let dest = self.ensure_folder(folder).await?;
+        let t = self.cfg.timeout.max(Duration::from_secs(60));
+        for set in uid_sets(&list) {
+            if self.caps.mv {
+                let s = self.session()?;
+                Self::timed(t, s.uid_mv(&set, &dest)).await?;
+            } else {
+                let s = self.session()?;
+                Self::timed(t, s.uid_copy(&set, &dest)).await?;
+                let _: Vec<Fetch> = Self::timed(t, async {
+                    s.uid_store(&set, "+FLAGS.SILENT (\\Deleted)").await?.try_collect().await
+                })
+                .await?;
+                if self.caps.uidplus {
+                    let s = self.session()?;
+                    let _: Vec<u32> = Self::timed(t, async {
+                        s.uid_expunge(&set).await?.try_collect().await
+                    })
+                    .await?;
+                }
+                // Without UIDPLUS the original stays, flagged \Deleted (and
+                // skipped by `pending`), until a client expunges the folder.
+            }
+        }
+        self.drain_unsolicited();
+        Ok(())
+    }
+
+    async fn append(&mut self, folder: &str, raw: &[u8], flags: &[Flag]) -> Result<(), FetchError> {
+        let dest = self.ensure_folder(folder).await?;
+        let t = self.cfg.timeout;
+        let f = format!("({})", flag_list(flags));
+        let s = self.session()?;
+        Self::timed(t, s.append(&dest, Some(&f), None, raw)).await?;
+        self.drain_unsolicited();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utf7_folder_names() {
+        assert_eq!(encode_folder("Queues/Support"), "Queues/Support");
+        assert_eq!(encode_folder("Tom & Jerry"), "Tom &- Jerry");
+        assert_eq!(encode_folder("Entwürfe"), "Entw&APw-rfe");
+        assert_eq!(encode_folder("台北"), "&U,BTFw-");
+    }
+
+    #[test]
+    fn compact_uid_sets() {
+        assert_eq!(uid_sets(&[5, 1, 2, 3, 9, 10, 7]), vec!["1:3,5,7,9:10"]);
+        assert!(uid_sets(&[]).is_empty());
+        let many: Vec<u32> = (0..5000).map(|i| i * 2).collect();
+        let sets = uid_sets(&many);
+        assert!(sets.len() > 1);
+        assert!(sets.iter().all(|s| s.len() <= 4000));
+    }
+}
