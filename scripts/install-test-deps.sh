@@ -35,7 +35,22 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+# Keep the package scripts from starting the system instances at all: a
+# policy-rc.d that denies every action (only if the machine has none; it is
+# removed again afterwards).
+policy=/usr/sbin/policy-rc.d
+own_policy=0
+cleanup() {
+    rm -f "$log"
+    if [ "$own_policy" = 1 ]; then "${SUDO[@]}" rm -f "$policy"; fi
+}
+trap cleanup EXIT
+if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# Temporary, from install-test-deps.sh: start no services.\nexit 101\n' |
+        "${SUDO[@]}" tee "$policy" >/dev/null
+    "${SUDO[@]}" chmod 0755 "$policy"
+    own_policy=1
+fi
 
 # Keep postfix's postinst from asking how mail should be configured.
 echo "postfix postfix/main_mailer_type select No configuration" |
@@ -56,8 +71,8 @@ if ! apt_install; then
     fi
 fi
 
-# Stop the system instances in case a package script started them (there is no
-# systemd here, but the init scripts may have run). Errors are irrelevant: in
+# Stop the system instances in case something started them anyway (e.g. a
+# policy-rc.d of the machine's own that allows it). Errors are irrelevant: in
 # the usual case nothing is running.
 "${SUDO[@]}" postfix stop >/dev/null 2>&1 || true
 "${SUDO[@]}" dovecot stop >/dev/null 2>&1 || true
