@@ -156,6 +156,7 @@ pub async fn run_imap(
     retry: (Duration, Duration),
 ) -> Result<usize, FetchError> {
     let info = mailbox_info(&mb);
+    shared.batch_size = icfg.batch_size as usize;
     let mut backoff = Backoff::new(retry.0.max(Duration::from_millis(200)), retry.1);
     // The last error logged: the same failure is logged once, not per retry.
     let mut last_error: Option<String> = None;
@@ -191,10 +192,10 @@ pub async fn run_imap(
                 continue;
             }
         };
-        if let (Some(old), Some(new)) = (uid_validity, imap.uid_validity) {
-            if old != new {
-                warn!(mailbox = %mb.name, old, new, "UIDVALIDITY changed: rescanning (already handled messages are recognised by Message-ID)");
-            }
+        if let (Some(old), Some(new)) = (uid_validity, imap.uid_validity)
+            && old != new
+        {
+            warn!(mailbox = %mb.name, old, new, "UIDVALIDITY changed: rescanning (already handled messages are recognised by Message-ID)");
         }
         uid_validity = imap.uid_validity;
         loop {

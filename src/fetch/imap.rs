@@ -44,7 +44,11 @@ pub enum Stream {
 }
 
 impl AsyncRead for Stream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -53,7 +57,11 @@ impl AsyncRead for Stream {
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -124,7 +132,8 @@ pub fn tls_config(accept_invalid: bool) -> Result<Arc<rustls::ClientConfig>, Str
             .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
             .with_no_client_auth()
     } else {
-        let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let roots =
+            rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         builder.with_root_certificates(roots).with_no_client_auth()
     };
     Ok(Arc::new(cfg))
@@ -150,7 +159,12 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
     fn verify_tls13_signature(
         &self,
@@ -158,7 +172,12 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
@@ -201,7 +220,11 @@ pub fn encode_folder(name: &str) -> String {
         const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+,";
         out.push('&');
         for chunk in bytes.chunks(3) {
-            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
             let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
             let chars = chunk.len() + 1;
             for i in 0..chars {
@@ -294,7 +317,9 @@ impl Imap {
         let tls = |tcp: TcpStream| async {
             let name = rustls::pki_types::ServerName::try_from(cfg.host.clone())
                 .map_err(|e| connect_err(format!("invalid host name: {e}")))?;
-            let conn = TlsConnector::from(tls_config(cfg.danger_accept_invalid_certs).map_err(&connect_err)?);
+            let conn = TlsConnector::from(
+                tls_config(cfg.danger_accept_invalid_certs).map_err(&connect_err)?,
+            );
             tokio::time::timeout(t, conn.connect(name, tcp))
                 .await
                 .map_err(|_| FetchError::Timeout(t))?
@@ -371,7 +396,11 @@ impl Imap {
         };
         let delimiter = {
             let names: Vec<_> = tokio::time::timeout(t, async {
-                session.list(Some(""), Some("")).await?.try_collect::<Vec<_>>().await
+                session
+                    .list(Some(""), Some(""))
+                    .await?
+                    .try_collect::<Vec<_>>()
+                    .await
             })
             .await
             .map_err(|_| FetchError::Timeout(t))?
@@ -440,7 +469,10 @@ impl Imap {
         let exists = {
             let s = self.session()?;
             let found: Vec<_> = Self::timed(t, async {
-                s.list(Some(""), Some(&name)).await?.try_collect::<Vec<_>>().await
+                s.list(Some(""), Some(&name))
+                    .await?
+                    .try_collect::<Vec<_>>()
+                    .await
             })
             .await?;
             !found.is_empty()
@@ -468,7 +500,11 @@ impl Imap {
 
     /// Waits for new mail: IDLE (re-issued before the 29-minute limit) or
     /// the poll interval, whichever applies; returns early on shutdown.
-    pub async fn wait(&mut self, shutdown: &mut tokio::sync::watch::Receiver<bool>, idle_period: Duration) -> Result<Wake, FetchError> {
+    pub async fn wait(
+        &mut self,
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+        idle_period: Duration,
+    ) -> Result<Wake, FetchError> {
         if *shutdown.borrow() {
             return Ok(Wake::Shutdown);
         }
@@ -558,7 +594,10 @@ impl MailSource for Imap {
         for set in uid_sets(&wanted) {
             let s = self.session()?;
             let fetches: Vec<Fetch> = Self::timed(t, async {
-                s.uid_fetch(&set, "(UID RFC822.SIZE)").await?.try_collect().await
+                s.uid_fetch(&set, "(UID RFC822.SIZE)")
+                    .await?
+                    .try_collect()
+                    .await
             })
             .await?;
             for f in fetches {
@@ -574,7 +613,11 @@ impl MailSource for Imap {
         let mut out = Vec::with_capacity(wanted.len());
         for (list, query, truncated) in [
             (small, "(UID BODY.PEEK[])".to_string(), false),
-            (big, format!("(UID BODY.PEEK[]<0.{}>)", PREFIX_BYTES.min(max_size)), true),
+            (
+                big,
+                format!("(UID BODY.PEEK[]<0.{}>)", PREFIX_BYTES.min(max_size)),
+                true,
+            ),
         ] {
             for set in uid_sets(&list) {
                 let s = self.session()?;
@@ -609,8 +652,10 @@ impl MailSource for Imap {
             return Ok(());
         };
         let t = self.cfg.timeout;
-        let (system, keywords): (Vec<Flag>, Vec<Flag>) =
-            flags.iter().cloned().partition(|f| !matches!(f, Flag::Keyword(_)));
+        let (system, keywords): (Vec<Flag>, Vec<Flag>) = flags
+            .iter()
+            .cloned()
+            .partition(|f| !matches!(f, Flag::Keyword(_)));
         for (list, optional) in [(system, false), (keywords, true)] {
             if list.is_empty() {
                 continue;
@@ -647,15 +692,17 @@ impl MailSource for Imap {
                 let s = self.session()?;
                 Self::timed(t, s.uid_copy(&set, &dest)).await?;
                 let _: Vec<Fetch> = Self::timed(t, async {
-                    s.uid_store(&set, "+FLAGS.SILENT (\\Deleted)").await?.try_collect().await
+                    s.uid_store(&set, "+FLAGS.SILENT (\\Deleted)")
+                        .await?
+                        .try_collect()
+                        .await
                 })
                 .await?;
                 if self.caps.uidplus {
                     let s = self.session()?;
-                    let _: Vec<u32> = Self::timed(t, async {
-                        s.uid_expunge(&set).await?.try_collect().await
-                    })
-                    .await?;
+                    let _: Vec<u32> =
+                        Self::timed(t, async { s.uid_expunge(&set).await?.try_collect().await })
+                            .await?;
                 }
                 // Without UIDPLUS the original stays, flagged \Deleted (and
                 // skipped by `pending`), until a client expunges the folder.

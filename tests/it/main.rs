@@ -1,8 +1,10 @@
 //! Integration tests: one binary with a module per area (faster builds).
 
 mod common;
+mod daemon;
 mod demo;
 mod diagnostics;
 mod loop_guard;
+mod mailserver;
 mod no_panic;
 mod pipeline;

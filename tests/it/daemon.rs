@@ -1,0 +1,471 @@
+//! `switchboard run` against real Dovecot and Postfix.
+
+use std::time::Duration;
+
+use crate::mailserver::{Client, Daemon, Servers, customer_mail, run_once, smtp_send, wait_for};
+
+const SUPPORT: &str = "support@example.test";
+const ALICE: &str = "alice@customer.test";
+const LONG: Duration = Duration::from_secs(60);
+
+fn hours_question(id: &str, from: &str) -> Vec<u8> {
+    customer_mail(
+        from,
+        SUPPORT,
+        "Opening hours?",
+        "Hello, what are your opening hours on Saturday?",
+        id,
+        "",
+    )
+}
+
+/// Replies in a mailbox that answer `id`.
+fn replies_to(msgs: &[crate::mailserver::Msg], id: &str) -> usize {
+    msgs.iter()
+        .filter(|m| m.header("In-Reply-To").is_some_and(|v| v.contains(id)))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routine_question_is_answered_threaded_and_filed() {
+    let srv = Servers::start();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = srv.write_config(dir.path(), "");
+    smtp_send(
+        srv.smtp_port,
+        ALICE,
+        SUPPORT,
+        &hours_question("q1@customer.test", ALICE),
+    )
+    .await;
+    srv.wait_postfix_queue_empty(LONG);
+    let out = run_once(&config);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    srv.wait_postfix_queue_empty(LONG);
+
+    let mut alice = Client::login(srv.imap_port, ALICE).await;
+    let inbox = alice.messages("INBOX").await;
+    assert_eq!(inbox.len(), 1, "alice got {} messages", inbox.len());
+    let reply = &inbox[0];
+    assert_eq!(
+        reply.header("Auto-Submitted").as_deref(),
+        Some("auto-replied")
+    );
+    assert_eq!(
+        reply.header("X-Auto-Response-Suppress").as_deref(),
+        Some("All")
+    );
+    assert_eq!(
+        reply.header("In-Reply-To").as_deref(),
+        Some("<q1@customer.test>")
+    );
+    assert!(
+        reply
+            .header("References")
+            .is_some_and(|r| r.contains("<q1@customer.test>"))
+    );
+    assert!(
+        reply
+            .header("Subject")
+            .is_some_and(|s| s.starts_with("Re: Opening hours? [#SB-")),
+        "{:?}",
+        reply.header("Subject")
+    );
+    assert!(
+        reply
+            .header("Message-ID")
+            .is_some_and(|m| m.ends_with("@example.test>"))
+    );
+    assert!(reply.raw.contains("we are open Monday to Friday"));
+
+    let mut support = Client::login(srv.imap_port, SUPPORT).await;
+    assert_eq!(support.count("INBOX").await, 0);
+    let sent = support.messages("Sent").await;
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].header("Message-ID"), reply.header("Message-ID"));
+    let answered = support.messages("Answered").await;
+    assert_eq!(answered.len(), 1);
+    assert!(
+        answered[0].flags.iter().any(|f| f.contains("Answered")),
+        "{:?}",
+        answered[0].flags
+    );
+    // Fetching never marked the customer's mail as seen.
+    assert!(
+        !answered[0].flags.iter().any(|f| f.contains("Seen")),
+        "{:?}",
+        answered[0].flags
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complaints_and_automatic_mail_get_no_reply() {
+    let srv = Servers::start();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = srv.write_config(dir.path(), "");
+    let complaint = customer_mail(
+        ALICE,
+        SUPPORT,
+        "Complaint: parcel arrived damaged",
+        "The vase arrived damaged. Opening hours? I want a refund!",
+        "c1@customer.test",
+        "",
+    );
+    let oof = customer_mail(
+        ALICE,
+        SUPPORT,
+        "Automatic reply: Opening hours?",
+        "I am out of the office until Monday.",
+        "o1@customer.test",
+        "Auto-Submitted: auto-replied\r\nX-Autoreply: yes\r\n",
+    );
+    let list = customer_mail(
+        "ops@lists.customer.test",
+        SUPPORT,
+        "[ops] Opening hours? thread",
+        "What opening hours do you all use?",
+        "l1@customer.test",
+        "List-Id: <ops.lists.customer.test>\r\nList-Unsubscribe: <mailto:leave@lists.customer.test>\r\nPrecedence: list\r\n",
+    );
+    for m in [&complaint, &oof, &list] {
+        smtp_send(srv.smtp_port, ALICE, SUPPORT, m).await;
+    }
+    srv.wait_postfix_queue_empty(LONG);
+    let out = run_once(&config);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    srv.wait_postfix_queue_empty(LONG);
+
+    let mut support = Client::login(srv.imap_port, SUPPORT).await;
+    assert_eq!(support.count("INBOX").await, 0);
+    let complaints = support.messages("Queues/Complaints").await;
+    assert_eq!(complaints.len(), 1);
+    assert!(complaints[0].raw.contains("c1@customer.test"));
+    assert_eq!(support.count("Ignored").await, 2);
+    assert_eq!(support.count("Sent").await, 0);
+    let mut alice = Client::login(srv.imap_port, ALICE).await;
+    assert_eq!(
+        alice.count("INBOX").await,
+        0,
+        "no reply to complaints, auto-replies or lists"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_picks_up_new_mail_and_sigterm_stops_cleanly() {
+    let srv = Servers::start();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    // Poll interval 300 s: only IDLE can explain a quick pick-up.
+    let config = srv.write_config(dir.path(), "");
+    let mut daemon = Daemon::spawn(&config);
+    let mut support = Client::login(srv.imap_port, SUPPORT).await;
+    wait_for(LONG, "the daemon to connect and IDLE", || {
+        let log = daemon.log_text();
+        async move { log.contains("connected") }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    smtp_send(
+        srv.smtp_port,
+        ALICE,
+        SUPPORT,
+        &hours_question("idle1@customer.test", ALICE),
+    )
+    .await;
+    // Far below the 300 s poll interval.
+    wait_for(
+        Duration::from_secs(20),
+        "the IDLE wake-up to file the message",
+        || {
+            let port = srv.imap_port;
+            async move { Client::login(port, SUPPORT).await.count("Answered").await == 1 }
+        },
+    )
+    .await;
+    assert_eq!(support.count("INBOX").await, 0);
+    let (status, took) = daemon.terminate();
+    assert!(
+        status.success(),
+        "exit status {status:?}\n{}",
+        daemon.log_text()
+    );
+    assert!(took < Duration::from_secs(10), "stopping took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dovecot_restart_and_postfix_outage() {
+    let srv = Servers::start();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = srv.write_config(dir.path(), "");
+    let mut daemon = Daemon::spawn(&config);
+    wait_for(LONG, "connect", || {
+        let log = daemon.log_text();
+        async move { log.contains("connected") }
+    })
+    .await;
+
+    // Dovecot goes away while the daemon IDLEs; mail queues in Postfix.
+    srv.script("stop-dovecot");
+    for i in 0..3 {
+        let from = format!("c{i}@customer.test");
+        smtp_send(
+            srv.smtp_port,
+            &from,
+            SUPPORT,
+            &hours_question(&format!("dr{i}@customer.test"), &from),
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    srv.script("start-dovecot");
+    wait_for(LONG, "all three answered after Dovecot is back", || {
+        let port = srv.imap_port;
+        async move { Client::login(port, SUPPORT).await.count("Answered").await == 3 }
+    })
+    .await;
+
+    // Postfix goes away: the reply waits in the inbox, then goes out once.
+    srv.script("stop-postfix");
+    let mut support = Client::login(srv.imap_port, SUPPORT).await;
+    support
+        .append("INBOX", &hours_question("pf1@customer.test", ALICE))
+        .await;
+    wait_for(LONG, "the daemon to defer the reply", || {
+        let log = daemon.log_text();
+        async move { log.contains("reply deferred") }
+    })
+    .await;
+    assert_eq!(
+        support.count("INBOX").await,
+        1,
+        "the message waits in the inbox"
+    );
+    srv.script("start-postfix");
+    wait_for(LONG, "the deferred reply to be sent", || {
+        let port = srv.imap_port;
+        async move { Client::login(port, SUPPORT).await.count("Answered").await == 4 }
+    })
+    .await;
+    // Give a duplicate every chance to appear, then count.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    srv.wait_postfix_queue_empty(LONG);
+    let mut alice = Client::login(srv.imap_port, ALICE).await;
+    let inbox = alice.messages("INBOX").await;
+    assert_eq!(
+        replies_to(&inbox, "pf1@customer.test"),
+        1,
+        "exactly one reply after the outage"
+    );
+    for i in 0..3 {
+        let files = srv.maildir_files(&format!("c{i}@customer.test"), "INBOX");
+        assert_eq!(files.len(), 1, "c{i} got {} replies", files.len());
+    }
+    let (status, _) = daemon.terminate();
+    assert!(status.success(), "{}", daemon.log_text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_batch_loses_nothing_and_never_replies_twice() {
+    use std::os::unix::fs::chown;
+    let srv = Servers::start();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = srv.write_config(dir.path(), "batch_size = 20\n");
+    // 240 messages straight into the inbox: 200 questions from distinct
+    // customers, 40 complaints.
+    let new = srv.maildir_root.join("example.test/support/new");
+    std::fs::create_dir_all(&new).unwrap_or_else(|e| panic!("{e}"));
+    let n = 240;
+    for i in 0..n {
+        let from = format!("k{i}@customer.test");
+        let raw = if i % 6 == 5 {
+            customer_mail(
+                &from,
+                SUPPORT,
+                "Complaint",
+                "My parcel arrived damaged.",
+                &format!("k{i}@customer.test"),
+                "",
+            )
+        } else {
+            hours_question(&format!("k{i}@customer.test"), &from)
+        };
+        let path = new.join(format!("1732350000.M{i}P1.seed"));
+        std::fs::write(&path, raw).unwrap_or_else(|e| panic!("{e}"));
+        let _ = chown(&path, Some(8), Some(8));
+    }
+    let _ = std::process::Command::new("chown")
+        .args(["-R", "mail:mail"])
+        .arg(&srv.maildir_root)
+        .status();
+
+    let mut daemon = Daemon::spawn(&config);
+    wait_for(LONG, "some progress", || {
+        let port = srv.imap_port;
+        async move { Client::login(port, SUPPORT).await.count("Answered").await >= 30 }
+    })
+    .await;
+    daemon.kill9();
+    let mut support = Client::login(srv.imap_port, SUPPORT).await;
+    let left = support.count("INBOX").await;
+    assert!(
+        left > 0,
+        "the kill came too late to test anything (inbox already empty)"
+    );
+
+    let out = run_once(&config);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    srv.wait_postfix_queue_empty(LONG);
+
+    assert_eq!(support.count("INBOX").await, 0);
+    let mut ids = std::collections::BTreeMap::new();
+    for folder in support.folders().await {
+        if folder == "INBOX" || folder == "Sent" {
+            continue;
+        }
+        for m in support.messages(&folder).await {
+            let id = m.header("Message-ID").unwrap_or_default();
+            *ids.entry(id).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(ids.len(), n, "every message is filed");
+    assert!(
+        ids.values().all(|c| *c == 1),
+        "a message is in two folders: {:?}",
+        ids.iter().filter(|(_, c)| **c > 1).collect::<Vec<_>>()
+    );
+    let mut answered = 0;
+    for i in 0..n {
+        let got = srv
+            .maildir_files(&format!("k{i}@customer.test"), "INBOX")
+            .len();
+        assert!(got <= 1, "k{i} got {got} automatic replies");
+        answered += got;
+    }
+    assert!(answered >= 150, "only {answered} questions were answered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uidvalidity_reset_answers_nothing_twice() {
+    let srv = Servers::start();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = srv.write_config(dir.path(), "");
+    let q = hours_question("uv1@customer.test", ALICE);
+    smtp_send(srv.smtp_port, ALICE, SUPPORT, &q).await;
+    srv.wait_postfix_queue_empty(LONG);
+    assert!(run_once(&config).status.success());
+    srv.wait_postfix_queue_empty(LONG);
+    // The same message shows up again under new UIDs (as after a mailbox
+    // rebuild), and the mailbox gets a new UIDVALIDITY.
+    let mut support = Client::login(srv.imap_port, SUPPORT).await;
+    support.append("INBOX", &q).await;
+    srv.doveadm(&[
+        "mailbox",
+        "update",
+        "-u",
+        SUPPORT,
+        "--uid-validity",
+        "424242",
+        "INBOX",
+    ]);
+    let out = run_once(&config);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    srv.wait_postfix_queue_empty(LONG);
+    assert_eq!(support.count("INBOX").await, 0);
+    assert_eq!(support.count("Answered").await, 2);
+    let mut alice = Client::login(srv.imap_port, ALICE).await;
+    assert_eq!(
+        replies_to(&alice.messages("INBOX").await, "uv1@customer.test"),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reload_keeps_old_rules_on_error_and_applies_good_ones() {
+    let srv = Servers::start();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = srv.write_config(dir.path(), "");
+    let mut daemon = Daemon::spawn(&config);
+    wait_for(LONG, "connect", || {
+        let log = daemon.log_text();
+        async move { log.contains("connected") }
+    })
+    .await;
+    // A broken edit: the error is logged with its position, the old rules stay.
+    let rules = dir.path().join("rules/rules.toml");
+    let good = std::fs::read_to_string(&rules).unwrap_or_default();
+    std::fs::write(&rules, format!("{good}\n[[rule]]\nname = \"bad\"\nwhen = {{ body = {{ regex = '(' }} }}\nroute = \"nowhere\"\n")).unwrap_or_else(|e| panic!("{e}"));
+    daemon.hup();
+    wait_for(LONG, "the reload error", || {
+        let log = daemon.log_text();
+        async move { log.contains("reload failed") }
+    })
+    .await;
+    let log = daemon.log_text();
+    assert!(
+        log.contains("rules/rules.toml:27:27: invalid regex"),
+        "{log}"
+    );
+    assert!(
+        log.contains("rules/rules.toml:28:9: queue \"nowhere\" is not defined"),
+        "{log}"
+    );
+    smtp_send(
+        srv.smtp_port,
+        ALICE,
+        SUPPORT,
+        &hours_question("hup1@customer.test", ALICE),
+    )
+    .await;
+    wait_for(LONG, "the old rules to answer", || {
+        let port = srv.imap_port;
+        async move { Client::login(port, SUPPORT).await.count("Answered").await == 1 }
+    })
+    .await;
+    // A good edit: opening-hours questions now go to a person.
+    std::fs::write(
+        &rules,
+        good.replace("reply = \"hours\"", "route = \"support\""),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    daemon.hup();
+    wait_for(LONG, "the reload", || {
+        let log = daemon.log_text();
+        async move { log.contains("reloaded") }
+    })
+    .await;
+    smtp_send(
+        srv.smtp_port,
+        "bob@customer.test",
+        SUPPORT,
+        &hours_question("hup2@customer.test", "bob@customer.test"),
+    )
+    .await;
+    wait_for(LONG, "the new rules to route", || {
+        let port = srv.imap_port;
+        async move {
+            Client::login(port, SUPPORT)
+                .await
+                .count("Queues/Support")
+                .await
+                == 1
+        }
+    })
+    .await;
+    let (status, _) = daemon.terminate();
+    assert!(status.success());
+}
