@@ -1,21 +1,31 @@
 //! The FAQ matcher: which FAQ entry answers this question, and how sure
 //! are we?
 //!
-//! Every example question is a document in an in-RAM tantivy index
-//! (BM25). A query retrieves the nearest examples and each entry gets the
-//! weighted vote of its examples among them. Confidence is the entry's
-//! share of the vote mass. The matcher is a pure function of (text,
-//! snapshot): the index is built once per knowledge snapshot.
+//! Two signals, both built once per knowledge snapshot from the entries'
+//! example questions (plus titles and keywords):
+//!
+//! 1. **A linear model** (multinomial logistic regression) over TF-IDF
+//!    features: stemmed word unigrams and bigrams, and character 2–5-grams
+//!    of the words. Character n-grams make it robust to typos and word
+//!    forms; the model learns which words tell entries apart. Trained with
+//!    plain SGD (fixed seed: the same files give the same model).
+//! 2. **Nearest examples** from an in-RAM tantivy index (BM25): the ten
+//!    most similar example questions vote for their entries.
+//!
+//! The confidence of an entry is `(p_model + 0.25 · p_vote) / 1.25`, a
+//! probability-like score between 0 and 1. An automatic answer needs the
+//! best entry to clear the threshold *and* lead the runner-up by the
+//! margin. Measured on 10,000 real banking questions with 5-fold
+//! cross-validation (`switchboard eval --cross-validate 5`): see README.
 
 use std::collections::HashMap;
 
 use serde::Serialize;
 use tantivy::collector::TopDocs;
 use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
-use tantivy::schema::{
-    FAST, Field, IndexRecordOption, STORED, Schema, TextFieldIndexing, TextOptions,
-};
+use tantivy::schema::{FAST, Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions};
 use tantivy::{Index, IndexReader, TantivyDocument, Term};
+use unicode_normalization::UnicodeNormalization;
 
 use crate::config::FaqConfig;
 use crate::knowledge::FaqEntry;
@@ -43,12 +53,367 @@ impl FaqResult {
     pub fn best(&self) -> Option<&Candidate> {
         self.candidates.first()
     }
+
+    /// Lead of the best candidate over the runner-up.
+    pub fn margin(&self) -> f64 {
+        match (self.candidates.first(), self.candidates.get(1)) {
+            (Some(a), Some(b)) => a.score - b.score,
+            (Some(a), None) => a.score,
+            _ => 0.0,
+        }
+    }
 }
 
-/// The FAQ entries of a snapshot with their search index.
+/// Weight of the nearest-example vote relative to the model.
+const VOTE_WEIGHT: f64 = 0.25;
+/// Examples that vote.
+const NEIGHBOURS: usize = 10;
+/// SGD settings (see the module docs).
+const EPOCHS: usize = 10;
+const LEARNING_RATE: f64 = 3.0;
+const L2: f64 = 1e-5;
+/// Upper bound of multiply-adds spent on training, so a very large FAQ
+/// still loads in seconds (fewer epochs, never fewer than two).
+const TRAINING_BUDGET: f64 = 4e9;
+
+/// Normalises text for features: Unicode NFKC, lower case, apostrophes
+/// dropped (`don't` → `dont`), then runs of letters and digits.
+pub fn words(text: &str) -> Vec<String> {
+    let t: String = text
+        .nfkc()
+        .flat_map(char::to_lowercase)
+        .filter(|c| !matches!(c, '\'' | '’' | '`'))
+        .collect();
+    t.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty() && w.chars().count() <= 40)
+        .map(str::to_string)
+        .collect()
+}
+
+fn stemmer() -> rust_stemmers::Stemmer {
+    rust_stemmers::Stemmer::create(rust_stemmers::Algorithm::English)
+}
+
+/// Stemmed words: the tokens of the tantivy index.
+pub fn analyze(text: &str) -> Vec<String> {
+    let s = stemmer();
+    words(text).iter().map(|w| s.stem(w).into_owned()).collect()
+}
+
+/// Raw features of a text: (word features, character features).
+fn raw_features(text: &str, stem: &rust_stemmers::Stemmer) -> (Vec<String>, Vec<String>) {
+    let ws = words(text);
+    let stemmed: Vec<String> = ws.iter().map(|w| stem.stem(w).into_owned()).collect();
+    let mut word = stemmed.clone();
+    for pair in stemmed.windows(2) {
+        word.push(format!("{} {}", pair[0], pair[1]));
+    }
+    let mut chars = Vec::new();
+    for w in &ws {
+        let padded: Vec<char> = std::iter::once(' ')
+            .chain(w.chars())
+            .chain(std::iter::once(' '))
+            .collect();
+        for n in 2..=5 {
+            if n > padded.len() {
+                break;
+            }
+            for win in padded.windows(n) {
+                chars.push(win.iter().collect());
+            }
+        }
+    }
+    (word, chars)
+}
+
+/// TF-IDF vocabulary of the two feature blocks.
+#[derive(Debug, Default)]
+struct Vocab {
+    word: HashMap<String, u32>,
+    chars: HashMap<String, u32>,
+    idf: Vec<f32>,
+}
+
+impl Vocab {
+    fn build(docs: &[(Vec<String>, Vec<String>)]) -> Vocab {
+        let n = docs.len() as f64;
+        let mut df: [HashMap<&str, u32>; 2] = [HashMap::new(), HashMap::new()];
+        for (w, c) in docs {
+            for (b, feats) in [w, c].into_iter().enumerate() {
+                let mut seen: Vec<&str> = feats.iter().map(String::as_str).collect();
+                seen.sort_unstable();
+                seen.dedup();
+                for f in seen {
+                    *df[b].entry(f).or_default() += 1;
+                }
+            }
+        }
+        let mut v = Vocab::default();
+        for (b, map) in df.iter().enumerate() {
+            let mut keys: Vec<(&&str, &u32)> = map.iter().collect();
+            keys.sort();
+            for (k, d) in keys {
+                let idx = v.idf.len() as u32;
+                v.idf
+                    .push((((1.0 + n) / (1.0 + f64::from(*d))).ln() + 1.0) as f32);
+                if b == 0 {
+                    v.word.insert((*k).to_string(), idx);
+                } else {
+                    v.chars.insert((*k).to_string(), idx);
+                }
+            }
+        }
+        v
+    }
+
+    fn dim(&self) -> usize {
+        self.idf.len()
+    }
+
+    /// Sparse unit vector: per block `(1 + ln tf) · idf`, L2-normalised,
+    /// each block scaled by 1/√2.
+    fn vector(&self, feats: &(Vec<String>, Vec<String>)) -> Vec<(u32, f32)> {
+        let mut out = Vec::new();
+        for (map, list) in [(&self.word, &feats.0), (&self.chars, &feats.1)] {
+            let mut tf: HashMap<u32, u32> = HashMap::new();
+            for f in list {
+                if let Some(&i) = map.get(f.as_str()) {
+                    *tf.entry(i).or_default() += 1;
+                }
+            }
+            if tf.is_empty() {
+                continue;
+            }
+            let mut block: Vec<(u32, f32)> = tf
+                .into_iter()
+                .map(|(i, c)| (i, (1.0 + (c as f32).ln()) * self.idf[i as usize]))
+                .collect();
+            block.sort_unstable_by_key(|(i, _)| *i);
+            let norm = block.iter().map(|(_, v)| v * v).sum::<f32>().sqrt();
+            if norm > 0.0 {
+                let k = norm * std::f32::consts::SQRT_2;
+                out.extend(block.into_iter().map(|(i, v)| (i, v / k)));
+            }
+        }
+        out
+    }
+}
+
+/// A deterministic xorshift generator for shuffling training examples.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = (self.next() % (i as u64 + 1)) as usize;
+            v.swap(i, j);
+        }
+    }
+}
+
+/// Multinomial logistic regression.
+#[derive(Debug, Default)]
+struct Model {
+    vocab: Vocab,
+    /// `dim × classes`, row-major by feature.
+    weights: Vec<f32>,
+    bias: Vec<f32>,
+    classes: usize,
+}
+
+fn softmax(z: &mut [f64]) {
+    let max = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let mut sum = 0.0;
+    for v in z.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    if sum > 0.0 {
+        for v in z.iter_mut() {
+            *v /= sum;
+        }
+    }
+}
+
+impl Model {
+    fn train(texts: &[String], labels: &[usize], classes: usize) -> Model {
+        let stem = stemmer();
+        let feats: Vec<(Vec<String>, Vec<String>)> =
+            texts.iter().map(|t| raw_features(t, &stem)).collect();
+        let vocab = Vocab::build(&feats);
+        let xs: Vec<Vec<(u32, f32)>> = feats.iter().map(|f| vocab.vector(f)).collect();
+        let dim = vocab.dim();
+        let mut v = vec![0f32; dim * classes];
+        let mut bias = vec![0f64; classes];
+        let mut scale = 1.0f64;
+        let nnz: usize = xs.iter().map(Vec::len).sum();
+        let per_epoch = 2.0 * nnz as f64 * classes as f64;
+        let epochs = ((TRAINING_BUDGET / per_epoch.max(1.0)) as usize).clamp(2, EPOCHS);
+        let steps = (epochs * xs.len()).max(1) as f64;
+        let mut order: Vec<usize> = (0..xs.len()).collect();
+        let mut rng = XorShift(42);
+        let mut z = vec![0f64; classes];
+        let mut t = 0f64;
+        for _ in 0..epochs {
+            rng.shuffle(&mut order);
+            for &i in &order {
+                let lr = LEARNING_RATE * (1.0 - t / steps);
+                t += 1.0;
+                let x = &xs[i];
+                for (k, zk) in z.iter_mut().enumerate() {
+                    *zk = bias[k];
+                }
+                for &(j, val) in x {
+                    let row = &v[j as usize * classes..(j as usize + 1) * classes];
+                    let f = f64::from(val) * scale;
+                    for (zk, w) in z.iter_mut().zip(row) {
+                        *zk += f * f64::from(*w);
+                    }
+                }
+                softmax(&mut z);
+                z[labels[i]] -= 1.0;
+                scale *= 1.0 - lr * L2;
+                let coef = lr / scale;
+                for &(j, val) in x {
+                    let row = &mut v[j as usize * classes..(j as usize + 1) * classes];
+                    let f = coef * f64::from(val);
+                    for (w, g) in row.iter_mut().zip(z.iter()) {
+                        *w -= (f * g) as f32;
+                    }
+                }
+                for (b, g) in bias.iter_mut().zip(z.iter()) {
+                    *b -= lr * g;
+                }
+                if scale < 1e-6 {
+                    for w in v.iter_mut() {
+                        *w = (f64::from(*w) * scale) as f32;
+                    }
+                    scale = 1.0;
+                }
+            }
+        }
+        for w in v.iter_mut() {
+            *w = (f64::from(*w) * scale) as f32;
+        }
+        Model {
+            vocab,
+            weights: v,
+            bias: bias.into_iter().map(|b| b as f32).collect(),
+            classes,
+        }
+    }
+
+    /// Class probabilities of a text.
+    fn predict(&self, text: &str, stem: &rust_stemmers::Stemmer) -> Vec<f64> {
+        let x = self.vocab.vector(&raw_features(text, stem));
+        let mut z: Vec<f64> = self.bias.iter().map(|b| f64::from(*b)).collect();
+        for (j, val) in x {
+            let row = &self.weights[j as usize * self.classes..(j as usize + 1) * self.classes];
+            for (zk, w) in z.iter_mut().zip(row) {
+                *zk += f64::from(val) * f64::from(*w);
+            }
+        }
+        softmax(&mut z);
+        z
+    }
+}
+
+/// The nearest-example index.
+struct Neighbours {
+    reader: IndexReader,
+    text: Field,
+}
+
+impl Neighbours {
+    fn build(texts: &[String], labels: &[usize]) -> Result<Neighbours, String> {
+        let mut sb = Schema::builder();
+        let opts = TextOptions::default().set_indexing_options(
+            TextFieldIndexing::default()
+                .set_tokenizer("whitespace")
+                .set_index_option(IndexRecordOption::WithFreqs),
+        );
+        let text = sb.add_text_field("text", opts);
+        let entry = sb.add_u64_field("entry", FAST);
+        let index = Index::create_in_ram(sb.build());
+        let mut writer = index
+            .writer_with_num_threads::<TantivyDocument>(1, 15_000_000)
+            .map_err(|e| e.to_string())?;
+        for (t, l) in texts.iter().zip(labels) {
+            let mut doc = TantivyDocument::default();
+            doc.add_text(text, analyze(t).join(" "));
+            doc.add_u64(entry, *l as u64);
+            writer.add_document(doc).map_err(|e| e.to_string())?;
+        }
+        writer.commit().map_err(|e| e.to_string())?;
+        let reader = index.reader().map_err(|e| e.to_string())?;
+        Ok(Neighbours { reader, text })
+    }
+
+    /// Vote distribution over entries (sums to 1, or all zero).
+    fn vote(&self, question: &str, classes: usize) -> Vec<f64> {
+        let mut votes = vec![0.0; classes];
+        let mut terms = analyze(question);
+        terms.sort();
+        terms.dedup();
+        terms.truncate(256);
+        if terms.is_empty() {
+            return votes;
+        }
+        let clauses: Vec<(Occur, Box<dyn Query>)> = terms
+            .iter()
+            .map(|t| {
+                let q: Box<dyn Query> = Box::new(TermQuery::new(
+                    Term::from_field_text(self.text, t),
+                    IndexRecordOption::WithFreqs,
+                ));
+                (Occur::Should, q)
+            })
+            .collect();
+        let searcher = self.reader.searcher();
+        let Ok(top) = searcher.search(
+            &BooleanQuery::new(clauses),
+            &TopDocs::with_limit(NEIGHBOURS).order_by_score(),
+        ) else {
+            return votes;
+        };
+        let mut total = 0.0;
+        for (score, addr) in top {
+            let seg = searcher.segment_reader(addr.segment_ord);
+            let Ok(col) = seg.fast_fields().u64("entry") else {
+                continue;
+            };
+            let Some(e) = col.first(addr.doc_id) else {
+                continue;
+            };
+            if let Some(slot) = votes.get_mut(e as usize) {
+                let w = f64::from(score).powi(2);
+                *slot += w;
+                total += w;
+            }
+        }
+        if total > 0.0 {
+            for v in votes.iter_mut() {
+                *v /= total;
+            }
+        }
+        votes
+    }
+}
+
+/// The FAQ entries of a snapshot with their model and index.
 pub struct FaqIndex {
     entries: Vec<FaqEntry>,
-    index: Option<(Index, IndexReader, Field)>,
+    model: Option<Model>,
+    neighbours: Option<Neighbours>,
     threshold: f64,
     margin: f64,
 }
@@ -61,72 +426,36 @@ impl std::fmt::Debug for FaqIndex {
     }
 }
 
-/// Number of nearest examples that vote.
-const NEIGHBOURS: usize = 20;
-
-/// Lower-cases, splits on anything that is not a letter or digit, folds
-/// numbers to one token and stems English words. Used for both indexing
-/// and querying so they always agree.
-pub fn analyze(text: &str) -> Vec<String> {
-    let stemmer = rust_stemmers::Stemmer::create(rust_stemmers::Algorithm::English);
-    let lower = text.to_lowercase();
-    let mut out = Vec::new();
-    for word in lower
-        .split(|c: char| !(c.is_alphanumeric() || c == '\''))
-        .map(|w| w.trim_matches('\''))
-        .filter(|w| !w.is_empty())
-    {
-        let word = word.replace('\'', "");
-        if word.chars().any(|c| c.is_ascii_digit()) {
-            out.push("0num".to_string());
-        } else if word.chars().count() <= 30 {
-            out.push(stemmer.stem(&word).into_owned());
-        }
-    }
-    out
-}
-
 impl FaqIndex {
-    /// Builds the index for a set of entries.
+    /// Builds the model and index for a set of entries.
     pub fn build(entries: Vec<FaqEntry>, cfg: &FaqConfig) -> Result<FaqIndex, String> {
-        if entries.is_empty() {
-            return Ok(FaqIndex {
-                entries,
-                index: None,
-                threshold: cfg.threshold,
-                margin: cfg.margin,
-            });
-        }
-        let mut sb = Schema::builder();
-        let text_opts = TextOptions::default().set_indexing_options(
-            TextFieldIndexing::default()
-                .set_tokenizer("whitespace")
-                .set_index_option(IndexRecordOption::WithFreqs),
-        );
-        let text = sb.add_text_field("text", text_opts);
-        let entry = sb.add_u64_field("entry", FAST | STORED);
-        let index = Index::create_in_ram(sb.build());
-        let mut writer = index
-            .writer_with_num_threads::<TantivyDocument>(1, 20_000_000)
-            .map_err(|e| e.to_string())?;
+        let mut texts = Vec::new();
+        let mut labels = Vec::new();
         for (i, e) in entries.iter().enumerate() {
-            let docs = e
+            for t in e
                 .examples
                 .iter()
                 .chain(e.keywords.iter())
-                .chain(std::iter::once(&e.title));
-            for d in docs {
-                let mut doc = TantivyDocument::default();
-                doc.add_text(text, analyze(d).join(" "));
-                doc.add_u64(entry, i as u64);
-                writer.add_document(doc).map_err(|e| e.to_string())?;
+                .chain(std::iter::once(&e.title))
+            {
+                if !t.trim().is_empty() {
+                    texts.push(t.clone());
+                    labels.push(i);
+                }
             }
         }
-        writer.commit().map_err(|e| e.to_string())?;
-        let reader = index.reader().map_err(|e| e.to_string())?;
+        let (model, neighbours) = if texts.is_empty() || entries.len() < 2 {
+            (None, None)
+        } else {
+            (
+                Some(Model::train(&texts, &labels, entries.len())),
+                Some(Neighbours::build(&texts, &labels)?),
+            )
+        };
         Ok(FaqIndex {
             entries,
-            index: Some((index, reader, text)),
+            model,
+            neighbours,
             threshold: cfg.threshold,
             margin: cfg.margin,
         })
@@ -144,67 +473,53 @@ impl FaqIndex {
         self.entries.is_empty()
     }
 
-    /// Scores a question (subject plus cleaned body).
+    /// The same index with other thresholds (for evaluation sweeps).
+    pub fn with_thresholds(mut self, threshold: f64, margin: f64) -> FaqIndex {
+        self.threshold = threshold;
+        self.margin = margin;
+        self
+    }
+
+    /// Scores of every entry for a question (subject plus cleaned body).
+    pub fn scores(&self, question: &str) -> Vec<f64> {
+        let (Some(model), Some(nb)) = (&self.model, &self.neighbours) else {
+            return vec![0.0; self.entries.len()];
+        };
+        let p = model.predict(question, &stemmer());
+        let v = nb.vote(question, self.entries.len());
+        if v.iter().all(|x| *x == 0.0) {
+            // No similar example at all: the model alone speaks.
+            return p;
+        }
+        p.iter()
+            .zip(v.iter())
+            .map(|(p, v)| (p + VOTE_WEIGHT * v) / (1.0 + VOTE_WEIGHT))
+            .collect()
+    }
+
+    /// Scores a question and judges confidence.
     pub fn query(&self, question: &str) -> FaqResult {
         let mut result = FaqResult::default();
-        let Some((_, reader, text)) = &self.index else {
-            result.reason = "no FAQ entries".into();
+        if self.model.is_none() {
+            result.reason = match self.entries.len() {
+                0 => "no FAQ entries".into(),
+                _ => "the FAQ needs at least two entries".into(),
+            };
             return result;
-        };
-        let mut terms = analyze(question);
-        terms.sort();
-        terms.dedup();
-        terms.truncate(256);
-        if terms.is_empty() {
+        }
+        if words(question).is_empty() {
             result.reason = "no words to match".into();
             return result;
         }
-        let clauses: Vec<(Occur, Box<dyn Query>)> = terms
-            .iter()
-            .map(|t| {
-                let q: Box<dyn Query> = Box::new(TermQuery::new(
-                    Term::from_field_text(*text, t),
-                    IndexRecordOption::WithFreqs,
-                ));
-                (Occur::Should, q)
-            })
-            .collect();
-        let query = BooleanQuery::new(clauses);
-        let searcher = reader.searcher();
-        let Ok(top) = searcher.search(&query, &TopDocs::with_limit(NEIGHBOURS).order_by_score())
-        else {
-            result.reason = "search failed".into();
-            return result;
-        };
-        let mut votes: HashMap<usize, f64> = HashMap::new();
-        let mut total = 0.0;
-        for (score, addr) in top {
-            let seg = searcher.segment_reader(addr.segment_ord);
-            let Ok(col) = seg.fast_fields().u64("entry") else {
-                continue;
-            };
-            let Some(e) = col.first(addr.doc_id) else {
-                continue;
-            };
-            let w = f64::from(score).powi(3);
-            *votes.entry(e as usize).or_default() += w;
-            total += w;
-        }
-        if total <= 0.0 {
-            result.reason = "no similar example".into();
-            return result;
-        }
-        let mut scored: Vec<(usize, f64)> =
-            votes.into_iter().map(|(e, v)| (e, v / total)).collect();
-        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        result.candidates = scored
+        let scores = self.scores(question);
+        let mut order: Vec<usize> = (0..scores.len()).collect();
+        order.sort_by(|a, b| scores[*b].total_cmp(&scores[*a]).then(a.cmp(b)));
+        result.candidates = order
             .iter()
             .take(5)
-            .filter_map(|(e, s)| {
-                Some(Candidate {
-                    id: self.entries.get(*e)?.id.clone(),
-                    score: *s,
-                })
+            .map(|&i| Candidate {
+                id: self.entries[i].id.clone(),
+                score: scores[i],
             })
             .collect();
         self.judge(&mut result);
@@ -221,8 +536,8 @@ impl FaqIndex {
             .entry(&best.id)
             .and_then(|e| e.threshold)
             .unwrap_or(self.threshold);
-        let second = r.candidates.get(1).map_or(0.0, |c| c.score);
-        let margin = best.score - second;
+        let second = r.candidates.get(1);
+        let margin = r.margin();
         if best.score < threshold {
             r.reason = format!(
                 "best match {} scores {:.2}, below the threshold {:.2}",
@@ -230,20 +545,105 @@ impl FaqIndex {
             );
         } else if margin < self.margin {
             r.reason = format!(
-                "best match {} ({:.2}) is too close to {} ({:.2}); margin {:.2} < {:.2}",
+                "best match {} ({:.2}) is too close to {} ({:.2}): lead {:.2} < margin {:.2}",
                 best.id,
                 best.score,
-                r.candidates.get(1).map_or("", |c| c.id.as_str()),
-                second,
+                second.map_or("", |c| c.id.as_str()),
+                second.map_or(0.0, |c| c.score),
                 margin,
                 self.margin
             );
         } else {
             r.confident = true;
             r.reason = format!(
-                "{} scores {:.2} (threshold {:.2}), {:.2} ahead of the runner-up",
-                best.id, best.score, threshold, margin
+                "{} scores {:.2} (threshold {:.2}) and leads by {:.2} (margin {:.2})",
+                best.id, best.score, threshold, margin, self.margin
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, examples: &[&str]) -> FaqEntry {
+        let loc = crate::diag::Location {
+            path: "x".into(),
+            line: 1,
+            col: 1,
+        };
+        FaqEntry {
+            id: id.into(),
+            title: id.into(),
+            template: "t".into(),
+            keywords: vec![],
+            examples: examples.iter().map(|s| s.to_string()).collect(),
+            threshold: None,
+            location: loc.clone(),
+            template_location: loc,
+        }
+    }
+
+    #[test]
+    fn features() {
+        assert_eq!(
+            words("Don't   PANIC—it’s 42!"),
+            vec!["dont", "panic", "its", "42"]
+        );
+        let (w, c) = raw_features("card arrived", &stemmer());
+        assert_eq!(w, vec!["card", "arriv", "card arriv"]);
+        assert!(c.contains(&" c".to_string()) && c.contains(&"card ".to_string()));
+    }
+
+    #[test]
+    fn learns_and_separates() -> Result<(), String> {
+        let idx = FaqIndex::build(
+            vec![
+                entry(
+                    "hours",
+                    &[
+                        "when are you open",
+                        "opening hours please",
+                        "are you open on sunday",
+                        "what time do you close",
+                    ],
+                ),
+                entry(
+                    "refund",
+                    &[
+                        "where is my refund",
+                        "I want my money back",
+                        "refund still not received",
+                        "how long does a refund take",
+                    ],
+                ),
+                entry(
+                    "password",
+                    &[
+                        "forgot my password",
+                        "reset my password",
+                        "cannot log in",
+                        "password reset link broken",
+                    ],
+                ),
+            ],
+            &FaqConfig {
+                threshold: 0.4,
+                margin: 0.1,
+            },
+        )?;
+        let r = idx.query("Hi, what time are you open on Saturday?");
+        assert_eq!(r.best().map(|c| c.id.as_str()), Some("hours"), "{r:?}");
+        let r = idx.query("my refund has still not arrived");
+        assert_eq!(r.best().map(|c| c.id.as_str()), Some("refund"), "{r:?}");
+        assert!(r.confident, "{r:?}");
+        let s: f64 = idx.scores("anything at all").iter().sum();
+        assert!(
+            (s - 1.0).abs() < 1e-6 || s < 1e-9,
+            "scores are a distribution: {s}"
+        );
+        assert!(!idx.query("").confident);
+        Ok(())
     }
 }
