@@ -507,7 +507,7 @@ fn read_limits(t: Option<Table<'_>>) -> Limits {
 }
 
 /// Default FAQ confidence threshold; see the README ("Choosing thresholds").
-pub const DEFAULT_FAQ_THRESHOLD: f64 = 0.5;
+pub const DEFAULT_FAQ_THRESHOLD: f64 = 0.7;
 /// Default FAQ margin over the runner-up.
 pub const DEFAULT_FAQ_MARGIN: f64 = 0.1;
 

@@ -26,6 +26,7 @@ pub mod daemon;
 pub mod decide;
 pub mod demo;
 pub mod diag;
+pub mod eval;
 pub mod fetch;
 pub mod knowledge;
 pub mod parse;

@@ -2,6 +2,7 @@
 
 mod check;
 mod demo;
+mod eval;
 mod run;
 mod test;
 
@@ -68,6 +69,21 @@ pub enum Command {
     Demo(demo::Args),
     /// Run the daemon: watch the configured mailboxes, answer and file.
     Run(run::Args),
+    /// Measure FAQ answer quality on labelled questions: accuracy,
+    /// coverage and precision at the configured thresholds, a threshold
+    /// sweep and the most confused entries.
+    Eval(eval::Args),
+    /// Manage FAQ entries.
+    #[command(subcommand)]
+    Faq(FaqCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FaqCommand {
+    /// Bootstrap FAQ entries from labelled historical questions (CSV): one
+    /// entry per label with its questions as examples, plus answer
+    /// templates to fill in.
+    Import(eval::ImportArgs),
 }
 
 /// Sets up logging to stderr. `RUST_LOG` overrides the level.
@@ -101,6 +117,8 @@ pub fn main() -> ExitCode {
             Command::Test(a) => test::run(a).await,
             Command::Demo(a) => demo::run(a).await,
             Command::Run(a) => run::run(a).await,
+            Command::Eval(a) => eval::run(a).await,
+            Command::Faq(FaqCommand::Import(a)) => eval::import(a).await,
         }
     });
     match result {

@@ -194,11 +194,33 @@ impl Templates {
                 diags.error(&src, offset, format!("template syntax error: {detail}"));
                 continue;
             }
+            let errors_before = diags.error_count();
             if let Ok(t) = env.get_template(&rel) {
                 let mut vars: Vec<String> = t.undeclared_variables(true).into_iter().collect();
                 vars.sort();
                 for var in vars {
                     check_variable(&src, &var, company_keys, diags);
+                }
+            }
+            if let (Ok(t), true) = (env.get_template(&rel), diags.error_count() == errors_before) {
+                match t.render(sample_context(company_keys)) {
+                    Ok(text) if text.trim().is_empty() && !html => diags.warning(
+                        &src,
+                        0,
+                        "this template renders to an empty text: replies with it are never sent (a person gets those messages) until it has text",
+                    ),
+                    Ok(_) => {}
+                    Err(e) => {
+                        let line = e.line().unwrap_or(1);
+                        let offset: usize = src
+                            .text
+                            .split_inclusive('\n')
+                            .take(line.saturating_sub(1))
+                            .map(str::len)
+                            .sum();
+                        let detail = e.detail().map_or_else(|| e.kind().to_string(), str::to_string);
+                        diags.error(&src, offset, format!("template cannot be rendered: {detail}"));
+                    }
                 }
             }
             let set = sets.entry(name).or_default();
@@ -307,6 +329,23 @@ impl Templates {
             html,
             language: lang,
         })
+    }
+}
+
+/// A context with every variable set, for test renders at load time.
+fn sample_context(company: &BTreeSet<String>) -> Value {
+    let company: BTreeMap<String, String> = company
+        .iter()
+        .map(|k| (k.clone(), format!("<{k}>")))
+        .collect();
+    minijinja::context! {
+        customer => minijinja::context! { name => "Jane Doe", email => "jane@example.com" },
+        original => minijinja::context! { subject => "Question", date => "2026-01-01 10:00 UTC", message_id => "x@example.com" },
+        faq => minijinja::context! { id => "faq", title => "FAQ" },
+        ticket => "SB-1000",
+        date => "2026-01-01",
+        language => "en",
+        company => Value::from(company),
     }
 }
 

@@ -8,3 +8,4 @@ mod loop_guard;
 mod mailserver;
 mod no_panic;
 mod pipeline;
+mod quality;
