@@ -221,10 +221,10 @@ pub fn report(
     });
     let mut conf: HashMap<(String, String), usize> = HashMap::new();
     for p in &answerable {
-        if let Some(b) = &p.best {
-            if *b != p.expected {
-                *conf.entry((p.expected.clone(), b.clone())).or_default() += 1;
-            }
+        if let Some(b) = &p.best
+            && *b != p.expected
+        {
+            *conf.entry((p.expected.clone(), b.clone())).or_default() += 1;
         }
     }
     let mut confusions: Vec<(String, String, usize)> =

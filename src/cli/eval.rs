@@ -80,10 +80,10 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             threshold: DEFAULT_FAQ_THRESHOLD,
             margin: DEFAULT_FAQ_MARGIN,
         };
-        if a.config.config.is_some() {
-            if let Some((cfg, _, _)) = super::load_all(&a.config.path()) {
-                faq = cfg.faq.clone();
-            }
+        if a.config.config.is_some()
+            && let Some((cfg, _, _)) = super::load_all(&a.config.path())
+        {
+            faq = cfg.faq.clone();
         }
         faq.threshold = a.threshold.unwrap_or(faq.threshold);
         faq.margin = a.margin.unwrap_or(faq.margin);
