@@ -205,3 +205,183 @@ pub fn run(rules: &[Rule], f: &Facts) -> RuleOutcome {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diag::Source;
+    use crate::knowledge::rules::compile_rule;
+    use crate::tomlread::Ctx;
+
+    fn rules(text: &str) -> Vec<Rule> {
+        let ctx = Ctx::new(Source::new("t.toml", text));
+        let mut t = ctx.parse();
+        let mut refs = Vec::new();
+        let out: Vec<Rule> = t
+            .tables("rule")
+            .into_iter()
+            .filter_map(|r| compile_rule(r, &mut refs))
+            .collect();
+        t.finish();
+        let d = ctx.into_diagnostics();
+        assert!(!d.has_errors(), "{d}");
+        out
+    }
+
+    fn facts() -> Facts {
+        Facts {
+            from: "Jane@Customer.Example".into(),
+            from_name: "Jane Doe".into(),
+            from_domain: "customer.example".into(),
+            to: vec!["support@shop.example".into()],
+            subject: "URGENT: Refund for order 123".into(),
+            body: "I was charged twice.".into(),
+            headers: vec![("x-priority".into(), "1 (Highest)".into())],
+            language: "en".into(),
+            faq_id: "refund-status".into(),
+            faq_score: 0.8,
+            faq_confident: true,
+            size: 2_000_000,
+            has_attachment: true,
+            ..Facts::default()
+        }
+        .finish()
+    }
+
+    fn first(text: &str) -> Option<String> {
+        run(&rules(text), &facts()).action.map(|(n, _)| n)
+    }
+
+    #[test]
+    fn operators_and_case() {
+        let r = |cond: &str| {
+            first(&format!(
+                "[[rule]]\nname = \"r\"\nwhen = {cond}\nroute = \"q\"\n"
+            ))
+        };
+        assert_eq!(
+            r("{ subject = { contains = \"refund\" } }"),
+            Some("r".into())
+        );
+        assert_eq!(
+            r("{ subject = { contains = \"refund\", case_sensitive = true } }"),
+            None
+        );
+        assert_eq!(
+            r("{ subject = { starts_with = \"urgent\" } }"),
+            Some("r".into())
+        );
+        assert_eq!(
+            r("{ subject = { ends_with = [\"123\", \"x\"] } }"),
+            Some("r".into())
+        );
+        assert_eq!(
+            r("{ from = { equals = \"jane@customer.example\" } }"),
+            Some("r".into())
+        );
+        assert_eq!(
+            r("{ from_domain = { in = [\"a.example\", \"customer.example\"] } }"),
+            Some("r".into())
+        );
+        assert_eq!(
+            r("{ body = { regex = 'charged\\s+(twice|double)' } }"),
+            Some("r".into())
+        );
+        assert_eq!(
+            r("{ header = { \"X-Priority\" = { starts_with = \"1\" } } }"),
+            Some("r".into())
+        );
+        assert_eq!(
+            r("{ header = { \"X-Missing\" = { contains = \"a\" } } }"),
+            None
+        );
+        assert_eq!(r("{ size = { over = \"1MB\" } }"), Some("r".into()));
+        assert_eq!(r("{ size = { under = \"1MB\" } }"), None);
+        assert_eq!(r("{ faq_score = { at_least = 0.8 } }"), Some("r".into()));
+        assert_eq!(
+            r("{ faq_id = { equals = \"refund-status\" }, faq_confident = true }"),
+            Some("r".into())
+        );
+        assert_eq!(r("{ language = { in = [\"eng\"] } }"), Some("r".into()));
+        assert_eq!(
+            r("{ to = { equals = \"support@shop.example\" } }"),
+            Some("r".into())
+        );
+        assert_eq!(r("{ has_attachment = false }"), None);
+    }
+
+    #[test]
+    fn combinators() {
+        let r = |cond: &str| {
+            first(&format!(
+                "[[rule]]\nname = \"r\"\nwhen = {cond}\nroute = \"q\"\n"
+            ))
+        };
+        assert_eq!(
+            r(
+                "{ any = [ { subject = { contains = \"nope\" } }, { body = { contains = \"twice\" } } ] }"
+            ),
+            Some("r".into())
+        );
+        assert_eq!(
+            r(
+                "{ all = [ { subject = { contains = \"nope\" } }, { body = { contains = \"twice\" } } ] }"
+            ),
+            None
+        );
+        assert_eq!(r("{ not = { body = { contains = \"twice\" } } }"), None);
+        // Keys of one table must all hold.
+        assert_eq!(
+            r("{ subject = { contains = \"refund\" }, body = { contains = \"nope\" } }"),
+            None
+        );
+        assert_eq!(
+            r("[ { subject = { contains = \"refund\" } }, { has_attachment = true } ]"),
+            Some("r".into())
+        );
+    }
+
+    #[test]
+    fn first_terminal_action_wins_and_flags_accumulate() {
+        let out = run(
+            &rules(
+                "[[rule]]\nname = \"tag\"\nwhen = { subject = { contains = \"urgent\" } }\nflag = [\"urgent\"]\n\n\
+                 [[rule]]\nname = \"faq-wanted\"\nwhen = { faq_score = { under = 0.5 } }\nreply = \"faq\"\n\n\
+                 [[rule]]\nname = \"billing\"\nwhen = { body = { contains = \"charged\" } }\nroute = \"billing\"\nflag = [\"billing\"]\n\n\
+                 [[rule]]\nname = \"never\"\nroute = \"other\"\n",
+            ),
+            &facts(),
+        );
+        assert_eq!(
+            out.action,
+            Some(("billing".into(), RuleAction::Route("billing".into())))
+        );
+        assert_eq!(out.flags, vec!["urgent", "billing"]);
+        assert_eq!(
+            out.hits.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(),
+            vec!["tag", "billing"]
+        );
+        // reply = "faq" without a confident match is skipped, not taken.
+        let mut f = facts();
+        f.faq_confident = false;
+        let out = run(
+            &rules(
+                "[[rule]]\nname = \"a\"\nreply = \"faq\"\n\n[[rule]]\nname = \"b\"\nroute = \"q\"\n",
+            ),
+            &f,
+        );
+        assert_eq!(out.action.map(|(n, _)| n), Some("b".into()));
+        assert_eq!(
+            out.hits[0].skipped.as_deref(),
+            Some("no confident FAQ match")
+        );
+    }
+
+    #[test]
+    fn disabled_rules_are_skipped() {
+        assert_eq!(
+            first("[[rule]]\nname = \"off\"\nenabled = false\nroute = \"q\"\n"),
+            None
+        );
+    }
+}

@@ -2,6 +2,7 @@
 
 mod common;
 mod daemon;
+mod decide;
 mod demo;
 mod diagnostics;
 mod loop_guard;
