@@ -15,12 +15,61 @@ fn main() {
 }
 
 const WORDS: &[&str] = &[
-    "order", "parcel", "delivery", "refund", "invoice", "account", "password", "address", "card",
-    "payment", "voucher", "return", "exchange", "warranty", "repair", "size", "colour", "stock",
-    "price", "discount", "shipping", "courier", "tracking", "damaged", "missing", "late", "cancel",
-    "subscription", "newsletter", "login", "email", "phone", "store", "opening", "hours", "gift",
-    "wrap", "assembly", "instructions", "battery", "charger", "cable", "screen", "lamp", "sofa",
-    "chair", "table", "kettle", "toaster", "blender", "mug", "plate", "towel", "pillow", "duvet",
+    "order",
+    "parcel",
+    "delivery",
+    "refund",
+    "invoice",
+    "account",
+    "password",
+    "address",
+    "card",
+    "payment",
+    "voucher",
+    "return",
+    "exchange",
+    "warranty",
+    "repair",
+    "size",
+    "colour",
+    "stock",
+    "price",
+    "discount",
+    "shipping",
+    "courier",
+    "tracking",
+    "damaged",
+    "missing",
+    "late",
+    "cancel",
+    "subscription",
+    "newsletter",
+    "login",
+    "email",
+    "phone",
+    "store",
+    "opening",
+    "hours",
+    "gift",
+    "wrap",
+    "assembly",
+    "instructions",
+    "battery",
+    "charger",
+    "cable",
+    "screen",
+    "lamp",
+    "sofa",
+    "chair",
+    "table",
+    "kettle",
+    "toaster",
+    "blender",
+    "mug",
+    "plate",
+    "towel",
+    "pillow",
+    "duvet",
 ];
 
 fn word(i: usize) -> &'static str {
@@ -49,7 +98,10 @@ fn write_set(dir: &Path, entries: usize, rules: usize) {
         for x in 0..8 {
             faq.push_str(&format!(
                 "  \"how do I {} my {} {} {} please\",\n",
-                word(e + x), word(e / 5 + x), word(e / 11), word(e * 3 + x)
+                word(e + x),
+                word(e / 5 + x),
+                word(e / 11),
+                word(e * 3 + x)
             ));
         }
         faq.push_str("]\n\n");
@@ -58,15 +110,31 @@ fn write_set(dir: &Path, entries: usize, rules: usize) {
     let mut r = String::from("[[queue]]\nname = \"support\"\nfolder = \"Queues/Support\"\n\n");
     for i in 0..rules {
         let cond = match i % 4 {
-            0 => format!("{{ subject = {{ contains = [\"{}\", \"{} {}\"] }} }}", word(i) , word(i + 1), word(i + 2)),
-            1 => format!("{{ body = {{ regex = '\\b{}\\s+(is|was)\\s+{}\\b' }} }}", word(i), word(i + 3)),
-            2 => format!("{{ all = [ {{ from_domain = {{ in = [\"d{i}.example\"] }} }}, {{ not = {{ has_attachment = true }} }} ] }}"),
+            0 => format!(
+                "{{ subject = {{ contains = [\"{}\", \"{} {}\"] }} }}",
+                word(i),
+                word(i + 1),
+                word(i + 2)
+            ),
+            1 => format!(
+                "{{ body = {{ regex = '\\b{}\\s+(is|was)\\s+{}\\b' }} }}",
+                word(i),
+                word(i + 3)
+            ),
+            2 => format!(
+                "{{ all = [ {{ from_domain = {{ in = [\"d{i}.example\"] }} }}, {{ not = {{ has_attachment = true }} }} ] }}"
+            ),
             _ => format!("{{ header = {{ \"X-Tag-{i}\" = {{ equals = \"yes\" }} }} }}"),
         };
-        r.push_str(&format!("[[rule]]\nname = \"rule-{i}\"\nwhen = {cond}\nflag = [\"r{i}\"]\n\n"));
+        r.push_str(&format!(
+            "[[rule]]\nname = \"rule-{i}\"\nwhen = {cond}\nflag = [\"r{i}\"]\n\n"
+        ));
     }
     w("rules/rules.toml", r);
-    w("templates/faq/answer.txt.j2", "Hello {{ customer.name }}, about {{ faq.title }}.\n".into());
+    w(
+        "templates/faq/answer.txt.j2",
+        "Hello {{ customer.name }}, about {{ faq.title }}.\n".into(),
+    );
 }
 
 fn load(dir: &Path) -> Arc<Knowledge> {
@@ -107,7 +175,11 @@ fn demo_set(b: divan::Bencher) {
     let (cfg, _) = Config::load(&config).unwrap_or_else(|d| panic!("{d}"));
     let (k, _) = Knowledge::load(&cfg).unwrap_or_else(|d| panic!("{d}"));
     let msgs: Vec<Vec<u8>> = std::fs::read_dir(dir.path().join("examples/demo/Maildir/new"))
-        .map(|r| r.flatten().filter_map(|e| std::fs::read(e.path()).ok()).collect())
+        .map(|r| {
+            r.flatten()
+                .filter_map(|e| std::fs::read(e.path()).ok())
+                .collect()
+        })
         .unwrap_or_default();
     let mut i = 0;
     b.bench_local(|| {

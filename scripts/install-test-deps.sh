@@ -11,13 +11,14 @@
 # again here, so that no system daemon occupies ports 25/143/993.
 set -euo pipefail
 
-PACKAGES=(dovecot-imapd dovecot-lmtpd postfix)
+PACKAGES=(dovecot-imapd dovecot-lmtpd postfix openssl)
 PATH="$PATH:/usr/sbin:/sbin"
 
 have_all() {
     command -v dovecot >/dev/null 2>&1 &&
         command -v postfix >/dev/null 2>&1 &&
-        command -v doveadm >/dev/null 2>&1
+        command -v doveadm >/dev/null 2>&1 &&
+        command -v openssl >/dev/null 2>&1
 }
 
 if have_all; then

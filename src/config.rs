@@ -180,6 +180,9 @@ pub struct ImapConfig {
     pub timeout: Duration,
     /// Accept invalid TLS certificates (test servers only).
     pub danger_accept_invalid_certs: bool,
+    /// Use `UID MOVE` when the server has it. `false` forces `UID COPY` +
+    /// `\Deleted` + `UID EXPUNGE`, for servers whose MOVE is broken.
+    pub use_move: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -783,6 +786,7 @@ fn read_imap(ctx: &Ctx, t: &mut Table<'_>, base: &Path) -> Option<ImapConfig> {
     let danger = t
         .boolean("danger_accept_invalid_certs")
         .is_some_and(|b| b.value);
+    let use_move = t.boolean("use_move").is_none_or(|b| b.value);
     Some(ImapConfig {
         host: host?.value,
         port,
@@ -796,6 +800,7 @@ fn read_imap(ctx: &Ctx, t: &mut Table<'_>, base: &Path) -> Option<ImapConfig> {
         batch_size,
         timeout,
         danger_accept_invalid_certs: danger,
+        use_move,
     })
 }
 

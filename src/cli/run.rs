@@ -52,9 +52,17 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     signals.abort();
     store.close().await;
     match filed {
-        Ok(n) => {
-            info!(filed = n, "stopped");
+        Ok(s) if s.failed.is_empty() => {
+            info!(filed = s.filed, "stopped");
             Ok(ExitCode::SUCCESS)
+        }
+        Ok(s) => {
+            error!(
+                filed = s.filed,
+                "stopped; failed mailboxes: {}",
+                s.failed.join(", ")
+            );
+            Ok(ExitCode::from(1))
         }
         Err(e) => {
             error!("{e:#}");

@@ -249,15 +249,22 @@ pub async fn run_imap(
     }
 }
 
+/// What a run did: messages filed, and mailboxes that failed.
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    pub filed: usize,
+    pub failed: Vec<String>,
+}
+
 /// Runs every configured mailbox until shutdown (or once through the
-/// backlog with `once`). Returns the number of messages filed.
+/// backlog with `once`).
 pub async fn run(
     cfg: Config,
     knowledge: watch::Receiver<Arc<Knowledge>>,
     pipeline: Pipeline,
     shutdown: watch::Receiver<bool>,
     once: bool,
-) -> anyhow::Result<usize> {
+) -> anyhow::Result<RunSummary> {
     let shared = Shared {
         pipeline,
         knowledge,
@@ -287,16 +294,22 @@ pub async fn run(
             }
         }
     }
-    let mut total = 0;
+    let mut summary = RunSummary::default();
     while let Some(r) = tasks.join_next().await {
         match r {
             Ok((name, Ok(n))) => {
                 info!(mailbox = %name, filed = n, "mailbox stopped");
-                total += n;
+                summary.filed += n;
             }
-            Ok((name, Err(e))) => error!(mailbox = %name, "mailbox failed: {e}"),
-            Err(e) => error!("mailbox task panicked: {e}"),
+            Ok((name, Err(e))) => {
+                error!(mailbox = %name, "mailbox failed: {e}");
+                summary.failed.push(name);
+            }
+            Err(e) => {
+                error!("mailbox task panicked: {e}");
+                summary.failed.push("(unknown)".into());
+            }
         }
     }
-    Ok(total)
+    Ok(summary)
 }

@@ -391,7 +391,7 @@ impl Imap {
             .map_err(proto)?;
         let caps = Caps {
             idle: caps.has_str("IDLE"),
-            mv: caps.has_str("MOVE"),
+            mv: caps.has_str("MOVE") && cfg.use_move,
             uidplus: caps.has_str("UIDPLUS"),
         };
         let delimiter = {

@@ -142,6 +142,10 @@ deadline = time.monotonic() + timeout
 
 def ready(proto, port):
     try:
+        if proto == "imaps":
+            # TLS from the first byte: accepting the connection is enough.
+            with socket.create_connection(("127.0.0.1", int(port)), timeout=2):
+                return True
         with socket.create_connection(("127.0.0.1", int(port)), timeout=2) as s:
             s.settimeout(2)
             greeting = s.recv(512)
@@ -300,7 +304,11 @@ info_log_path = $DOVECOT_LOG
 verbose_proctitle = yes
 
 # Plain-text IMAP on loopback, no TLS.
-ssl = no
+# TLS with a self-signed certificate (made at start): STARTTLS on the imap
+# port, implicit TLS on the imaps port. Plaintext LOGIN stays allowed.
+ssl = yes
+ssl_cert = <$DIR/tls/cert.pem
+ssl_key = <$DIR/tls/key.pem
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 auth_failure_delay = 0
@@ -349,7 +357,9 @@ service imap-login {
     port = $IMAP_PORT
   }
   inet_listener imaps {
-    port = 0
+    address = $HOST
+    port = $IMAPS_PORT
+    ssl = yes
   }
 }
 service lmtp {
@@ -493,7 +503,7 @@ dovecot_running() { pid_alive "$DOVECOT_PID" dovecot >/dev/null; }
 do_start_dovecot() {
     read_ports
     if dovecot_running; then
-        wait_ready "$START_TIMEOUT" "imap:$IMAP_PORT" "lmtp:$LMTP_PORT"
+        wait_ready "$START_TIMEOUT" "imap:$IMAP_PORT" "imaps:$IMAPS_PORT" "lmtp:$LMTP_PORT"
         return
     fi
     do_stop_dovecot # leftovers of a killed master would hold the ports
@@ -508,7 +518,7 @@ do_start_dovecot() {
         show_logs "$DOVECOT_STDERR" "$DOVECOT_LOG"
         return 1
     fi
-    if ! wait_ready "$START_TIMEOUT" "imap:$IMAP_PORT" "lmtp:$LMTP_PORT"; then
+    if ! wait_ready "$START_TIMEOUT" "imap:$IMAP_PORT" "imaps:$IMAPS_PORT" "lmtp:$LMTP_PORT"; then
         show_logs "$DOVECOT_STDERR" "$DOVECOT_LOG"
         return 1
     fi
@@ -601,13 +611,20 @@ cmd_start() {
     chown postfix "$POSTFIX_DATA"
     write_users "${users[@]}"
     make_postfix_queue
+    # A self-signed certificate for the TLS tests (valid for 127.0.0.1).
+    mkdir -p "$DIR/tls"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -days 2 -subj "/CN=$HOST" -addext "subjectAltName=IP:$HOST" \
+        -keyout "$DIR/tls/key.pem" -out "$DIR/tls/cert.pem" >/dev/null 2>&1 ||
+        die "openssl could not make a test certificate"
+    chmod 0644 "$DIR/tls/cert.pem" "$DIR/tls/key.pem"
 
     for attempt in $(seq 1 "$START_ATTEMPTS"); do
-        mapfile -t ports < <(pick_ports 3)
-        [ "${#ports[@]}" -eq 3 ] || die "could not pick free ports"
-        IMAP_PORT=${ports[0]} LMTP_PORT=${ports[1]} SMTP_PORT=${ports[2]}
-        printf 'IMAP_PORT=%s\nLMTP_PORT=%s\nSMTP_PORT=%s\n' \
-            "$IMAP_PORT" "$LMTP_PORT" "$SMTP_PORT" >"$DIR/ports"
+        mapfile -t ports < <(pick_ports 4)
+        [ "${#ports[@]}" -eq 4 ] || die "could not pick free ports"
+        IMAP_PORT=${ports[0]} LMTP_PORT=${ports[1]} SMTP_PORT=${ports[2]} IMAPS_PORT=${ports[3]}
+        printf 'IMAP_PORT=%s\nLMTP_PORT=%s\nSMTP_PORT=%s\nIMAPS_PORT=%s\n' \
+            "$IMAP_PORT" "$LMTP_PORT" "$SMTP_PORT" "$IMAPS_PORT" >"$DIR/ports"
         write_dovecot_conf
         write_postfix_conf
         if do_start_dovecot && do_start_postfix; then
@@ -633,6 +650,7 @@ cmd_start() {
     local IFS=,
     cat >"$DIR/env.tmp" <<EOF
 IMAP_PORT=$IMAP_PORT
+IMAPS_PORT=$IMAPS_PORT
 LMTP_PORT=$LMTP_PORT
 SMTP_PORT=$SMTP_PORT
 HOST=$HOST

@@ -469,3 +469,153 @@ async fn sighup_reload_keeps_old_rules_on_error_and_applies_good_ones() {
     let (status, _) = daemon.terminate();
     assert!(status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_auth_mechanisms_and_a_failing_mailbox_does_not_stall_the_others() {
+    let srv = Servers::start();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let imaps = srv.imaps_port.to_string();
+    let mailboxes = [
+        // STARTTLS on the plain port, self-signed certificate accepted explicitly.
+        srv.mailbox(
+            "support",
+            SUPPORT,
+            &[
+                ("tls", "\"starttls\""),
+                ("danger_accept_invalid_certs", "true"),
+            ],
+        ),
+        // Implicit TLS with AUTHENTICATE PLAIN.
+        srv.mailbox(
+            "billing",
+            "billing@example.test",
+            &[
+                ("tls", "\"implicit\""),
+                ("port", &imaps),
+                ("auth", "\"plain\""),
+                ("danger_accept_invalid_certs", "true"),
+            ],
+        ),
+        // Certificate verification on (the default): the self-signed
+        // certificate is refused and only this mailbox fails.
+        srv.mailbox(
+            "sales",
+            "sales@example.test",
+            &[("tls", "\"implicit\""), ("port", &imaps)],
+        ),
+        // A wrong password: fails alone as well.
+        srv.mailbox(
+            "sales-2",
+            "sales@example.test",
+            &[("password_env", "\"SB_TEST_WRONG_PASSWORD\"")],
+        )
+        .replace("password_file = \"pw\"\n", ""),
+    ]
+    .concat();
+    let config = srv.write_config_with(dir.path(), &mailboxes, "");
+    smtp_send(
+        srv.smtp_port,
+        ALICE,
+        SUPPORT,
+        &hours_question("tls1@customer.test", ALICE),
+    )
+    .await;
+    let bob = "bob@customer.test";
+    smtp_send(
+        srv.smtp_port,
+        bob,
+        "billing@example.test",
+        &customer_mail(
+            bob,
+            "billing@example.test",
+            "Opening hours",
+            "When are you open? opening hours please",
+            "tls2@customer.test",
+            "",
+        ),
+    )
+    .await;
+    srv.wait_postfix_queue_empty(LONG);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["run", "--once", "--config"])
+        .arg(&config)
+        .env("SB_TEST_WRONG_PASSWORD", "not-the-password")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let log = String::from_utf8_lossy(&out.stderr);
+    // The failing mailboxes make --once exit 1 …
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("mailbox=sales") && log.contains("certificate"),
+        "{log}"
+    );
+    assert!(
+        log.contains("login to 127.0.0.1") && log.contains("as sales@example.test failed"),
+        "{log}"
+    );
+    // … and never shows the password.
+    assert!(
+        !log.contains("not-the-password") && !log.contains("secret"),
+        "{log}"
+    );
+    // … while the healthy ones did their work.
+    let mut support = Client::login(srv.imap_port, SUPPORT).await;
+    assert_eq!(support.count("Answered").await, 1, "{log}");
+    let mut billing = Client::login(srv.imap_port, "billing@example.test").await;
+    assert_eq!(billing.count("Answered").await, 1, "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_messages_permanent_smtp_refusal_and_move_fallback() {
+    let srv = Servers::start();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = srv.write_config_with(
+        dir.path(),
+        &srv.mailbox("support", SUPPORT, &[("use_move", "false")]),
+        "[limits]\nmax_message_size = \"64KB\"\n",
+    )
+    // [limits] must come after the top-level keys: move it to the end.
+    ;
+    let text = std::fs::read_to_string(&config).unwrap_or_default();
+    let text = text.replacen("[limits]\nmax_message_size = \"64KB\"\n", "", 1)
+        + "\n[limits]\nmax_message_size = \"64KB\"\n";
+    std::fs::write(&config, text).unwrap_or_else(|e| panic!("{e}"));
+
+    // 1. A 400 KB message: the question is in the first text part.
+    let blob = "QUJD".repeat(100_000);
+    let big = format!(
+        "From: Alice <{ALICE}>\r\nTo: {SUPPORT}\r\nSubject: Opening hours and a photo\r\nMessage-ID: <big1@customer.test>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nWhat are your opening hours?\r\n--b\r\nContent-Type: image/jpeg\r\nContent-Transfer-Encoding: base64\r\n\r\n{blob}\r\n--b--\r\n"
+    );
+    smtp_send(srv.smtp_port, ALICE, SUPPORT, big.as_bytes()).await;
+    // 2. A customer whose address the SMTP server refuses (550).
+    let refused = customer_mail(
+        "dave@elsewhere.invalid",
+        SUPPORT,
+        "Opening hours",
+        "What are your opening hours?",
+        "ref1@elsewhere.invalid",
+        "",
+    );
+    smtp_send(srv.smtp_port, ALICE, SUPPORT, &refused).await;
+    srv.wait_postfix_queue_empty(LONG);
+    let out = run_once(&config);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    srv.wait_postfix_queue_empty(LONG);
+    let mut support = Client::login(srv.imap_port, SUPPORT).await;
+    // Without MOVE the originals were copied, flagged and UID-EXPUNGEd.
+    assert_eq!(support.count("INBOX").await, 0, "{log}");
+    let answered = support.messages("Answered").await;
+    assert_eq!(answered.len(), 1, "{log}");
+    // The whole message is still there, untouched.
+    assert!(answered[0].raw.len() > 400_000);
+    let queued = support.messages("Queues/Support").await;
+    assert_eq!(queued.len(), 1, "{log}");
+    assert!(queued[0].raw.contains("ref1@elsewhere.invalid"));
+    assert!(log.contains("reply refused"), "{log}");
+    let mut alice = Client::login(srv.imap_port, ALICE).await;
+    assert_eq!(
+        replies_to(&alice.messages("INBOX").await, "big1@customer.test"),
+        1
+    );
+}

@@ -15,6 +15,7 @@ const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/harness/mailser
 pub struct Servers {
     pub dir: PathBuf,
     pub imap_port: u16,
+    pub imaps_port: u16,
     pub smtp_port: u16,
     pub maildir_root: PathBuf,
     _tmp: tempfile::TempDir,
@@ -57,6 +58,7 @@ impl Servers {
         };
         Servers {
             imap_port: port("IMAP_PORT"),
+            imaps_port: port("IMAPS_PORT"),
             smtp_port: port("SMTP_PORT"),
             maildir_root: env
                 .get("MAILDIR_ROOT")
@@ -142,8 +144,49 @@ impl Servers {
         v
     }
 
-    /// Writes switchboard.toml and the knowledge used by the daemon tests.
+    /// A `[[mailbox]]` block for `user` over plaintext IMAP; `settings`
+    /// may add or override keys (later keys are written instead of the defaults).
+    pub fn mailbox(&self, name: &str, user: &str, settings: &[(&str, &str)]) -> String {
+        let mut keys: Vec<(String, String)> = vec![
+            ("name".into(), format!("{name:?}")),
+            ("kind".into(), "\"imap\"".into()),
+            ("host".into(), "\"127.0.0.1\"".into()),
+            ("port".into(), self.imap_port.to_string()),
+            ("tls".into(), "\"none\"".into()),
+            ("username".into(), format!("{user:?}")),
+            ("password_file".into(), "\"pw\"".into()),
+            ("poll_interval".into(), "\"300s\"".into()),
+            ("timeout".into(), "\"10s\"".into()),
+        ];
+        for (k, v) in settings {
+            match keys.iter_mut().find(|(x, _)| x == k) {
+                Some(slot) => slot.1 = (*v).to_string(),
+                None => keys.push(((*k).to_string(), (*v).to_string())),
+            }
+        }
+        let mut out = String::from("\n[[mailbox]]\n");
+        for (k, v) in keys {
+            out.push_str(&format!("{k} = {v}\n"));
+        }
+        out
+    }
+
+    /// Writes switchboard.toml (one support mailbox with `mailbox_extra`
+    /// keys) and the knowledge used by the daemon tests.
     pub fn write_config(&self, dir: &Path, mailbox_extra: &str) -> PathBuf {
+        let mut settings = Vec::new();
+        for line in mailbox_extra.lines() {
+            if let Some((k, v)) = line.split_once('=') {
+                settings.push((k.trim(), v.trim()));
+            }
+        }
+        let mailboxes = self.mailbox("support", "support@example.test", &settings);
+        self.write_config_with(dir, &mailboxes, "")
+    }
+
+    /// Writes switchboard.toml with the given mailbox blocks and extra
+    /// top-level settings.
+    pub fn write_config_with(&self, dir: &Path, mailboxes: &str, top: &str) -> PathBuf {
         let w = |p: &str, t: &str| crate::common::write(&dir.join(p), t);
         w("pw", "secret\n");
         w(
@@ -179,6 +222,7 @@ reply = "hours"
         );
         let cfg = format!(
             r#"
+{top}
 domain = "example.test"
 our_addresses = ["support@example.test", "billing@example.test"]
 default_queue = "support"
@@ -202,21 +246,9 @@ host = "127.0.0.1"
 port = {smtp}
 tls = "none"
 timeout = "10s"
-
-[[mailbox]]
-name = "support"
-kind = "imap"
-host = "127.0.0.1"
-port = {imap}
-tls = "none"
-username = "support@example.test"
-password_file = "pw"
-poll_interval = "300s"
-timeout = "10s"
-{mailbox_extra}
+{mailboxes}
 "#,
             smtp = self.smtp_port,
-            imap = self.imap_port
         );
         w("switchboard.toml", &cfg);
         dir.join("switchboard.toml")
