@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Install the mail servers used by the integration tests (Debian 12):
-#   dovecot-imapd, dovecot-lmtpd (Dovecot 2.3) and postfix (Postfix 3.7).
+#   dovecot-imapd, dovecot-lmtpd (Dovecot 2.3) and postfix (Postfix 3.7),
+# and systemd for systemd-analyze (scripts/check-deploy.sh checks the unit in
+# deploy/; no systemd needs to be running).
 #
-# Idempotent and quiet on success: does nothing when `dovecot`, `postfix` and
-# `doveadm` are already on PATH. Must run as root (or with sudo available).
+# Idempotent and quiet on success: does nothing when `dovecot`, `postfix`,
+# `doveadm` and `systemd-analyze` are already on PATH. Must run as root (or
+# with sudo available).
 #
 # The tests never use the packages' system-wide instances (/etc/dovecot,
 # /etc/postfix): tests/harness/mailservers.sh runs private instances with
@@ -11,14 +14,15 @@
 # again here, so that no system daemon occupies ports 25/143/993.
 set -euo pipefail
 
-PACKAGES=(dovecot-imapd dovecot-lmtpd postfix openssl)
+PACKAGES=(dovecot-imapd dovecot-lmtpd postfix openssl systemd)
 PATH="$PATH:/usr/sbin:/sbin"
 
 have_all() {
     command -v dovecot >/dev/null 2>&1 &&
         command -v postfix >/dev/null 2>&1 &&
         command -v doveadm >/dev/null 2>&1 &&
-        command -v openssl >/dev/null 2>&1
+        command -v openssl >/dev/null 2>&1 &&
+        command -v systemd-analyze >/dev/null 2>&1
 }
 
 if have_all; then
@@ -85,6 +89,6 @@ if [ -x /etc/init.d/dovecot ]; then
 fi
 
 if ! have_all; then
-    echo "install-test-deps: packages installed but dovecot/postfix/doveadm not found on PATH" >&2
+    echo "install-test-deps: packages installed but dovecot/postfix/doveadm/systemd-analyze not found on PATH" >&2
     exit 1
 fi

@@ -3,7 +3,7 @@
 #   1. installs what the integration tests need (Dovecot and Postfix from
 #      Debian's packages; they are started privately on loopback by the
 #      tests themselves, never as system services),
-#   2. checks formatting and lints,
+#   2. checks formatting and lints, and the systemd unit in deploy/,
 #   3. runs unit, integration and benchmark-smoke tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +14,8 @@ echo "== cargo fmt --check"
 cargo fmt --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
+echo "== scripts/check-deploy.sh"
+./scripts/check-deploy.sh
 echo "== cargo test"
 cargo test --all-targets
 cargo test --doc --quiet

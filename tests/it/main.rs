@@ -5,6 +5,7 @@ mod daemon;
 mod decide;
 mod demo;
 mod diagnostics;
+mod golden;
 mod loop_guard;
 mod mailserver;
 mod no_panic;

@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# Benchmark of the daemon against real Dovecot and Postfix (not run by CI).
+#
+# Usage: scripts/bench-imap.sh [N] [LATENCY_N]
+#   N          messages seeded into the support INBOX for the backlog run
+#              (default 10000)
+#   LATENCY_N  messages delivered one by one over LMTP while the daemon
+#              waits in IDLE (default 300)
+#
+# It starts private servers with tests/harness/mailservers.sh, uses the
+# shipped rules/, rules/faq/ and templates/ with the demo company settings,
+# and reports:
+#   1. backlog triage: `switchboard run --once` over N messages already in
+#      INBOX — wall time, messages/s, peak RSS (from /usr/bin/time or
+#      /proc), and where the messages ended up;
+#   2. delivery -> action latency with IDLE: time from the LMTP delivery
+#      being acknowledged by Dovecot to switchboard recording the message as
+#      done (moved, or answered and moved), p50/p90/p99/max.
+#
+# The seeded mail is a mix drawn from the demo corpus (routine questions,
+# complaints, automatic mail, non-English...), each copy with a unique
+# Message-ID and sender so that per-sender reply limits do not mask work.
+# Requires root (the harness stores mail as the `mail` user) and python3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+N=${1:-10000}
+LAT_N=${2:-300}
+PY=/usr/bin/python3
+[ -x "$PY" ] || PY=python3
+
+echo "building release binary..." >&2
+cargo build --release --quiet
+BIN=$ROOT/target/release/switchboard
+
+DIR=$(mktemp -d /tmp/sbbench.XXXXXX)
+chmod 0755 "$DIR"
+cleanup() {
+    [ -n "${DAEMON_PID:-}" ] && kill "$DAEMON_PID" 2>/dev/null || true
+    tests/harness/mailservers.sh stop "$DIR" >/dev/null 2>&1 || true
+    rm -rf "$DIR"
+}
+trap cleanup EXIT
+[ -n "${KEEP:-}" ] && trap '[ -n "${DAEMON_PID:-}" ] && kill "$DAEMON_PID"' EXIT
+tests/harness/mailservers.sh start "$DIR" support@example.test alice@customer.test >/dev/null
+# shellcheck disable=SC1091
+. "$DIR/env"
+
+WORK=$DIR/work
+mkdir -p "$WORK"
+printf 'secret\n' >"$WORK/pw"
+write_config() { # $1 = batch size
+    cat >"$WORK/switchboard.toml" <<EOF
+rules_dir = "$ROOT/rules"
+templates_dir = "$ROOT/templates"
+domain = "example.test"
+our_addresses = ["support@example.test"]
+default_queue = "support"
+
+[company]
+name = "Example Shop"
+hours = "Monday to Friday, 9:00 to 17:00"
+website = "https://shop.example.test"
+phone = "+44 20 7946 0000"
+signature = "The Example Shop team"
+
+[reply]
+from = "Example Shop Support <support@example.test>"
+
+[limits]
+max_replies_per_hour = 100000
+
+[store]
+url = "sqlite://state.db"
+
+[outbound]
+kind = "smtp"
+host = "127.0.0.1"
+port = $SMTP_PORT
+tls = "none"
+
+[[mailbox]]
+name = "support"
+kind = "imap"
+host = "127.0.0.1"
+port = $IMAP_PORT
+tls = "none"
+username = "support@example.test"
+password_file = "pw"
+batch_size = $1
+EOF
+}
+write_config 200
+
+INBOX=$MAILDIR_ROOT/example.test/support
+mkdir -p "$INBOX/new" "$INBOX/cur" "$INBOX/tmp"
+echo "seeding $N messages into $INBOX/new ..." >&2
+"$PY" - "$ROOT/examples/demo/Maildir/new" "$INBOX/new" "$N" <<'PY'
+import os, re, sys, time
+src, dst, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+corpus = [open(os.path.join(src, f), "rb").read() for f in sorted(os.listdir(src))]
+now = int(time.time())
+for i in range(n):
+    raw = corpus[i % len(corpus)]
+    head, sep, body = raw.partition(b"\n\n")
+    # unique Message-ID and sender per copy (threading headers dropped so
+    # that every copy is a new conversation)
+    lines = [l for l in head.split(b"\n") if not re.match(
+        rb"(?i)(message-id|in-reply-to|references|to|delivered-to):", l)]
+    head = b"\n".join(lines)
+    head = re.sub(rb"(?im)^(from:.*?)([\w.+-]+)@([\w.-]+)",
+                  lambda m: m.group(1) + m.group(2) + b"." + str(i).encode() + b"@" + m.group(3), head, count=1)
+    head = (b"Message-ID: <bench-" + str(i).encode() + b"@bench.test>\n"
+            b"To: support@example.test\n" + head)
+    name = "%d.M%dP1Q%d.bench,S=%d" % (now, i, i, len(head) + len(body) + 2)
+    with open(os.path.join(dst, name), "wb") as f:
+        f.write(head + sep + body)
+PY
+chown -R mail:mail "$MAILDIR_ROOT"
+
+echo "backlog run: switchboard run --once over $N messages..." >&2
+cd "$WORK"
+START=$(date +%s.%N)
+if [ -x /usr/bin/time ]; then
+    /usr/bin/time -f '%M' -o "$WORK/rss" "$BIN" run --once --config switchboard.toml 2>"$WORK/once.log"
+    RSS_KB=$(tail -1 "$WORK/rss")
+else
+    "$BIN" run --once --config switchboard.toml 2>"$WORK/once.log" &
+    PID=$!
+    RSS_KB=0
+    while kill -0 $PID 2>/dev/null; do
+        r=$(awk '/VmHWM/ {print $2}' /proc/$PID/status 2>/dev/null || echo 0)
+        [ "${r:-0}" -gt "$RSS_KB" ] && RSS_KB=$r
+        sleep 0.05
+    done
+    wait $PID
+fi
+END=$(date +%s.%N)
+"$PY" - "$START" "$END" "$N" "$RSS_KB" <<'PY'
+import sqlite3, sys
+start, end, n, rss = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+db = sqlite3.connect("state.db")
+rows = db.execute("select verdict, state, count(*) from messages group by verdict, state order by 3 desc").fetchall()
+done = sum(c for v, s, c in rows if s == "done")
+secs = end - start
+print(f"backlog: {n} messages in {secs:.1f} s = {n / secs:.0f} msg/s; peak RSS {rss / 1024:.0f} MiB; done {done}")
+for v, s, c in rows:
+    print(f"  {v:<9} {s:<9} {c}")
+PY
+INBOX_LEFT=$(find "$INBOX/new" "$INBOX/cur" -type f | wc -l)
+echo "  left in INBOX: $INBOX_LEFT"
+
+echo "latency run: $LAT_N deliveries over LMTP while the daemon idles..." >&2
+"$BIN" run --config switchboard.toml 2>"$WORK/daemon.log" &
+DAEMON_PID=$!
+sleep 2
+"$PY" - "$LMTP_PORT" "$LAT_N" "$ROOT/examples/demo/Maildir/new" <<'PY'
+import os, random, smtplib, sqlite3, sys, time
+port, n, src = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+db = sqlite3.connect("state.db")
+sent = {}
+for i in range(n):
+    mid = f"lat-{i}@bench.test"
+    body = (f"From: Lat Customer {i} <lat{i}@customer.test>\r\nTo: support@example.test\r\n"
+            f"Subject: {'What are your opening hours?' if i % 2 else 'My parcel arrived damaged'}\r\n"
+            f"Message-ID: <{mid}>\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\n\r\n"
+            "Hello, could you help me with this? Thanks, Lat\r\n")
+    with smtplib.LMTP("127.0.0.1", port) as s:
+        s.sendmail(f"lat{i}@customer.test", ["support@example.test"], body)
+    sent[mid] = time.time()
+    time.sleep(random.uniform(0.02, 0.08))
+deadline = time.time() + 60
+lat = {}
+while time.time() < deadline and len(lat) < n:
+    for mid, at in db.execute("select message_id, updated_at from messages where state = 'done' and message_id like 'lat-%'"):
+        if mid in sent:
+            lat[mid] = at / 1000.0 - sent[mid]
+    time.sleep(0.2)
+v = sorted(lat.values())
+if not v:
+    sys.exit("no message was handled")
+q = lambda p: v[min(len(v) - 1, int(p * len(v)))] * 1000
+print(f"latency: {len(v)}/{n} handled; p50 {q(0.5):.0f} ms, p90 {q(0.9):.0f} ms, p99 {q(0.99):.0f} ms, max {v[-1] * 1000:.0f} ms")
+PY
