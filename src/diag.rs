@@ -87,7 +87,7 @@ impl Source {
 }
 
 /// A position in an admin-edited file, e.g. where a rule is defined.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Location {
     pub path: PathBuf,
     pub line: usize,

@@ -33,6 +33,7 @@ use crate::act::outbox::{Outbox, SendError};
 use crate::act::reply::{self, Outgoing, ReplyParts};
 use crate::classify::{self, Classification, Context};
 use crate::config::Folders;
+use crate::decide::assign::{self, Assignment, TeamFacts};
 use crate::decide::{self, Decision, History, Verdict};
 use crate::fetch::{FetchError, Fetched, Flag, MailSource, MsgRef};
 use crate::knowledge::Knowledge;
@@ -90,10 +91,11 @@ pub struct Pipeline {
 pub fn folder_for(v: &Verdict, k: &Knowledge, folders: &Folders) -> String {
     match v {
         Verdict::Reply { .. } => folders.answered.clone(),
-        Verdict::Route { queue } => k
-            .queues
-            .get(queue)
-            .map_or_else(|| folders.parked.clone(), |q| q.folder.clone()),
+        Verdict::Route { queue } => match (k.queues.get(queue), k.reps.get(queue)) {
+            (Some(q), _) => q.folder.clone(),
+            (None, Some(r)) => r.folder.clone(),
+            (None, None) => folders.parked.clone(),
+        },
         Verdict::Escalate { queue } => k
             .queues
             .get(queue)
@@ -185,6 +187,15 @@ pub fn build_reply(
     Ok((rendered, out))
 }
 
+/// What a batch remembers across its messages: open loads counted so far
+/// (moves happen at the end of the batch, so the server does not see this
+/// batch's assignments yet) and the away marks read at its start.
+#[derive(Default)]
+struct BatchState {
+    loads: BTreeMap<String, u32>,
+    away: Option<std::collections::HashMap<String, i64>>,
+}
+
 enum Plan {
     /// File into a folder, then mark done.
     File { folder: String, key: String },
@@ -203,9 +214,10 @@ impl Pipeline {
     ) -> Result<Vec<Outcome>, PipelineError> {
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut moves: BTreeMap<String, Vec<(MsgRef, String)>> = BTreeMap::new();
+        let mut state = BatchState::default();
         for f in batch {
             let id = f.id.clone();
-            let (plan, outcome) = self.handle(src, mb, k, f).await?;
+            let (plan, outcome) = self.handle(src, mb, k, f, &mut state).await?;
             if let Plan::File { folder, key } = plan {
                 moves.entry(folder).or_default().push((id, key));
             }
@@ -221,6 +233,65 @@ impl Pipeline {
             }
         }
         Ok(outcomes)
+    }
+
+    /// Picks the person (or shared folder) for a routed message.
+    #[allow(clippy::too_many_arguments)]
+    async fn assign<S: MailSource>(
+        &self,
+        src: &mut S,
+        k: &Knowledge,
+        route: &str,
+        sticky: Option<&str>,
+        ticket: Option<&str>,
+        now: i64,
+        state: &mut BatchState,
+    ) -> Result<Assignment, PipelineError> {
+        let target = assign::route_target(k, route);
+        let mut facts = TeamFacts {
+            now,
+            ..Default::default()
+        };
+        if k.reps.is_empty() {
+            return Ok(assign::assign(k, &target, None, &facts));
+        }
+        if state.away.is_none() {
+            state.away = Some(self.store.away(now).await?);
+        }
+        facts.away = state.away.clone().unwrap_or_default();
+        for id in assign::loads_needed(k, &target, sticky) {
+            let Some(r) = k.reps.get(&id) else { continue };
+            let load = match state.loads.get(&r.folder) {
+                Some(n) => Some(*n),
+                None => match src.count(&r.folder).await {
+                    Ok(n) => {
+                        state.loads.insert(r.folder.clone(), n);
+                        Some(n)
+                    }
+                    Err(e) => {
+                        warn!(rep = %id, folder = %r.folder, "cannot count open messages: {e}");
+                        None
+                    }
+                },
+            };
+            if let Some(n) = load {
+                facts.loads.insert(id, n);
+            }
+        }
+        let queue = match &target {
+            assign::Target::Queue(q) => Some(q.clone()),
+            assign::Target::Rep(r) => k
+                .reps
+                .get(r)
+                .and_then(|r| r.queues.first())
+                .map(|q| q.0.clone()),
+        };
+        if let Some(q) = queue
+            && let Some(pos) = self.store.counter(&format!("rotation:{q}")).await?
+        {
+            facts.rotation.insert(q, pos.max(0) as u64);
+        }
+        Ok(assign::assign(k, &target, sticky.zip(ticket), &facts))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -258,6 +329,7 @@ impl Pipeline {
         mb: &MailboxInfo,
         k: &Arc<Knowledge>,
         f: Fetched,
+        state: &mut BatchState,
     ) -> Result<(Plan, Outcome), PipelineError> {
         let now = now_ms();
         let parsed = parse::parse(&f.raw, &parse_options(k, Some(f.size)));
@@ -441,6 +513,20 @@ impl Pipeline {
             .history(&sender, proposed.as_ref().map(|p| p.0.as_str()), &refs, now)
             .await?;
         let mut d = decide::decide(&m, c, k, &history, now);
+        // A follow-up: who has the conversation, and has a person answered
+        // since the customer last wrote? (The customer answers a message
+        // that is neither theirs nor ours: a person's reply.)
+        let existing = match &ticket {
+            Some(t) => self.store.conversation(t).await?,
+            None => None,
+        };
+        let human_replied = existing.is_some()
+            && !m.in_reply_to.is_empty()
+            && !self.store.knows_any(&m.in_reply_to).await?;
+        if let (Some(c), Some(t)) = (&existing, &ticket) {
+            let since_human = if human_replied { 1 } else { c.since_human + 1 };
+            decide::escalate_unanswered(&mut d, k, c.queue.as_deref(), t, since_human);
+        }
         if ticket.is_none()
             && matches!(
                 d.verdict,
@@ -467,7 +553,36 @@ impl Pipeline {
                 }
             }
         }
-        let folder = folder_for(&d.verdict, k, &mb.folders);
+        let assignment = match &d.verdict {
+            Verdict::Route { queue } => {
+                let sticky = existing.as_ref().and_then(|c| c.rep.clone());
+                let a = self
+                    .assign(
+                        src,
+                        k,
+                        queue,
+                        sticky.as_deref(),
+                        ticket.as_deref(),
+                        now,
+                        state,
+                    )
+                    .await?;
+                if a.rep.is_some() || !k.reps.is_empty() {
+                    d.reasons.push(a.why.clone());
+                }
+                Some(a)
+            }
+            _ => None,
+        };
+        let folder = assignment.as_ref().map_or_else(
+            || folder_for(&d.verdict, k, &mb.folders),
+            |a| a.folder.clone(),
+        );
+        let queue = assignment
+            .as_ref()
+            .map(|a| a.queue.as_str())
+            .or(d.verdict.queue());
+        let rep = assignment.as_ref().and_then(|a| a.rep.as_deref());
         let json = serde_json::to_string(&d).unwrap_or_default();
         self.store
             .record_decision(
@@ -479,8 +594,8 @@ impl Pipeline {
                     subject: &m.subject,
                     verdict: d.verdict.kind(),
                     folder: &folder,
-                    queue: d.verdict.queue(),
-                    rep: None,
+                    queue,
+                    rep,
                     template: d.verdict.template(),
                     rule: d.rule.as_deref(),
                     ticket: ticket.as_deref(),
@@ -491,36 +606,56 @@ impl Pipeline {
             .await?;
         if let Some(t) = &ticket {
             self.store
-                .touch_conversation(t, &sender, &m.subject, m.message_id.as_deref(), now)
+                .touch_conversation(
+                    t,
+                    &sender,
+                    &m.subject,
+                    m.message_id.as_deref(),
+                    human_replied,
+                    now,
+                )
                 .await?;
-            if let Some(q) = d.verdict.queue() {
+            if let Some(q) = queue {
                 self.store
                     .assign_conversation(
                         t,
                         Some(q),
-                        None,
+                        rep,
                         matches!(d.verdict, Verdict::Escalate { .. }),
                         now,
                     )
                     .await?;
             }
         }
+        if let (Some(a), Some(r)) = (&assignment, rep) {
+            *state.loads.entry(a.folder.clone()).or_insert(0) += 1;
+            if let Some(pos) = a.rotation {
+                self.store
+                    .set_counter(&format!("rotation:{}", a.queue), pos as i64)
+                    .await?;
+            }
+            info!(mailbox = %mb.name, id = %f.id, rep = r, "assigned");
+        }
         let summary = format!(
             "{}: {}",
             d.verdict.kind(),
             d.reasons.last().cloned().unwrap_or_default()
         );
-        self.audit(
-            mb,
-            &key,
-            Some(&m),
-            "decided",
-            summary,
-            Some(json),
-            ticket.as_deref(),
-            d.verdict.queue(),
-        )
-        .await?;
+        self.store
+            .audit(&AuditEvent {
+                at: now_ms(),
+                event: "decided".into(),
+                mailbox: Some(mb.name.clone()),
+                message_key: Some(key.clone()),
+                message_id: m.message_id.clone(),
+                sender: Some(sender.clone()),
+                ticket: ticket.clone(),
+                queue: queue.map(str::to_string),
+                rep: rep.map(str::to_string),
+                detail: summary,
+                data: Some(json),
+            })
+            .await?;
         info!(mailbox = %mb.name, id = %f.id, message_id = m.message_id.as_deref().unwrap_or(""), decision = d.verdict.kind(), folder = %folder, "decided");
 
         outcome.ticket = ticket.clone();

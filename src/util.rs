@@ -50,3 +50,10 @@ pub fn ellipsize(s: &str, max: usize) -> String {
         out
     }
 }
+
+/// A Unix time in milliseconds as `2026-11-23 14:05 UTC`.
+pub fn format_ms(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.strftime("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_else(|_| ms.to_string())
+}

@@ -4,6 +4,7 @@ mod check;
 mod demo;
 mod eval;
 mod run;
+mod team;
 mod test;
 
 use std::path::PathBuf;
@@ -76,6 +77,16 @@ pub enum Command {
     /// Manage FAQ entries.
     #[command(subcommand)]
     Faq(FaqCommand),
+    /// Representatives: list them, mark someone away or back.
+    #[command(subcommand)]
+    Rep(team::RepCommand),
+    /// Query the record of every interaction (received, decided,
+    /// replied, routed to whom, escalated) by sender, ticket,
+    /// representative, queue or time; as a table, CSV or JSON.
+    Log(team::LogArgs),
+    /// Load per queue and per representative, and the share of mail
+    /// answered automatically.
+    Stats(team::StatsArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -119,6 +130,9 @@ pub fn main() -> ExitCode {
             Command::Run(a) => run::run(a).await,
             Command::Eval(a) => eval::run(a).await,
             Command::Faq(FaqCommand::Import(a)) => eval::import(a).await,
+            Command::Rep(c) => team::rep(c).await,
+            Command::Log(a) => team::log(a).await,
+            Command::Stats(a) => team::stats(a).await,
         }
     });
     match result {

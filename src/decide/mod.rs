@@ -9,6 +9,8 @@
 
 use serde::Serialize;
 
+pub mod assign;
+
 use crate::classify::{Classification, Finding};
 use crate::config::ReplyAddress;
 use crate::knowledge::rules::ReplyWith;
@@ -358,5 +360,48 @@ pub fn park(reason: impl Into<String>) -> Decision {
             rules: Default::default(),
             follow_up: false,
         },
+    }
+}
+
+/// Automatic escalation: when a conversation has had `escalate_after`
+/// customer messages without a reply from a person, a message that would
+/// go to the queue goes to the queue's supervisor instead. `queue_hint` is
+/// the queue the conversation belongs to, if known.
+pub fn escalate_unanswered(
+    d: &mut Decision,
+    k: &Knowledge,
+    queue_hint: Option<&str>,
+    ticket: &str,
+    since_human: i64,
+) {
+    let Verdict::Route { queue } = &d.verdict else {
+        return;
+    };
+    let routed = if k.queues.contains_key(queue) {
+        Some(queue.as_str())
+    } else {
+        k.reps
+            .get(queue)
+            .and_then(|r| r.queues.first())
+            .map(|q| q.0.as_str())
+    };
+    let Some(q) = queue_hint
+        .and_then(|h| k.queues.get(h))
+        .or_else(|| routed.and_then(|r| k.queues.get(r)))
+    else {
+        return;
+    };
+    let Some(n) = q.escalate_after else {
+        return;
+    };
+    if since_human >= i64::from(n) {
+        d.reasons.push(format!(
+            "{since_human} customer messages in {ticket} without a reply from a person \
+             (escalate_after = {n} for queue {}): escalated to its supervisor",
+            q.name
+        ));
+        d.verdict = Verdict::Escalate {
+            queue: q.name.clone(),
+        };
     }
 }

@@ -551,7 +551,7 @@ impl Imap {
     }
 
     /// Number of messages in a folder (IMAP STATUS), e.g. a representative's open load.
-    pub async fn count(&mut self, folder: &str) -> Result<u32, FetchError> {
+    pub async fn status_count(&mut self, folder: &str) -> Result<u32, FetchError> {
         let name = self.server_folder(folder);
         let t = self.cfg.timeout;
         let s = self.session()?;
@@ -576,6 +576,10 @@ fn flag_list(flags: &[Flag]) -> String {
 }
 
 impl MailSource for Imap {
+    async fn count(&mut self, folder: &str) -> Result<u32, FetchError> {
+        self.status_count(folder).await
+    }
+
     async fn pending(&mut self) -> Result<Vec<MsgRef>, FetchError> {
         let t = self.cfg.timeout;
         let s = self.session()?;

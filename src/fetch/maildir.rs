@@ -131,6 +131,20 @@ fn flag_char(f: &Flag) -> Option<char> {
 }
 
 impl MailSource for Maildir {
+    async fn count(&mut self, folder: &str) -> Result<u32, FetchError> {
+        let dir = self.folder_dir(folder);
+        let mut n = 0u32;
+        for sub in ["cur", "new"] {
+            if let Ok(rd) = std::fs::read_dir(dir.join(sub)) {
+                n += rd
+                    .flatten()
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    .count() as u32;
+            }
+        }
+        Ok(n)
+    }
+
     async fn pending(&mut self) -> Result<Vec<MsgRef>, FetchError> {
         let mut v: Vec<(std::time::SystemTime, String)> = Vec::new();
         for sub in ["new", "cur"] {

@@ -127,6 +127,10 @@ pub trait MailSource: Send {
         ids: &[MsgRef],
     ) -> impl Future<Output = Result<(), FetchError>> + Send;
 
+    /// Number of messages in a folder (0 when it does not exist), e.g. a
+    /// representative's open load.
+    fn count(&mut self, folder: &str) -> impl Future<Output = Result<u32, FetchError>> + Send;
+
     /// Stores a copy of a message (our reply) in a folder.
     fn append(
         &mut self,

@@ -10,6 +10,7 @@
 pub mod faq;
 pub mod queues;
 pub mod rules;
+pub mod team;
 pub mod templates;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,8 +23,9 @@ use crate::diag::{Diagnostic, Diagnostics, Location, Source};
 use crate::tomlread::Ctx;
 
 pub use faq::FaqEntry;
-pub use queues::Queue;
+pub use queues::{Queue, Strategy};
 pub use rules::{Condition, Rule, RuleAction};
+pub use team::Rep;
 pub use templates::Templates;
 
 /// The policy knobs from the config that decisions depend on. Part of the
@@ -65,6 +67,8 @@ impl Policy {
 pub struct Knowledge {
     pub rules: Vec<Rule>,
     pub queues: BTreeMap<String, Queue>,
+    /// Representatives by id.
+    pub reps: BTreeMap<String, Rep>,
     pub faq: FaqIndex,
     pub templates: Templates,
     pub policy: Policy,
@@ -88,6 +92,7 @@ impl Knowledge {
         let mut rules: Vec<Rule> = Vec::new();
         let mut refs = Vec::new();
         let mut queues: BTreeMap<String, Queue> = BTreeMap::new();
+        let mut rep_list: Vec<Rep> = Vec::new();
         for path in toml_files(&cfg.rules_dir, &mut diags, "rules") {
             let Some(src) = Source::read(&path, &mut diags) else {
                 continue;
@@ -112,9 +117,15 @@ impl Knowledge {
                     }
                 }
             }
+            for rt in t.tables("rep") {
+                if let Some(r) = team::read_rep(rt) {
+                    rep_list.push(r);
+                }
+            }
             t.finish();
             diags.extend(ctx.into_diagnostics());
         }
+        let reps = link_team(&mut queues, rep_list, &mut diags);
         let mut seen: BTreeMap<&str, &Location> = BTreeMap::new();
         for r in &rules {
             if let Some(prev) = seen.insert(&r.name, &r.location) {
@@ -208,6 +219,28 @@ impl Knowledge {
                         ),
                     );
                 }
+                rules::RefKind::Target
+                    if !queues.contains_key(&r.name) && !reps.contains_key(&r.name) =>
+                {
+                    let hint = crate::diag::suggest(
+                        &r.name,
+                        queues.keys().chain(reps.keys()).map(String::as_str),
+                    )
+                    .map(|s| format!("; did you mean {s:?}?"))
+                    .unwrap_or_default();
+                    let msg = if reps.is_empty() {
+                        format!(
+                            "queue {:?} is not defined: add a [[queue]] with name = {:?}{hint}",
+                            r.name, r.name
+                        )
+                    } else {
+                        format!(
+                            "{:?} is neither a queue nor a rep: add a [[queue]] or [[rep]] with that name{hint}",
+                            r.name
+                        )
+                    };
+                    diags.error_at(&r.location, msg);
+                }
                 rules::RefKind::Queue if !queues.contains_key(&r.name) => {
                     let hint = crate::diag::suggest(&r.name, queues.keys().map(String::as_str))
                         .map(|s| format!("; did you mean {s:?}?"))
@@ -265,6 +298,7 @@ impl Knowledge {
             Arc::new(Knowledge {
                 rules,
                 queues,
+                reps,
                 faq,
                 templates,
                 policy: Policy::from_config(cfg),
@@ -273,6 +307,92 @@ impl Knowledge {
             diags,
         ))
     }
+}
+
+/// Checks reps against queues and fills in each queue's members.
+fn link_team(
+    queues: &mut BTreeMap<String, Queue>,
+    list: Vec<Rep>,
+    diags: &mut Diagnostics,
+) -> BTreeMap<String, Rep> {
+    let mut reps: BTreeMap<String, Rep> = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    for r in list {
+        if let Some(prev) = reps.get(&r.id) {
+            diags.error_at(
+                &r.location,
+                format!("rep {:?} is already defined at {}", r.id, prev.location),
+            );
+            continue;
+        }
+        if let Some(q) = queues.get(&r.id) {
+            diags.error_at(
+                &r.location,
+                format!(
+                    "rep id {:?} is also the name of the queue at {}: `route = {:?}` would be ambiguous; rename one",
+                    r.id, q.location, r.id
+                ),
+            );
+        }
+        order.push(r.id.clone());
+        reps.insert(r.id.clone(), r);
+    }
+    // Queues a rep names.
+    for id in &order {
+        let r = &reps[id];
+        for (q, at) in &r.queues {
+            if !queues.contains_key(q) {
+                let hint = crate::diag::suggest(q, queues.keys().map(String::as_str))
+                    .map(|s| format!("; did you mean {s:?}?"))
+                    .unwrap_or_default();
+                diags.error_at(
+                    at,
+                    format!(
+                        "rep {:?} serves queue {q:?}, which is not defined: add a [[queue]] with name = {q:?}{hint}",
+                        r.id
+                    ),
+                );
+            }
+        }
+    }
+    for q in queues.values_mut() {
+        let mut members: Vec<String> = Vec::new();
+        for (m, at) in &q.listed_members {
+            if !reps.contains_key(m) {
+                let hint = crate::diag::suggest(m, reps.keys().map(String::as_str))
+                    .map(|s| format!("; did you mean {s:?}?"))
+                    .unwrap_or_default();
+                diags.error_at(
+                    at,
+                    format!(
+                        "queue {:?} lists member {m:?}, which is not defined: add a [[rep]] with id = {m:?}{hint}",
+                        q.name
+                    ),
+                );
+            } else if !members.contains(m) {
+                members.push(m.clone());
+            }
+        }
+        for id in &order {
+            if reps[id].serves(&q.name) && !members.contains(id) {
+                members.push(id.clone());
+            }
+        }
+        if q.strategy != Strategy::Shared && members.is_empty() {
+            diags.push(Diagnostic {
+                location: q.location.clone(),
+                severity: crate::diag::Severity::Warning,
+                message: format!(
+                    "queue {:?} uses strategy {:?} but has no members: everything goes to its folder {:?}",
+                    q.name,
+                    q.strategy.as_str(),
+                    q.folder
+                ),
+            });
+        }
+        q.members = members;
+    }
+    reps
 }
 
 /// `*.toml` files of a directory (not recursive), sorted by name.

@@ -74,6 +74,8 @@ pub struct RuleRef {
 pub enum RefKind {
     Template,
     Queue,
+    /// A queue or a rep (`route = …`).
+    Target,
 }
 
 /// A condition tree.
@@ -233,7 +235,7 @@ pub fn compile_rule(mut t: Table<'_>, refs: &mut Vec<RuleRef>) -> Option<Rule> {
     }
     if let Some(r) = t.string("route") {
         refs.push(RuleRef {
-            kind: RefKind::Queue,
+            kind: RefKind::Target,
             name: r.value.clone(),
             location: ctx.location(&r.span),
         });

@@ -9,6 +9,7 @@
 //! stage: `decided` → (`sending` → `sent` → `archived`) → `done`, or
 //! `deferred` after a temporary failure. See [`crate::pipeline`].
 
+use std::collections::HashMap;
 use std::str::FromStr;
 
 use serde::Serialize;
@@ -137,6 +138,8 @@ pub struct Conversation {
     pub customer_messages: i64,
     pub auto_replies: i64,
     pub escalated: bool,
+    /// Customer messages since a person last replied.
+    pub since_human: i64,
 }
 
 /// The state store.
@@ -488,7 +491,7 @@ impl Store {
 
     pub async fn conversation(&self, ticket: &str) -> Result<Option<Conversation>, StoreError> {
         let row = sqlx::query(
-            "SELECT ticket, customer, subject, queue, rep, customer_messages, auto_replies, escalated \
+            "SELECT ticket, customer, subject, queue, rep, customer_messages, auto_replies, escalated, since_human \
              FROM conversations WHERE ticket = $1",
         )
         .bind(ticket)
@@ -505,31 +508,36 @@ impl Store {
                 customer_messages: r.try_get("customer_messages")?,
                 auto_replies: r.try_get("auto_replies")?,
                 escalated: r.try_get::<i64, _>("escalated")? != 0,
+                since_human: r.try_get("since_human")?,
             }),
         })
     }
 
     /// Opens a conversation or adds a customer message to it, and links
-    /// the message's id to it.
+    /// the message's id to it. `human_replied`: the message answers a
+    /// person's reply, which restarts the count towards escalation.
     pub async fn touch_conversation(
         &self,
         ticket: &str,
         customer: &str,
         subject: &str,
         message_id: Option<&str>,
+        human_replied: bool,
         now: i64,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO conversations (ticket, customer, subject, created_at, updated_at, customer_messages) \
-             VALUES ($1, $2, $3, $4, $4, 1) \
+            "INSERT INTO conversations (ticket, customer, subject, created_at, updated_at, customer_messages, since_human) \
+             VALUES ($1, $2, $3, $4, $4, 1, 1) \
              ON CONFLICT (ticket) DO UPDATE SET customer_messages = conversations.customer_messages + 1, \
+             since_human = CASE WHEN $5 = 1 THEN 1 ELSE conversations.since_human + 1 END, \
              updated_at = $4",
         )
         .bind(ticket)
         .bind(customer.to_lowercase())
         .bind(subject)
         .bind(now)
+        .bind(i64::from(human_replied))
         .execute(&mut *tx)
         .await?;
         if let Some(id) = message_id {
@@ -569,6 +577,106 @@ impl Store {
         Ok(())
     }
 
+    /// Whether any of these Message-IDs belongs to a known conversation.
+    pub async fn knows_any(&self, ids: &[String]) -> Result<bool, StoreError> {
+        Ok(self.ticket_for_references(ids).await?.is_some())
+    }
+
+    /// The current value of a named counter.
+    pub async fn counter(&self, name: &str) -> Result<Option<i64>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM counters WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Sets a named counter.
+    pub async fn set_counter(&self, name: &str, value: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO counters (name, value) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET value = $2",
+        )
+        .bind(name)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Representatives marked away: rep id → away until (ms; `i64::MAX`
+    /// for "until further notice"). Marks that have run out are left out.
+    pub async fn away(&self, now: i64) -> Result<HashMap<String, i64>, StoreError> {
+        let rows = sqlx::query("SELECT rep, away_until FROM rep_status")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = HashMap::new();
+        for r in rows {
+            let rep: String = r.try_get("rep")?;
+            let until: Option<i64> = r.try_get("away_until")?;
+            let until = until.unwrap_or(i64::MAX);
+            if until > now {
+                out.insert(rep, until);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Marks a representative away (`until = None`: until further notice).
+    pub async fn set_away(
+        &self,
+        rep: &str,
+        until: Option<i64>,
+        note: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO rep_status (rep, away_until, note, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (rep) DO UPDATE SET away_until = $2, note = $3, updated_at = $4",
+        )
+        .bind(rep)
+        .bind(until)
+        .bind(note)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Clears an away mark; whether there was one.
+    pub async fn clear_away(&self, rep: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query("DELETE FROM rep_status WHERE rep = $1")
+            .bind(rep)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Messages per (verdict, queue, rep) received since `since`.
+    pub async fn routing_counts(
+        &self,
+        since: i64,
+    ) -> Result<Vec<(String, Option<String>, Option<String>, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT verdict, queue, rep, COUNT(*) AS n FROM messages WHERE received_at >= $1 \
+             GROUP BY verdict, queue, rep ORDER BY verdict, queue, rep",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("verdict")?,
+                    r.try_get("queue")?,
+                    r.try_get("rep")?,
+                    r.try_get("n")?,
+                ))
+            })
+            .collect()
+    }
+
     /// Appends to the audit log.
     pub async fn audit(&self, e: &AuditEvent) -> Result<(), StoreError> {
         sqlx::query(
@@ -597,6 +705,7 @@ impl Store {
             "SELECT at, event, mailbox, message_key, message_id, sender, ticket, queue, rep, detail, data \
              FROM audit WHERE ($1 IS NULL OR sender = $1) AND ($2 IS NULL OR ticket = $2) \
              AND ($3 IS NULL OR rep = $3) AND at >= $4 AND at < $5 AND ($6 IS NULL OR event = $6) \
+             AND ($8 IS NULL OR queue = $8) \
              ORDER BY at, id LIMIT $7",
         )
         .bind(q.sender.as_deref().map(str::to_lowercase))
@@ -606,6 +715,7 @@ impl Store {
         .bind(q.until.unwrap_or(i64::MAX))
         .bind(q.event.as_deref())
         .bind(q.limit.unwrap_or(1_000_000))
+        .bind(q.queue.as_deref())
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -652,6 +762,7 @@ pub struct AuditQuery {
     pub sender: Option<String>,
     pub ticket: Option<String>,
     pub rep: Option<String>,
+    pub queue: Option<String>,
     pub event: Option<String>,
     pub since: Option<i64>,
     pub until: Option<i64>,
@@ -706,7 +817,7 @@ mod tests {
         let row = s.message("mid:a@x").await?.ok_or("row")?;
         assert_eq!(row.state, State::Sending);
         assert_eq!(row.reply_message_id.as_deref(), Some("r1@us"));
-        s.touch_conversation("SB-1", "A@X", "hi", Some("a@x"), 1000)
+        s.touch_conversation("SB-1", "A@X", "hi", Some("a@x"), false, 1000)
             .await?;
         s.reply_sent("mid:a@x", "r1@us", "A@x", "faq/x", Some("SB-1"), 1002)
             .await?;

@@ -11,3 +11,4 @@ mod mailserver;
 mod no_panic;
 mod pipeline;
 mod quality;
+mod team;
