@@ -219,9 +219,9 @@ when = { subject = { contains = "bob" } }
 route = "bob"
 "#;
     let s = Setup::new(rules);
-    let d = switchboard::knowledge::Knowledge::load(&s.config())
-        .err()
-        .expect("errors");
+    let Err(d) = switchboard::knowledge::Knowledge::load(&s.config()) else {
+        panic!("expected errors");
+    };
     let text = d.to_string();
     let file = s.path("rules/00-rules.toml");
     let file = file.display();
