@@ -553,6 +553,7 @@ impl Pipeline {
                 }
             }
         }
+        let main_reason = d.reasons.last().cloned().unwrap_or_default();
         let assignment = match &d.verdict {
             Verdict::Route { queue } => {
                 let sticky = existing.as_ref().and_then(|c| c.rep.clone());
@@ -636,11 +637,14 @@ impl Pipeline {
             }
             info!(mailbox = %mb.name, id = %f.id, rep = r, "assigned");
         }
-        let summary = format!(
-            "{}: {}",
-            d.verdict.kind(),
-            d.reasons.last().cloned().unwrap_or_default()
-        );
+        let why = match assignment
+            .as_ref()
+            .filter(|a| a.rep.is_some() || !k.reps.is_empty())
+        {
+            Some(a) => format!("{main_reason} → {}", a.why),
+            None => main_reason,
+        };
+        let summary = format!("{}: {why}", d.verdict.kind());
         self.store
             .audit(&AuditEvent {
                 at: now_ms(),
@@ -660,7 +664,7 @@ impl Pipeline {
 
         outcome.ticket = ticket.clone();
         outcome.verdict = d.verdict.kind().into();
-        outcome.why = d.reasons.last().cloned().unwrap_or_default();
+        outcome.why = why;
 
         if let (Verdict::Reply { template, to, .. }, Some(out)) = (&d.verdict, &outgoing) {
             self.store

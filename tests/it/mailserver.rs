@@ -319,13 +319,17 @@ impl Client {
             Ok(s) => s.try_collect().await.unwrap_or_default(),
             Err(_) => Vec::new(),
         };
-        fetches
+        let msgs = fetches
             .iter()
             .map(|f| Msg {
                 flags: f.flags().map(|fl| format!("{fl:?}")).collect(),
                 raw: String::from_utf8_lossy(f.body().unwrap_or_default()).into_owned(),
             })
-            .collect()
+            .collect();
+        // Leave the folder (read-only, so nothing is expunged): STATUS on a
+        // selected folder may report the session's stale view.
+        let _ = self.session.close().await;
+        msgs
     }
 
     pub async fn count(&mut self, folder: &str) -> usize {
@@ -335,7 +339,9 @@ impl Client {
         }
     }
 
+    /// Appends a message, creating the folder when it is missing.
     pub async fn append(&mut self, folder: &str, raw: &[u8]) {
+        let _ = self.session.create(folder).await;
         self.session
             .append(folder, None, None, raw)
             .await

@@ -12,3 +12,4 @@ mod no_panic;
 mod pipeline;
 mod quality;
 mod team;
+mod team_daemon;
