@@ -218,6 +218,12 @@ impl Pipeline {
         for f in batch {
             let id = f.id.clone();
             let (plan, outcome) = self.handle(src, mb, k, f, &mut state).await?;
+            metrics::counter!(
+                "switchboard_messages_total",
+                "mailbox" => mb.name.clone(),
+                "decision" => outcome.verdict.clone()
+            )
+            .increment(1);
             if let Plan::File { folder, key } = plan {
                 moves.entry(folder).or_default().push((id, key));
             }
@@ -265,6 +271,8 @@ impl Pipeline {
                 Some(n) => Some(*n),
                 None => match src.count(&r.folder).await {
                     Ok(n) => {
+                        metrics::gauge!("switchboard_rep_open_messages", "rep" => id.clone())
+                            .set(f64::from(n));
                         state.loads.insert(r.folder.clone(), n);
                         Some(n)
                     }
@@ -506,13 +514,18 @@ impl Pipeline {
         let ctx = Context {
             follow_up: ticket.is_some(),
         };
+        let started = std::time::Instant::now();
         let c: Classification = classify::classify(&m, k, &ctx);
+        metrics::histogram!("switchboard_classify_seconds").record(started.elapsed().as_secs_f64());
         let proposed = decide::proposed_reply(&c, k);
         let history = self
             .store
             .history(&sender, proposed.as_ref().map(|p| p.0.as_str()), &refs, now)
             .await?;
         let mut d = decide::decide(&m, c, k, &history, now);
+        if let Some(check) = d.suppressed {
+            metrics::counter!("switchboard_reply_suppressed_total", "reason" => check).increment(1);
+        }
         // A follow-up: who has the conversation, and has a person answered
         // since the customer last wrote? (The customer answers a message
         // that is neither theirs nor ours: a person's reply.)
@@ -673,6 +686,8 @@ impl Pipeline {
             match self.outbox.send(out).await {
                 Ok(()) => {
                     let now = now_ms();
+                    metrics::counter!("switchboard_auto_replies_sent_total", "template" => template.clone())
+                        .increment(1);
                     self.store
                         .reply_sent(
                             &key,

@@ -56,6 +56,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         shutdown: srx,
         max_size: cfg.limits.max_message_size,
         batch_size: 100,
+        health: Default::default(),
     };
     let mut rows = Vec::new();
     let mut maildirs = Vec::new();

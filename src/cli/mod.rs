@@ -4,6 +4,7 @@ mod check;
 mod demo;
 mod eval;
 mod run;
+mod status;
 mod team;
 mod test;
 
@@ -87,6 +88,10 @@ pub enum Command {
     /// Load per queue and per representative, and the share of mail
     /// answered automatically.
     Stats(team::StatsArgs),
+    /// What the running daemon reports: each mailbox connected or down,
+    /// last successful check, backlog, last error; the last reload; the
+    /// load of each queue. Exit 0 healthy, 1 degraded, 3 not running.
+    Status(status::Args),
 }
 
 #[derive(Subcommand, Debug)]
@@ -97,10 +102,36 @@ pub enum FaqCommand {
     Import(eval::ImportArgs),
 }
 
-/// Sets up logging to stderr. `RUST_LOG` overrides the level.
+/// Sets up logging. `RUST_LOG` overrides the level. Under systemd (when
+/// `JOURNAL_STREAM` is set and the journal is reachable) records go to
+/// journald with their fields (mailbox, message id, …) as journal fields;
+/// `SWITCHBOARD_LOG_FORMAT=json` prints one JSON object per line instead;
+/// otherwise human-readable lines go to stderr.
 pub fn init_logging(default: &str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let format = std::env::var("SWITCHBOARD_LOG_FORMAT").unwrap_or_default();
+    if format == "json" {
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .try_init();
+        return;
+    }
+    if std::env::var_os("JOURNAL_STREAM").is_some()
+        && format != "text"
+        && let Ok(j) = tracing_journald::layer()
+    {
+        let _ = tracing_subscriber::registry()
+            .with(filter)
+            .with(j.with_syslog_identifier("switchboard".into()))
+            .try_init();
+        return;
+    }
     use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -133,6 +164,7 @@ pub fn main() -> ExitCode {
             Command::Rep(c) => team::rep(c).await,
             Command::Log(a) => team::log(a).await,
             Command::Stats(a) => team::stats(a).await,
+            Command::Status(a) => status::run(a).await,
         }
     });
     match result {

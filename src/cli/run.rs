@@ -1,12 +1,20 @@
-//! `switchboard run`.
+//! `switchboard run`: the daemon, with systemd integration (sd_notify
+//! READY/RELOADING/STOPPING/WATCHDOG/STATUS), Prometheus metrics, a status
+//! file for `switchboard status`, and reloads on SIGHUP or file changes.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
+use sd_notify::NotifyState;
 use switchboard::act::outbox::Outbox;
+use switchboard::daemon::health::{Health, notify};
+use switchboard::knowledge::Knowledge;
 use switchboard::pipeline::Pipeline;
 use switchboard::record::Store;
-use tracing::{error, info};
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
 
 use super::ConfigArg;
 
@@ -19,6 +27,13 @@ pub struct Args {
     pub once: bool,
 }
 
+/// How long to wait for every mailbox's first connection before telling
+/// systemd we are ready anyway (a mailbox that is down must not keep the
+/// service from starting; it shows in STATUS= and `switchboard status`).
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often STATUS= and the status file are refreshed.
+const STATUS_EVERY: Duration = Duration::from_secs(10);
+
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     super::init_logging("info");
     let path = a.config.path();
@@ -26,7 +41,27 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     };
     for w in warnings.iter() {
-        tracing::warn!("{w}");
+        warn!("{w}");
+    }
+    if let Some(addr) = cfg.daemon.metrics_listen
+        && !a.once
+    {
+        let built = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full("switchboard_classify_seconds".into()),
+                &[
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1,
+                ],
+            )
+            .and_then(|b| b.install());
+        match built {
+            Ok(()) => info!("metrics on http://{addr}/metrics"),
+            Err(e) => {
+                error!("cannot serve metrics on {addr}: {e}");
+                return Ok(ExitCode::from(1));
+            }
+        }
     }
     let store = Store::open(&cfg.store.url).await?;
     let outbox = Outbox::open(&cfg.outbound)
@@ -39,17 +74,51 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         cfg.mailboxes.len(),
         outbox.describe()
     );
-    let (ktx, krx) = tokio::sync::watch::channel(Arc::clone(&k));
-    let (stx, srx) = tokio::sync::watch::channel(false);
+    let health = Health::new(
+        cfg.mailboxes.iter().map(|m| m.name.clone()),
+        (!a.once).then(|| switchboard::daemon::health::status_path(&cfg)),
+    );
+    health.reloaded(true, Vec::new());
+    let (ktx, krx) = watch::channel(Arc::clone(&k));
+    let (stx, srx) = watch::channel(false);
     let pipeline = Pipeline {
         store: store.clone(),
         outbox,
         retry_initial: cfg.daemon.retry_initial,
         retry_max: cfg.daemon.retry_max,
     };
-    let signals = tokio::spawn(signal_loop(path.clone(), ktx, stx));
-    let filed = switchboard::daemon::run(cfg, krx, pipeline, srx, a.once).await;
+    // File changes under rules/ and templates/ trigger the same reload as
+    // SIGHUP (debounced: editors save by writing a temporary file and
+    // renaming it).
+    let (rtx, rrx) = mpsc::unbounded_channel::<&'static str>();
+    let _watcher = if cfg.daemon.watch && !a.once {
+        watch_files(
+            &[&cfg.rules_dir, &cfg.faq_dir, &cfg.templates_dir],
+            rtx.clone(),
+        )
+    } else {
+        None
+    };
+    let signals = tokio::spawn(control_loop(
+        path.clone(),
+        ktx,
+        stx,
+        rtx,
+        rrx,
+        health.clone(),
+    ));
+    let reporter = (!a.once).then(|| tokio::spawn(report_loop(health.clone())));
+    let watchdog = spawn_watchdog();
+    let filed = switchboard::daemon::run(cfg, krx, pipeline, srx, a.once, health.clone()).await;
+    notify(&[NotifyState::Stopping]);
     signals.abort();
+    if let Some(r) = reporter {
+        r.abort();
+    }
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    health.write_file();
     store.close().await;
     match filed {
         Ok(s) if s.failed.is_empty() => {
@@ -71,11 +140,98 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// SIGTERM/SIGINT: stop; SIGHUP: reload the knowledge.
-async fn signal_loop(
-    path: std::path::PathBuf,
-    knowledge: tokio::sync::watch::Sender<Arc<switchboard::knowledge::Knowledge>>,
-    shutdown: tokio::sync::watch::Sender<bool>,
+/// READY=1 once every mailbox has connected (or after READY_TIMEOUT),
+/// then STATUS= and the status file every few seconds.
+async fn report_loop(health: Health) {
+    let start = tokio::time::Instant::now();
+    while !health.all_connected_once() && start.elapsed() < READY_TIMEOUT {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !health.all_connected_once() {
+        warn!(
+            "not every mailbox is connected after {}s; ready anyway: {}",
+            READY_TIMEOUT.as_secs(),
+            health.status_line()
+        );
+    }
+    let line = health.status_line();
+    notify(&[NotifyState::Ready, NotifyState::Status(&line)]);
+    info!("ready: {line}");
+    loop {
+        health.write_file();
+        let line = health.status_line();
+        notify(&[NotifyState::Status(&line)]);
+        tokio::time::sleep(STATUS_EVERY).await;
+    }
+}
+
+/// Pings systemd's watchdog at half its interval, from the runtime that
+/// runs the mailboxes (a stuck runtime stops the pings).
+fn spawn_watchdog() -> Option<tokio::task::JoinHandle<()>> {
+    // As sd_watchdog_enabled(3): WATCHDOG_USEC set, and WATCHDOG_PID (when
+    // set) is this process.
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID")
+        && pid.parse::<u32>().ok() != Some(std::process::id())
+    {
+        return None;
+    }
+    if usec == 0 {
+        return None;
+    }
+    let every = Duration::from_micros(usec / 2);
+    Some(tokio::spawn(async move {
+        loop {
+            notify(&[NotifyState::Watchdog]);
+            tokio::time::sleep(every).await;
+        }
+    }))
+}
+
+fn watch_files(
+    dirs: &[&Path],
+    tx: mpsc::UnboundedSender<&'static str>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let mut w = match notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev
+            && !ev.kind.is_access()
+            && ev.paths.iter().any(|p| !is_scratch(p))
+        {
+            let _ = tx.send("files changed");
+        }
+    }) {
+        Ok(w) => w,
+        Err(e) => {
+            warn!("cannot watch the rules and templates for changes: {e}; use SIGHUP to reload");
+            return None;
+        }
+    };
+    for d in dirs {
+        if d.exists()
+            && let Err(e) = w.watch(d, RecursiveMode::Recursive)
+        {
+            warn!("cannot watch {}: {e}", d.display());
+        }
+    }
+    info!("watching rules, FAQ and templates for changes");
+    Some(w)
+}
+
+/// Editor scratch files (swap files, backups) do not trigger a reload.
+fn is_scratch(p: &Path) -> bool {
+    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    name.starts_with('.') || name.ends_with('~') || name.ends_with(".swp") || name.ends_with(".tmp")
+}
+
+/// SIGTERM/SIGINT: stop; SIGHUP or a file change: reload the knowledge.
+async fn control_loop(
+    path: PathBuf,
+    knowledge: watch::Sender<Arc<Knowledge>>,
+    shutdown: watch::Sender<bool>,
+    _keep: mpsc::UnboundedSender<&'static str>,
+    mut reloads: mpsc::UnboundedReceiver<&'static str>,
+    health: Health,
 ) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
@@ -87,23 +243,49 @@ async fn signal_loop(
         return;
     };
     loop {
-        tokio::select! {
-            _ = term.recv() => { info!("SIGTERM: finishing the messages in flight"); let _ = shutdown.send(true); return; }
-            _ = int.recv() => { info!("SIGINT: finishing the messages in flight"); let _ = shutdown.send(true); return; }
-            _ = hup.recv() => {
-                info!("SIGHUP: reloading rules, FAQ and templates");
-                match switchboard::config::Config::load(&path) {
-                    Err(d) => { for x in d.sorted() { error!("{x}"); } error!("reload failed: keeping the previous rules"); }
-                    Ok((cfg, _)) => match switchboard::knowledge::Knowledge::load(&cfg) {
-                        Ok((k, w)) => {
-                            for x in w.iter() { tracing::warn!("{x}"); }
-                            info!("reloaded: {}", switchboard::demo::describe_knowledge(&k));
-                            let _ = knowledge.send(k);
-                        }
-                        Err(d) => { for x in d.sorted() { error!("{x}"); } error!("reload failed: keeping the previous rules"); }
-                    }
-                }
+        let why = tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: finishing the messages in flight"); notify(&[NotifyState::Stopping]); let _ = shutdown.send(true); return; }
+            _ = int.recv() => { info!("SIGINT: finishing the messages in flight"); notify(&[NotifyState::Stopping]); let _ = shutdown.send(true); return; }
+            _ = hup.recv() => "SIGHUP",
+            Some(w) = reloads.recv() => {
+                // Debounce: wait for the burst of events to end.
+                while let Ok(Some(_)) =
+                    tokio::time::timeout(Duration::from_millis(400), reloads.recv()).await
+                {}
+                w
             }
+        };
+        reload(&path, &knowledge, &health, why);
+    }
+}
+
+fn reload(path: &Path, knowledge: &watch::Sender<Arc<Knowledge>>, health: &Health, why: &str) {
+    info!("{why}: reloading rules, FAQ and templates");
+    let mut states = vec![NotifyState::Reloading];
+    if let Ok(m) = NotifyState::monotonic_usec_now() {
+        states.push(m);
+    }
+    notify(&states);
+    let result = switchboard::config::Config::load(path).and_then(|(cfg, _)| Knowledge::load(&cfg));
+    match result {
+        Ok((k, w)) => {
+            for x in w.iter() {
+                warn!("{x}");
+            }
+            info!("reloaded: {}", switchboard::demo::describe_knowledge(&k));
+            let _ = knowledge.send(k);
+            health.reloaded(true, Vec::new());
+        }
+        Err(d) => {
+            let problems: Vec<String> = d.sorted().iter().map(|x| x.to_string()).collect();
+            for x in &problems {
+                error!("{x}");
+            }
+            error!("reload failed: keeping the previous rules");
+            health.reloaded(false, problems);
         }
     }
+    let line = health.status_line();
+    notify(&[NotifyState::Ready, NotifyState::Status(&line)]);
+    health.write_file();
 }

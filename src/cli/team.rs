@@ -576,7 +576,10 @@ pub async fn stats(a: StatsArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Messages now in each folder of the first configured mailbox.
-async fn count_folders(cfg: &Config, folders: &[String]) -> anyhow::Result<BTreeMap<String, u32>> {
+pub(super) async fn count_folders(
+    cfg: &Config,
+    folders: &[String],
+) -> anyhow::Result<BTreeMap<String, u32>> {
     let Some(mb) = cfg.mailboxes.first() else {
         anyhow::bail!("no mailbox configured");
     };

@@ -5,6 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod health;
+use health::Health;
+
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -25,6 +28,7 @@ pub struct Shared {
     pub max_size: u64,
     /// Messages fetched and processed per round trip.
     pub batch_size: usize,
+    pub health: Health,
 }
 
 impl Shared {
@@ -89,12 +93,22 @@ pub async fn run_maildir(
     poll: Duration,
 ) -> Result<usize, FetchError> {
     let mut src = Maildir::open(&path)?;
+    shared.health.connected(&mb.name);
     let info = mailbox_info(&mb);
     let mut handled = 0;
     loop {
         match drain(&mut src, &shared, &info).await {
-            Ok(o) => handled += o.iter().filter(|o| o.folder.is_some()).count(),
-            Err(e) => error!(mailbox = %mb.name, "processing failed: {e}"),
+            Ok(o) => {
+                let n = o.iter().filter(|o| o.folder.is_some()).count();
+                handled += n;
+                record(&shared.health, &mb.name, &o);
+            }
+            Err(e) => {
+                shared
+                    .health
+                    .failed(&mb.name, "processing", &e.to_string(), false);
+                error!(mailbox = %mb.name, "processing failed: {e}");
+            }
         }
         if once || shared.stopping() {
             return Ok(handled);
@@ -168,6 +182,7 @@ pub async fn run_imap(
         }
         let mut imap = match Imap::connect(&icfg).await {
             Ok(c) => {
+                shared.health.connected(&mb.name);
                 if last_error.take().is_some() {
                     info!(mailbox = %mb.name, "connected again");
                 } else {
@@ -178,6 +193,7 @@ pub async fn run_imap(
             }
             Err(e) => {
                 let text = e.to_string();
+                shared.health.failed(&mb.name, e.kind(), &text, true);
                 if last_error.as_deref() != Some(text.as_str()) {
                     error!(mailbox = %mb.name, "{text}; retrying with backoff");
                     last_error = Some(text);
@@ -203,6 +219,7 @@ pub async fn run_imap(
             match drain(&mut imap, &shared, &info).await {
                 Ok(o) => {
                     handled += o.iter().filter(|o| o.folder.is_some()).count();
+                    record(&shared.health, &mb.name, &o);
                     if o.iter().any(|o| o.verdict == "deferred") {
                         // Come back for deferred replies even without new mail.
                         idle_for = retry.0.max(Duration::from_secs(1));
@@ -210,6 +227,7 @@ pub async fn run_imap(
                 }
                 Err(PipelineError::Source(e)) => {
                     let text = e.to_string();
+                    shared.health.failed(&mb.name, e.kind(), &text, true);
                     if last_error.as_deref() != Some(text.as_str()) {
                         warn!(mailbox = %mb.name, "connection problem: {text}; reconnecting");
                         last_error = Some(text);
@@ -217,6 +235,9 @@ pub async fn run_imap(
                     break;
                 }
                 Err(PipelineError::Store(e)) => {
+                    shared
+                        .health
+                        .failed(&mb.name, "store", &e.to_string(), false);
                     error!(mailbox = %mb.name, "state store: {e}; retrying");
                     tokio::time::sleep(backoff.next_delay()).await;
                     continue;
@@ -234,6 +255,7 @@ pub async fn run_imap(
                 Ok(Wake::Changed | Wake::Timeout) => {}
                 Err(e) => {
                     let text = e.to_string();
+                    shared.health.failed(&mb.name, e.kind(), &text, true);
                     if last_error.as_deref() != Some(text.as_str()) {
                         warn!(mailbox = %mb.name, "connection problem while waiting: {text}; reconnecting");
                         last_error = Some(text);
@@ -247,6 +269,17 @@ pub async fn run_imap(
             _ = shared.shutdown.changed() => {}
         }
     }
+}
+
+/// Records a successful check in the health state and metrics.
+fn record(h: &Health, mailbox: &str, outcomes: &[Outcome]) {
+    let filed = outcomes.iter().filter(|o| o.folder.is_some()).count() as u64;
+    for o in outcomes {
+        if o.verdict == "reply" && o.folder.is_some() {
+            h.reply_sent();
+        }
+    }
+    h.checked(mailbox, outcomes.len() as u64, filed);
 }
 
 /// What a run did: messages filed, and mailboxes that failed.
@@ -264,6 +297,7 @@ pub async fn run(
     pipeline: Pipeline,
     shutdown: watch::Receiver<bool>,
     once: bool,
+    health: Health,
 ) -> anyhow::Result<RunSummary> {
     let shared = Shared {
         pipeline,
@@ -271,6 +305,7 @@ pub async fn run(
         shutdown,
         max_size: cfg.limits.max_message_size,
         batch_size: 100,
+        health,
     };
     let mut tasks = tokio::task::JoinSet::new();
     for mb in cfg.mailboxes.clone() {

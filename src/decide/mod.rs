@@ -88,6 +88,11 @@ pub struct Decision {
     pub reasons: Vec<String>,
     /// The reply that would have been sent when a check stopped it.
     pub suggested_template: Option<String>,
+    /// Which check stopped that reply (a short name for metrics):
+    /// automatic, not_addressed, answers_auto_reply, follow_up, language,
+    /// no_reply_address, auto_reply_off, rate_limit, circuit_breaker.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suppressed: Option<&'static str>,
     pub evidence: Classification,
 }
 
@@ -146,6 +151,7 @@ pub fn decide(m: &Message, c: Classification, k: &Knowledge, h: &History, now_ms
         flags: c.rules.flags.clone(),
         reasons: Vec::new(),
         suggested_template: None,
+        suppressed: None,
         evidence: c.clone(),
     };
     let rule_name = c.rules.action.as_ref().map(|(n, _)| n.clone());
@@ -226,6 +232,7 @@ pub fn decide(m: &Message, c: Classification, k: &Knowledge, h: &History, now_ms
 
     // Checks before any automatic reply.
     if !automatic.is_empty() {
+        d.suppressed = Some("automatic");
         d.reasons.push(format!(
             "no automatic reply to an automatic message: {}",
             describe(&automatic)
@@ -235,7 +242,8 @@ pub fn decide(m: &Message, c: Classification, k: &Knowledge, h: &History, now_ms
         };
         return d;
     }
-    let to_human = |d: &mut Decision, why: String| {
+    let to_human = |d: &mut Decision, check: &'static str, why: String| {
+        d.suppressed = Some(check);
         d.reasons.push(format!(
             "{why}; a person answers instead (queue {})",
             p.default_queue
@@ -247,16 +255,25 @@ pub fn decide(m: &Message, c: Classification, k: &Knowledge, h: &History, now_ms
     if c.guard.contains(&Finding::NotAddressedToUs) {
         to_human(
             &mut d,
+            "not_addressed",
             "none of our addresses is in To/Cc (Bcc, list or forward)".into(),
         );
         return d;
     }
     if h.answers_auto_reply {
-        to_human(&mut d, "this answers one of our automatic replies".into());
+        to_human(
+            &mut d,
+            "answers_auto_reply",
+            "this answers one of our automatic replies".into(),
+        );
         return d;
     }
     if c.follow_up {
-        to_human(&mut d, "this continues an existing conversation".into());
+        to_human(
+            &mut d,
+            "follow_up",
+            "this continues an existing conversation".into(),
+        );
         return d;
     }
     if let Some(lang) = m.language.as_deref() {
@@ -268,6 +285,7 @@ pub fn decide(m: &Message, c: Classification, k: &Knowledge, h: &History, now_ms
         if lang != p.reply.language && !has_variant {
             to_human(
                 &mut d,
+                "language",
                 format!("the message is in {lang} and {template} has no {lang} version"),
             );
             return d;
@@ -276,13 +294,18 @@ pub fn decide(m: &Message, c: Classification, k: &Knowledge, h: &History, now_ms
     let to = match reply_address(m, p.reply.address, &p.our_addresses) {
         Ok(a) => a,
         Err(why) => {
-            to_human(&mut d, format!("cannot auto-reply: {why}"));
+            to_human(
+                &mut d,
+                "no_reply_address",
+                format!("cannot auto-reply: {why}"),
+            );
             return d;
         }
     };
     if !p.auto_reply {
         to_human(
             &mut d,
+            "auto_reply_off",
             format!("auto-replies are switched off (suggested template: {template})"),
         );
         return d;
@@ -292,6 +315,7 @@ pub fn decide(m: &Message, c: Classification, k: &Knowledge, h: &History, now_ms
         if now_ms - last < window {
             to_human(
                 &mut d,
+                "rate_limit",
                 format!(
                     "{} already got the automatic reply {template} {} ago (limit: one per {})",
                     to.addr,
@@ -305,6 +329,7 @@ pub fn decide(m: &Message, c: Classification, k: &Knowledge, h: &History, now_ms
     if h.replies_last_hour >= p.limits.max_replies_per_hour {
         to_human(
             &mut d,
+            "circuit_breaker",
             format!(
                 "circuit breaker: {} automatic replies in the last hour (limit {})",
                 h.replies_last_hour, p.limits.max_replies_per_hour
@@ -354,6 +379,7 @@ pub fn park(reason: impl Into<String>) -> Decision {
         flags: Vec::new(),
         reasons: vec![reason],
         suggested_template: None,
+        suppressed: None,
         evidence: Classification {
             faq: Default::default(),
             guard: Vec::new(),

@@ -33,6 +33,7 @@ async fn demo_files_every_message_exactly_once() {
         shutdown: sr,
         max_size: cfg.limits.max_message_size,
         batch_size: 7,
+        health: Default::default(),
     };
     let MailboxKind::Maildir { path } = &cfg.mailboxes[0].kind else {
         panic!("demo mailbox is a maildir");

@@ -397,6 +397,11 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn spawn(config: &Path) -> Daemon {
+        Daemon::spawn_with(config, &[])
+    }
+
+    /// Spawns with extra environment variables.
+    pub fn spawn_with(config: &Path, env: &[(&str, &str)]) -> Daemon {
         let log = config.with_file_name(format!("daemon-{}.log", rand_suffix()));
         let file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("{e}"));
         let err = file.try_clone().unwrap_or_else(|e| panic!("{e}"));
@@ -405,6 +410,7 @@ impl Daemon {
             .arg("--config")
             .arg(config)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(file)
             .stderr(err)

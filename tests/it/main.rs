@@ -9,6 +9,7 @@ mod golden;
 mod loop_guard;
 mod mailserver;
 mod no_panic;
+mod ops;
 mod pipeline;
 mod quality;
 mod team;

@@ -60,6 +60,7 @@ impl Env {
             shutdown: sr,
             max_size: 1 << 20,
             batch_size: 50,
+            health: Default::default(),
         }
     }
 

@@ -1,0 +1,152 @@
+//! `switchboard status`: what the running daemon reports about itself.
+
+use std::process::ExitCode;
+
+use switchboard::daemon::health::{Snapshot, status_path};
+use switchboard::util::{format_ms, now_ms};
+
+use super::ConfigArg;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Do not connect to the mailbox to count the messages waiting in
+    /// each queue and representative folder.
+    #[arg(long)]
+    pub offline: bool,
+    /// Print the raw status as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The daemon refreshes the file every 10 s; older than this means it is
+/// not running (or stuck).
+const STALE_MS: i64 = 60_000;
+
+/// Exit codes: 0 all mailboxes up, 1 a mailbox is down or the last reload
+/// failed, 3 the daemon is not running.
+pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let path = a.config.path();
+    // Only the config is needed: the rules may be broken right now (the
+    // daemon then runs the previous ones, which is what status shows).
+    let cfg = match switchboard::config::Config::load(&path) {
+        Ok((c, _)) => c,
+        Err(d) => {
+            eprint!("{d}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let k = switchboard::knowledge::Knowledge::load(&cfg)
+        .ok()
+        .map(|(k, _)| k);
+    let file = status_path(&cfg);
+    let snap: Option<Snapshot> = std::fs::read(&file)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let Some(snap) = snap else {
+        println!(
+            "not running: no status at {} (the daemon writes it while `switchboard run` runs)",
+            file.display()
+        );
+        return Ok(ExitCode::from(3));
+    };
+    let now = now_ms();
+    let stale = now - snap.updated > STALE_MS;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&snap)?);
+    } else {
+        if stale {
+            println!(
+                "NOT RUNNING (last status {} from pid {})",
+                format_ms(snap.updated),
+                snap.pid
+            );
+        } else {
+            println!(
+                "running: pid {}, version {}, up since {}",
+                snap.pid,
+                snap.version,
+                format_ms(snap.started)
+            );
+        }
+        if let Some(r) = &snap.last_reload {
+            if r.ok {
+                println!("rules: loaded {}", format_ms(r.at));
+            } else {
+                println!(
+                    "rules: LAST RELOAD FAILED at {} — running the previous rules:",
+                    format_ms(r.at)
+                );
+                for p in &r.problems {
+                    println!("  {p}");
+                }
+            }
+        }
+        println!("auto-replies sent since start: {}", snap.replies_sent);
+        println!();
+        println!(
+            "{:<16} {:<10} {:<22} {:>8} {:>8}  LAST ERROR",
+            "MAILBOX", "STATE", "LAST CHECK", "BACKLOG", "HANDLED"
+        );
+        for (name, m) in &snap.mailboxes {
+            let state = if m.connected { "connected" } else { "DOWN" };
+            let last = m
+                .last_check
+                .map(format_ms)
+                .unwrap_or_else(|| "never".into());
+            let err = match (&m.last_error, m.last_error_at) {
+                (Some(e), Some(t)) => format!("{} ({})", e, format_ms(t)),
+                _ => "-".into(),
+            };
+            println!(
+                "{name:<16} {state:<10} {last:<22} {:>8} {:>8}  {err}",
+                m.backlog, m.handled
+            );
+        }
+        if let (false, Some(k)) = (a.offline, &k) {
+            let folders: Vec<String> = k
+                .queues
+                .values()
+                .flat_map(|q| [q.folder.clone(), q.escalation_folder.clone()])
+                .chain(k.reps.values().map(|r| r.folder.clone()))
+                .collect();
+            match super::team::count_folders(&cfg, &folders).await {
+                Ok(live) => {
+                    println!();
+                    println!(
+                        "{:<14} {:>8} {:>10}  MEMBERS (open)",
+                        "QUEUE", "SHARED", "ESCALATED"
+                    );
+                    for q in k.queues.values() {
+                        let members: Vec<String> = q
+                            .members
+                            .iter()
+                            .filter_map(|m| k.reps.get(m))
+                            .map(|r| {
+                                format!("{} ({})", r.id, live.get(&r.folder).copied().unwrap_or(0))
+                            })
+                            .collect();
+                        println!(
+                            "{:<14} {:>8} {:>10}  {}",
+                            q.name,
+                            live.get(&q.folder).copied().unwrap_or(0),
+                            live.get(&q.escalation_folder).copied().unwrap_or(0),
+                            members.join(", ")
+                        );
+                    }
+                }
+                Err(e) => println!("\n(queue load unavailable: {e})"),
+            }
+        }
+    }
+    let bad = snap.mailboxes.values().any(|m| !m.connected)
+        || snap.last_reload.as_ref().is_some_and(|r| !r.ok);
+    Ok(if stale {
+        ExitCode::from(3)
+    } else if bad {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
