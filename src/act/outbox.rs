@@ -41,10 +41,13 @@ pub struct FileOutbox {
 
 #[derive(Clone)]
 pub struct SmtpOutbox {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    transport: std::sync::Arc<tokio::sync::RwLock<AsyncSmtpTransport<Tokio1Executor>>>,
     timeout: Duration,
     /// `host:port`, for messages.
     pub server: String,
+    /// Kept for XOAUTH2: an expired access token means building the
+    /// transport again with a fresh one from the token command.
+    oauth: Option<SmtpConfig>,
 }
 
 impl Outbox {
@@ -86,6 +89,15 @@ impl Outbox {
 
 impl SmtpOutbox {
     async fn open(s: &SmtpConfig) -> Result<SmtpOutbox, String> {
+        Ok(SmtpOutbox {
+            transport: std::sync::Arc::new(tokio::sync::RwLock::new(Self::transport(s).await?)),
+            timeout: s.timeout,
+            server: format!("{}:{}", s.host, s.port),
+            oauth: (s.auth == AuthMechanism::XOAuth2).then(|| s.clone()),
+        })
+    }
+
+    async fn transport(s: &SmtpConfig) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
         let tls_params = || {
             TlsParameters::builder(s.host.clone())
                 .dangerous_accept_invalid_certs(s.danger_accept_invalid_certs)
@@ -111,17 +123,46 @@ impl SmtpOutbox {
                 }]);
         }
         let pool = lettre::transport::smtp::PoolConfig::new().max_size(s.pool_size);
-        Ok(SmtpOutbox {
-            transport: b.pool_config(pool).build(),
-            timeout: s.timeout,
-            server: format!("{}:{}", s.host, s.port),
-        })
+        Ok(b.pool_config(pool).build())
     }
 
     async fn send(&self, m: &Outgoing) -> Result<(), SendError> {
+        match self.send_once(m).await {
+            Err(SendError::Permanent(e)) if self.oauth.is_some() && is_auth_failure(&e) => {
+                // An XOAUTH2 access token lives about an hour: get a fresh
+                // one from the token command and try once more.
+                tracing::warn!(server = %self.server, "SMTP refused the OAuth2 token; fetching a fresh one and retrying once");
+                metrics::counter!("switchboard_oauth_token_refresh_total", "service" => "smtp")
+                    .increment(1);
+                if let Some(cfg) = &self.oauth {
+                    match Self::transport(cfg).await {
+                        Ok(t) => *self.transport.write().await = t,
+                        Err(err) => {
+                            return Err(SendError::Temporary(format!(
+                                "SMTP {}: cannot get a fresh OAuth2 token: {err}",
+                                self.server
+                            )));
+                        }
+                    }
+                }
+                match self.send_once(m).await {
+                    // Still refused: an authentication problem is ours to
+                    // fix, not the customer's: retry later, loudly.
+                    Err(SendError::Permanent(e)) if is_auth_failure(&e) => {
+                        tracing::error!(server = %self.server, "SMTP OAuth2 authentication failed with a fresh token: {e}");
+                        Err(SendError::Temporary(e))
+                    }
+                    other => other,
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn send_once(&self, m: &Outgoing) -> Result<(), SendError> {
+        let transport = self.transport.read().await;
         // lettre's own timeout covers connecting only; bound the whole send.
-        match tokio::time::timeout(self.timeout, self.transport.send_raw(&m.envelope, &m.raw)).await
-        {
+        match tokio::time::timeout(self.timeout, transport.send_raw(&m.envelope, &m.raw)).await {
             Err(_) => Err(SendError::Temporary(format!(
                 "SMTP {} did not answer within {:?}",
                 self.server, self.timeout
@@ -137,6 +178,11 @@ impl SmtpOutbox {
             }
         }
     }
+}
+
+/// SMTP 535 / 534 (authentication) replies, as lettre words them.
+fn is_auth_failure(e: &str) -> bool {
+    e.contains("535") || e.contains("534") || e.to_lowercase().contains("authentication")
 }
 
 async fn read_secret(s: &SecretSource) -> Result<String, String> {

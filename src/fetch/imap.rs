@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::{FetchError, Fetched, Flag, MailSource, MsgRef};
 use crate::config::{AuthMechanism, ImapConfig, Tls};
@@ -301,8 +301,22 @@ fn proto(e: impl std::fmt::Display) -> FetchError {
 }
 
 impl Imap {
-    /// Connects, authenticates and selects the configured folder.
+    /// Connects, authenticates and selects the configured folder. With
+    /// XOAUTH2, a refused token is fetched again from the token command
+    /// and tried once more (access tokens expire after about an hour).
     pub async fn connect(cfg: &ImapConfig) -> Result<Imap, FetchError> {
+        match Self::connect_once(cfg).await {
+            Err(FetchError::Auth { .. }) if cfg.auth == AuthMechanism::XOAuth2 => {
+                warn!(server = %server(cfg), "the OAuth2 token was refused; fetching a fresh one and retrying once");
+                metrics::counter!("switchboard_oauth_token_refresh_total", "service" => "imap")
+                    .increment(1);
+                Self::connect_once(cfg).await
+            }
+            other => other,
+        }
+    }
+
+    async fn connect_once(cfg: &ImapConfig) -> Result<Imap, FetchError> {
         let t = cfg.timeout;
         let srv = server(cfg);
         let connect_err = |m: String| FetchError::Connect {
