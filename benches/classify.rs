@@ -194,3 +194,36 @@ fn load_knowledge_1000_faq_200_rules(b: divan::Bencher) {
     write_set(dir.path(), 1000, 200);
     b.bench_local(|| load(dir.path()));
 }
+
+/// BANKING77 (../shared/data/banking77/train.csv): the FAQ matcher alone
+/// with 77 entries built from 9/10 of the questions, querying the other
+/// tenth one by one. Skipped when the data set is not beside the repo.
+fn banking77() -> Option<(switchboard::classify::faq::FaqIndex, Vec<String>)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/banking77/train.csv");
+    let data = switchboard::eval::read_csv(&path, None, None).ok()?;
+    let (train, test): (Vec<_>, Vec<_>) = data.iter().enumerate().partition(|(i, _)| i % 10 != 0);
+    let train: Vec<&switchboard::eval::Labelled> = train.into_iter().map(|(_, l)| l).collect();
+    let entries = switchboard::eval::entries_from(&train);
+    let cfg = switchboard::config::FaqConfig {
+        threshold: 0.70,
+        margin: 0.10,
+    };
+    let index = switchboard::classify::faq::FaqIndex::build(entries, &cfg).ok()?;
+    Some((
+        index,
+        test.into_iter().map(|(_, l)| l.text.clone()).collect(),
+    ))
+}
+
+#[divan::bench(sample_count = 50)]
+fn banking77_faq_77_entries_per_question(b: divan::Bencher) {
+    let Some((index, questions)) = banking77() else {
+        eprintln!("banking77 data not found; skipped");
+        return;
+    };
+    let mut i = 0;
+    b.bench_local(|| {
+        i = (i + 1) % questions.len();
+        divan::black_box(index.query(&questions[i]))
+    });
+}
