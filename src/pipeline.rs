@@ -217,7 +217,17 @@ impl Pipeline {
         let mut state = BatchState::default();
         for f in batch {
             let id = f.id.clone();
-            let (plan, outcome) = self.handle(src, mb, k, f, &mut state).await?;
+            // One span per message: every log line of its processing
+            // carries the mailbox, the UID (or file) and the Message-ID.
+            let span = tracing::info_span!(
+                "message",
+                mailbox = %mb.name,
+                id = %id,
+                message_id = tracing::field::Empty
+            );
+            let (plan, outcome) =
+                tracing::Instrument::instrument(self.handle(src, mb, k, f, &mut state), span)
+                    .await?;
             metrics::counter!(
                 "switchboard_messages_total",
                 "mailbox" => mb.name.clone(),
@@ -346,6 +356,9 @@ impl Pipeline {
             Err(_) => format!("sha256:{}", crate::util::sha256_hex(&f.raw)),
         };
         let msg = parsed.as_ref().ok();
+        if let Some(id) = msg.and_then(|m| m.message_id.as_deref()) {
+            tracing::Span::current().record("message_id", id);
+        }
         let mut outcome = Outcome {
             id: f.id.to_string(),
             message_id: msg.and_then(|m| m.message_id.clone()),
@@ -648,7 +661,7 @@ impl Pipeline {
                     .set_counter(&format!("rotation:{}", a.queue), pos as i64)
                     .await?;
             }
-            info!(mailbox = %mb.name, id = %f.id, rep = r, "assigned");
+            info!(rep = r, "assigned");
         }
         let why = match assignment
             .as_ref()
@@ -673,7 +686,7 @@ impl Pipeline {
                 data: Some(json),
             })
             .await?;
-        info!(mailbox = %mb.name, id = %f.id, message_id = m.message_id.as_deref().unwrap_or(""), decision = d.verdict.kind(), folder = %folder, "decided");
+        info!(decision = d.verdict.kind(), folder = %folder, "decided");
 
         outcome.ticket = ticket.clone();
         outcome.verdict = d.verdict.kind().into();
