@@ -64,6 +64,9 @@ pub struct Outcome {
     /// One line: why.
     pub why: String,
     pub decision: Option<Decision>,
+    /// An automatic reply was sent while handling it (this time).
+    #[serde(skip)]
+    pub replied: bool,
 }
 
 /// Errors that stop a batch. Per-message problems never do: they park
@@ -371,10 +374,13 @@ impl Pipeline {
             ticket: None,
             why: String::new(),
             decision: None,
+            replied: false,
         };
 
         // Resume whatever an earlier run started.
+        let mut resumed_ticket = None;
         if let Some(row) = self.store.message(&key).await? {
+            resumed_ticket = row.ticket.clone();
             outcome.verdict = row.verdict.clone();
             outcome.ticket = row.ticket.clone();
             let file = |folder: String, why: String, mut o: Outcome| {
@@ -425,6 +431,10 @@ impl Pipeline {
                     );
                     let note = "an automatic reply may already have been sent when processing was interrupted; it is not sent again — please check";
                     warn!(mailbox = %mb.name, key = %key, "{note}");
+                    // If it did go out, an answer to it must be recognised.
+                    if let (Some(id), Some(t)) = (&row.reply_message_id, &row.ticket) {
+                        self.store.link_auto_reply(id, t).await?;
+                    }
                     self.store
                         .reroute(&key, "route", &folder, Some(&queue), note, now)
                         .await?;
@@ -559,8 +569,14 @@ impl Pipeline {
                 Verdict::Reply { .. } | Verdict::Route { .. } | Verdict::Escalate { .. }
             )
         {
-            let n = self.store.next_counter("ticket", 1001).await?;
-            ticket = Some(format!("{}-{n}", k.policy.reply.ticket_prefix));
+            // A message decided again after a retry keeps its ticket.
+            ticket = Some(match resumed_ticket.take() {
+                Some(t) => t,
+                None => {
+                    let n = self.store.next_counter("ticket", 1001).await?;
+                    format!("{}-{n}", k.policy.reply.ticket_prefix)
+                }
+            });
         }
 
         // Build the reply before recording, so a template problem becomes
@@ -655,7 +671,11 @@ impl Pipeline {
             }
         }
         if let (Some(a), Some(r)) = (&assignment, rep) {
-            *state.loads.entry(a.folder.clone()).or_insert(0) += 1;
+            // Only loads that were counted this batch are kept up to date;
+            // an uncounted folder is counted when someone needs it.
+            if let Some(n) = state.loads.get_mut(&a.folder) {
+                *n += 1;
+            }
             if let Some(pos) = a.rotation {
                 self.store
                     .set_counter(&format!("rotation:{}", a.queue), pos as i64)
@@ -728,6 +748,7 @@ impl Pipeline {
                         .set_state(&key, State::Archived, now_ms())
                         .await?;
                     src.add_flags(&f.id, &[Flag::Answered]).await?;
+                    outcome.replied = true;
                 }
                 Err(SendError::Temporary(e)) => {
                     let row = self.store.message(&key).await?;

@@ -128,7 +128,7 @@ impl SmtpOutbox {
 
     async fn send(&self, m: &Outgoing) -> Result<(), SendError> {
         match self.send_once(m).await {
-            Err(SendError::Permanent(e)) if self.oauth.is_some() && is_auth_failure(&e) => {
+            Err((_, true)) if self.oauth.is_some() => {
                 // An XOAUTH2 access token lives about an hour: get a fresh
                 // one from the token command and try once more.
                 tracing::warn!(server = %self.server, "SMTP refused the OAuth2 token; fetching a fresh one and retrying once");
@@ -146,43 +146,66 @@ impl SmtpOutbox {
                     }
                 }
                 match self.send_once(m).await {
+                    Ok(()) => Ok(()),
                     // Still refused: an authentication problem is ours to
                     // fix, not the customer's: retry later, loudly.
-                    Err(SendError::Permanent(e)) if is_auth_failure(&e) => {
-                        tracing::error!(server = %self.server, "SMTP OAuth2 authentication failed with a fresh token: {e}");
-                        Err(SendError::Temporary(e))
+                    Err((e, true)) => {
+                        tracing::error!(server = %self.server, "SMTP OAuth2 authentication failed with a fresh token ({e:?})");
+                        metrics::counter!("switchboard_errors_total", "kind" => "auth", "mailbox" => "smtp")
+                            .increment(1);
+                        Err(SendError::Temporary(match e {
+                            SendError::Temporary(t) | SendError::Permanent(t) => t,
+                        }))
                     }
-                    other => other,
+                    Err((e, false)) => Err(e),
                 }
             }
-            other => other,
+            Err((e, _)) => Err(e),
+            Ok(()) => Ok(()),
         }
     }
 
-    async fn send_once(&self, m: &Outgoing) -> Result<(), SendError> {
+    /// One attempt; the flag says whether the failure was authentication.
+    async fn send_once(&self, m: &Outgoing) -> Result<(), (SendError, bool)> {
         let transport = self.transport.read().await;
         // lettre's own timeout covers connecting only; bound the whole send.
         match tokio::time::timeout(self.timeout, transport.send_raw(&m.envelope, &m.raw)).await {
-            Err(_) => Err(SendError::Temporary(format!(
-                "SMTP {} did not answer within {:?}",
-                self.server, self.timeout
-            ))),
+            Err(_) => Err((
+                SendError::Temporary(format!(
+                    "SMTP {} did not answer within {:?}",
+                    self.server, self.timeout
+                )),
+                false,
+            )),
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => {
+                let auth = is_auth_failure(&e);
                 let text = format!("SMTP {}: {e}", self.server);
-                if e.is_permanent() {
-                    Err(SendError::Permanent(text))
+                if e.is_permanent() && !auth {
+                    Err((SendError::Permanent(text), false))
+                } else if auth {
+                    // Never a reason to hand the customer's mail to a
+                    // person: our credentials need fixing. Retry later.
+                    Err((SendError::Temporary(text), true))
                 } else {
-                    Err(SendError::Temporary(text))
+                    Err((SendError::Temporary(text), false))
                 }
             }
         }
     }
 }
 
-/// SMTP 535 / 534 (authentication) replies, as lettre words them.
-fn is_auth_failure(e: &str) -> bool {
-    e.contains("535") || e.contains("534") || e.to_lowercase().contains("authentication")
+/// An authentication failure: 530/534/535/454 replies, or lettre's client
+/// error when a server answers XOAUTH2 with a challenge (how Gmail and
+/// Microsoft 365 refuse an expired token).
+fn is_auth_failure(e: &lettre::transport::smtp::Error) -> bool {
+    if let Some(code) = e.status() {
+        return matches!(u16::from(code), 530 | 534 | 535 | 454);
+    }
+    e.is_client() && {
+        let t = e.to_string().to_lowercase();
+        t.contains("challenge") || t.contains("mechanism")
+    }
 }
 
 async fn read_secret(s: &SecretSource) -> Result<String, String> {

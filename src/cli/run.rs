@@ -118,6 +118,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     if let Some(w) = watchdog {
         w.abort();
     }
+    health.stopped();
     health.write_file();
     store.close().await;
     match filed {

@@ -40,7 +40,16 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let k = switchboard::knowledge::Knowledge::load(&cfg)
         .ok()
         .map(|(k, _)| k);
-    let file = status_path(&cfg);
+    // Under systemd the daemon writes into $STATE_DIRECTORY, which a shell
+    // does not have: look there too, and take the newest.
+    let mut candidates = vec![status_path(&cfg)];
+    candidates.push(std::path::PathBuf::from("/var/lib/switchboard/status.json"));
+    let newest = candidates
+        .iter()
+        .filter_map(|p| Some((std::fs::metadata(p).ok()?.modified().ok()?, p)))
+        .max_by_key(|(t, _)| *t)
+        .map(|(_, p)| p.clone());
+    let file = newest.unwrap_or_else(|| candidates[0].clone());
     let snap: Option<Snapshot> = std::fs::read(&file)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
@@ -52,7 +61,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(3));
     };
     let now = now_ms();
-    let stale = now - snap.updated > STALE_MS;
+    let stale = snap.stopped.is_some() || now - snap.updated > STALE_MS;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&snap)?);
     } else {

@@ -48,6 +48,9 @@ pub struct Snapshot {
     pub last_reload: Option<ReloadHealth>,
     /// Open messages per folder of interest (queues, reps), when counted.
     pub folders: BTreeMap<String, u32>,
+    /// Set when the daemon stopped (ms).
+    #[serde(default)]
+    pub stopped: Option<i64>,
 }
 
 /// Shared, cheap to clone.
@@ -163,6 +166,11 @@ impl Health {
         }
     }
 
+    /// Marks the daemon as stopped (written with the last status file).
+    pub fn stopped(&self) {
+        self.with(|s| s.stopped = Some(now_ms()));
+    }
+
     pub fn folder_load(&self, folder: &str, n: u32) {
         self.with(|s| {
             s.folders.insert(folder.to_string(), n);
@@ -217,7 +225,9 @@ impl Health {
         let Ok(json) = serde_json::to_vec_pretty(&snap) else {
             return;
         };
-        let tmp = path.with_extension("json.tmp");
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = path.with_extension(format!("json.{}.{n}.tmp", std::process::id()));
         if std::fs::write(&tmp, json).is_ok() {
             let _ = std::fs::rename(&tmp, path);
         }

@@ -275,7 +275,7 @@ pub async fn run_imap(
 fn record(h: &Health, mailbox: &str, outcomes: &[Outcome]) {
     let filed = outcomes.iter().filter(|o| o.folder.is_some()).count() as u64;
     for o in outcomes {
-        if o.verdict == "reply" && o.folder.is_some() {
+        if o.replied {
             h.reply_sent();
         }
     }

@@ -569,10 +569,12 @@ impl Imap {
         let name = self.server_folder(folder);
         let t = self.cfg.timeout;
         let s = self.session()?;
-        match Self::timed(t, s.status(&name, "(MESSAGES)")).await {
-            Ok(m) => Ok(m.exists),
-            Err(FetchError::Protocol(_)) => Ok(0),
-            Err(e) => Err(e),
+        match tokio::time::timeout(t, s.status(&name, "(MESSAGES)")).await {
+            Err(_) => Err(FetchError::Timeout(t)),
+            Ok(Ok(m)) => Ok(m.exists),
+            // NO: the folder does not exist yet, so nothing is open in it.
+            Ok(Err(async_imap::error::Error::No(_))) => Ok(0),
+            Ok(Err(e)) => Err(proto(e)),
         }
     }
 }

@@ -371,6 +371,12 @@ fn link_team(
                 );
             } else if !members.contains(m) {
                 members.push(m.clone());
+                // A listed member serves the queue as if they named it.
+                if let Some(r) = reps.get_mut(m)
+                    && !r.serves(&q.name)
+                {
+                    r.queues.push((q.name.clone(), at.clone()));
+                }
             }
         }
         for id in &order {

@@ -254,7 +254,11 @@ pub fn read_rep(mut t: Table<'_>) -> Option<Rep> {
             (q.value, l)
         })
         .collect();
-    let hours = t.strings("hours").map(|v| {
+    let hours_value = t.take("hours");
+    let hours_span = hours_value.as_ref().map(|v| v.span.clone());
+    let raw_hours = hours_value.and_then(|v| v.into_strings());
+    let hours_listed = raw_hours.as_ref().map_or(0, Vec::len);
+    let hours = raw_hours.map(|v| {
         v.into_iter()
             .filter_map(|h| match parse_window(&h.value) {
                 Ok(w) => Some(w),
@@ -265,6 +269,14 @@ pub fn read_rep(mut t: Table<'_>) -> Option<Rep> {
             })
             .collect::<Vec<_>>()
     });
+    if let (Some(_), Some(span)) = (&hours, hours_span)
+        && hours_listed == 0
+    {
+        ctx.error(
+            span,
+            "`hours` is empty, so this rep would never get anything: list windows like \"Mon-Fri 09:00-17:00\", or remove `hours` for always",
+        );
+    }
     let tz = t.string("timezone");
     let (timezone, timezone_name) = match &tz {
         Some(z) => match TimeZone::get(&z.value) {

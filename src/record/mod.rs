@@ -577,6 +577,20 @@ impl Store {
         Ok(())
     }
 
+    /// Links the Message-ID of an automatic reply to its conversation (so an
+    /// answer to it is recognised as answering an automatic reply).
+    pub async fn link_auto_reply(&self, message_id: &str, ticket: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO thread_ids (message_id, ticket, auto_reply) VALUES ($1, $2, 1) \
+             ON CONFLICT (message_id) DO NOTHING",
+        )
+        .bind(message_id)
+        .bind(ticket)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Whether any of these Message-IDs belongs to a known conversation.
     pub async fn knows_any(&self, ids: &[String]) -> Result<bool, StoreError> {
         Ok(self.ticket_for_references(ids).await?.is_some())
@@ -771,18 +785,46 @@ pub struct AuditQuery {
 
 /// A database URL without its password, for messages.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match (base.find("://"), base.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
+            let creds = &base[s + 3..at];
             let user = creds.split(':').next().unwrap_or("");
-            format!("{}://{}:***@{}", &url[..s], user, &url[at + 1..])
+            format!("{}://{}:***@{}", &base[..s], user, &base[at + 1..])
         }
-        _ => url.to_string(),
+        _ => base.to_string(),
+    };
+    if let Some(q) = query {
+        let params: Vec<String> = q
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) if k.to_ascii_lowercase().contains("password") => format!("{k}=***"),
+                _ => p.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
     }
+    out
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn query_passwords_are_redacted() {
+        assert_eq!(
+            super::redact_url("postgres://sb:pw@db/sb?sslmode=require&password=x"),
+            "postgres://sb:***@db/sb?sslmode=require&password=***"
+        );
+        assert_eq!(
+            super::redact_url("sqlite://state.db?mode=rwc"),
+            "sqlite://state.db?mode=rwc"
+        );
+    }
+
     use super::*;
 
     #[test]

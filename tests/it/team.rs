@@ -124,6 +124,12 @@ fn sticky_follow_ups_and_direct_routes() {
     );
     assert_ne!(a.rep.as_deref(), Some("cat"));
     assert!(a.why.contains("Cat has SB-7 but is away"), "{}", a.why);
+    // Cat is only listed in sales' members: she serves sales, and when she
+    // is away a message routed to her goes to the sales rotation.
+    assert!(k.reps["cat"].serves("sales"));
+    let a = assign(&k, &route_target(&k, "cat"), None, &away);
+    assert_eq!(a.queue, "sales");
+    assert!(matches!(a.rep.as_deref(), Some("ann" | "ben")), "{a:?}");
     // route = "ben" goes straight to Ben.
     assert_eq!(route_target(&k, "ben"), Target::Rep("ben".into()));
     let a = assign(&k, &route_target(&k, "ben"), None, &f);
@@ -248,4 +254,13 @@ route = "bob"
             "missing {needle}{what} in:\n{text}"
         );
     }
+}
+
+#[test]
+fn empty_hours_are_an_error_not_a_silent_never() {
+    let s = Setup::new("[[rep]]\nid = \"zed\"\nhours = []\n");
+    let Err(d) = switchboard::knowledge::Knowledge::load(&s.config()) else {
+        panic!("expected an error");
+    };
+    assert!(d.to_string().contains("`hours` is empty"), "{d}");
 }
