@@ -599,6 +599,12 @@ impl Pipeline {
         let assignment = match &d.verdict {
             Verdict::Route { queue } => {
                 let sticky = existing.as_ref().and_then(|c| c.rep.clone());
+                // A follow-up that no rule sent anywhere in particular stays
+                // in its conversation's queue.
+                let queue = match existing.as_ref().and_then(|c| c.queue.as_deref()) {
+                    Some(q) if *queue == k.policy.default_queue && k.queues.contains_key(q) => q,
+                    _ => queue.as_str(),
+                };
                 let a = self
                     .assign(
                         src,
