@@ -46,8 +46,6 @@ pub struct Snapshot {
     pub mailboxes: BTreeMap<String, MailboxHealth>,
     pub replies_sent: u64,
     pub last_reload: Option<ReloadHealth>,
-    /// Open messages per folder of interest (queues, reps), when counted.
-    pub folders: BTreeMap<String, u32>,
     /// Set when the daemon stopped (ms).
     #[serde(default)]
     pub stopped: Option<i64>,
@@ -169,12 +167,6 @@ impl Health {
     /// Marks the daemon as stopped (written with the last status file).
     pub fn stopped(&self) {
         self.with(|s| s.stopped = Some(now_ms()));
-    }
-
-    pub fn folder_load(&self, folder: &str, n: u32) {
-        self.with(|s| {
-            s.folders.insert(folder.to_string(), n);
-        });
     }
 
     /// Whether every mailbox has connected at least once.
