@@ -69,6 +69,12 @@ pub struct ReplyConfig {
     /// detected in another language is only auto-answered when a variant
     /// `NAME.LANG.txt.j2` exists; otherwise a person answers.
     pub language: String,
+    /// authserv-ids of our own MTAs (lower-case): only their
+    /// `Authentication-Results` are believed when they say "pass".
+    pub trusted_authserv_ids: Vec<String>,
+    /// Auto-reply only when a trusted MTA says the sender is
+    /// authenticated (DMARC pass, or DKIM/SPF pass aligned with From).
+    pub require_authenticated: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +95,15 @@ pub struct Limits {
     /// Messages larger than this are classified from headers and their
     /// first text part only.
     pub max_message_size: u64,
+    /// At most this many auto-replies per hour to one recipient domain,
+    /// and from one sender domain, so that no single domain can use up
+    /// the circuit breaker for every other customer (default: half of
+    /// `max_replies_per_hour`).
+    pub per_domain_per_hour: u32,
+    /// A Reply-To in another domain than From (the classic way to aim
+    /// backscatter at a victim) gets at most one auto-reply, whatever
+    /// the template, within this window.
+    pub cross_domain_interval: Duration,
 }
 
 /// Confidence settings of the FAQ matcher.
@@ -439,6 +454,8 @@ fn read_reply(ctx: &Ctx, t: Option<Table<'_>>) -> ReplyConfig {
         null_sender: true,
         ticket_prefix: "SB".into(),
         language: "en".into(),
+        trusted_authserv_ids: Vec::new(),
+        require_authenticated: false,
     };
     let Some(mut t) = t else {
         return r;
@@ -483,6 +500,23 @@ fn read_reply(ctx: &Ctx, t: Option<Table<'_>>) -> ReplyConfig {
             r.ticket_prefix = p.value;
         }
     }
+    if let Some(ids) = t.strings("trusted_authserv_ids") {
+        r.trusted_authserv_ids = ids
+            .into_iter()
+            .map(|i| i.value.trim().to_ascii_lowercase())
+            .filter(|i| !i.is_empty())
+            .collect();
+    }
+    if let Some(b) = t.boolean("require_authenticated") {
+        if b.value && r.trusted_authserv_ids.is_empty() {
+            ctx.error(
+                b.span,
+                "`require_authenticated = true` needs `trusted_authserv_ids`: the authserv-id \
+                 your own mail server writes into Authentication-Results (e.g. [\"mx.example.com\"])",
+            );
+        }
+        r.require_authenticated = b.value;
+    }
     t.finish();
     r
 }
@@ -492,6 +526,8 @@ fn read_limits(t: Option<Table<'_>>) -> Limits {
         per_sender_interval: Duration::from_secs(86400),
         max_replies_per_hour: 200,
         max_message_size: 25 * 1024 * 1024,
+        per_domain_per_hour: 100,
+        cross_domain_interval: Duration::from_secs(7 * 86400),
     };
     let Some(mut t) = t else {
         return l;
@@ -504,6 +540,14 @@ fn read_limits(t: Option<Table<'_>>) -> Limits {
     }
     if let Some(s) = t.size("max_message_size") {
         l.max_message_size = s.value.max(1024);
+    }
+    // One domain may use at most half of the hourly breaker by default.
+    l.per_domain_per_hour = (l.max_replies_per_hour / 2).max(1);
+    if let Some(n) = t.integer("per_domain_per_hour") {
+        l.per_domain_per_hour = n.value.clamp(0, u32::MAX as i64) as u32;
+    }
+    if let Some(d) = t.duration("cross_domain_interval") {
+        l.cross_domain_interval = d.value;
     }
     t.finish();
     l
@@ -614,21 +658,76 @@ fn read_daemon(ctx: &Ctx, t: Option<Table<'_>>) -> DaemonConfig {
     d
 }
 
-fn read_tls(t: &mut Table<'_>, default: Tls) -> Tls {
+fn read_tls(t: &mut Table<'_>, default: Tls) -> At<Tls> {
     match t.string("tls") {
-        None => default,
-        Some(s) => match s.value.as_str() {
-            "implicit" | "tls" | "ssl" => Tls::Implicit,
-            "starttls" => Tls::StartTls,
-            "none" | "plain" => Tls::None,
-            _ => {
-                t.ctx().error(
-                    s.span,
-                    "`tls` must be \"implicit\", \"starttls\" or \"none\"",
-                );
-                default
-            }
-        },
+        None => At::new(default, t.span.clone()),
+        Some(s) => {
+            let v = match s.value.as_str() {
+                "implicit" | "tls" | "ssl" => Tls::Implicit,
+                "starttls" => Tls::StartTls,
+                "none" | "plain" => Tls::None,
+                _ => {
+                    t.ctx().error(
+                        s.span.clone(),
+                        "`tls` must be \"implicit\", \"starttls\" or \"none\"",
+                    );
+                    default
+                }
+            };
+            At::new(v, s.span)
+        }
+    }
+}
+
+/// Whether a host name or address is this machine (127.0.0.0/8, ::1,
+/// `localhost`): the only place where a connection without TLS cannot be
+/// read by anyone else.
+pub fn is_loopback(host: &str) -> bool {
+    let h = host.trim().trim_start_matches('[').trim_end_matches(']');
+    if h.eq_ignore_ascii_case("localhost") || h.to_ascii_lowercase().ends_with(".localhost") {
+        return true;
+    }
+    h.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Transport security checks shared by IMAP and SMTP: no cleartext
+/// credentials to another machine, and a loud warning when certificate
+/// checks are off for one.
+fn check_transport(
+    ctx: &Ctx,
+    what: &str,
+    host: Option<&At<String>>,
+    tls: &At<Tls>,
+    danger: Option<&At<bool>>,
+) {
+    let Some(host) = host else { return };
+    if is_loopback(&host.value) {
+        return;
+    }
+    if tls.value == Tls::None {
+        ctx.error(
+            tls.span.clone(),
+            format!(
+                "`tls = \"none\"` would send the {what} password and all mail in clear text to {}; \
+                 it is only allowed for a loopback host (127.0.0.1, ::1, localhost). \
+                 Use `tls = \"implicit\"` or `tls = \"starttls\"`",
+                host.value
+            ),
+        );
+    }
+    if let Some(d) = danger
+        && d.value
+    {
+        ctx.warning(
+            d.span.clone(),
+            format!(
+                "`danger_accept_invalid_certs = true` for {}: anyone on the network path can \
+                 impersonate the {what} server and read the password; use it only for a test \
+                 server, or install the server's CA certificate instead",
+                host.value
+            ),
+        );
     }
 }
 
@@ -756,6 +855,8 @@ fn read_imap(ctx: &Ctx, t: &mut Table<'_>, base: &Path) -> Option<ImapConfig> {
     let host = t.required_string("host");
     let tls = read_tls(t, Tls::Implicit);
     let port = t.integer("port");
+    let tls_span = tls.clone();
+    let tls = tls.value;
     let port = match port {
         Some(p) if (1..=65535).contains(&p.value) => p.value as u16,
         Some(p) => {
@@ -783,9 +884,9 @@ fn read_imap(ctx: &Ctx, t: &mut Table<'_>, base: &Path) -> Option<ImapConfig> {
     let timeout = t.duration("timeout").map_or(Duration::from_secs(60), |d| {
         d.value.max(Duration::from_secs(1))
     });
-    let danger = t
-        .boolean("danger_accept_invalid_certs")
-        .is_some_and(|b| b.value);
+    let danger = t.boolean("danger_accept_invalid_certs");
+    check_transport(ctx, "IMAP", host.as_ref(), &tls_span, danger.as_ref());
+    let danger = danger.is_some_and(|b| b.value);
     let use_move = t.boolean("use_move").is_none_or(|b| b.value);
     Some(ImapConfig {
         host: host?.value,
@@ -820,7 +921,8 @@ fn read_outbound(ctx: &Ctx, t: Option<Table<'_>>, base: &Path) -> OutboundConfig
         },
         Some("smtp") => {
             let host = t.required_string("host");
-            let tls = read_tls(&mut t, Tls::StartTls);
+            let tls_span = read_tls(&mut t, Tls::StartTls);
+            let tls = tls_span.value;
             let port = match t.integer("port") {
                 Some(p) if (1..=65535).contains(&p.value) => p.value as u16,
                 Some(p) => {
@@ -842,9 +944,9 @@ fn read_outbound(ctx: &Ctx, t: Option<Table<'_>>, base: &Path) -> OutboundConfig
             let pool_size = t
                 .integer("pool_size")
                 .map_or(4, |p| p.value.clamp(1, 64) as u32);
-            let danger = t
-                .boolean("danger_accept_invalid_certs")
-                .is_some_and(|b| b.value);
+            let danger = t.boolean("danger_accept_invalid_certs");
+            check_transport(ctx, "SMTP", host.as_ref(), &tls_span, danger.as_ref());
+            let danger = danger.is_some_and(|b| b.value);
             match host {
                 Some(h) => OutboundConfig::Smtp(SmtpConfig {
                     host: h.value,
@@ -937,5 +1039,46 @@ mod tests {
         assert_eq!(i.port, 993);
         assert_eq!(i.tls, Tls::Implicit);
         assert_eq!(i.secret, SecretSource::Env("SUPPORT_PW".into()));
+    }
+
+    /// Issue: `tls = "none"` was accepted for any host, and a remote
+    /// server received `LOGIN "u" "password"` in clear.
+    #[test]
+    fn cleartext_only_on_loopback() {
+        let imap = |host: &str, extra: &str| {
+            format!(
+                "[[mailbox]]\nname = \"s\"\nkind = \"imap\"\nhost = \"{host}\"\nusername = \"u\"\npassword_env = \"PW\"\n{extra}"
+            )
+        };
+        let e = load_str(&imap("imap.example.com", "tls = \"none\"\n"))
+            .err()
+            .unwrap_or_default();
+        assert!(
+            e.contains("DIR/switchboard.toml:7:7: `tls = \"none\"` would send the IMAP password"),
+            "{e}"
+        );
+        for host in ["127.0.0.1", "localhost", "::1", "127.0.0.2"] {
+            assert!(load_str(&imap(host, "tls = \"none\"\n")).is_ok(), "{host}");
+        }
+        let e =
+            load_str("[outbound]\nkind = \"smtp\"\nhost = \"smtp.example.com\"\ntls = \"none\"\n")
+                .err()
+                .unwrap_or_default();
+        assert!(e.contains("would send the SMTP password"), "{e}");
+        // Invalid certificates for a remote host: a warning, not silence.
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let p = dir.path().join("switchboard.toml");
+        std::fs::write(
+            &p,
+            imap("imap.example.com", "danger_accept_invalid_certs = true\n"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let (_, warnings) = Config::load(&p).unwrap_or_else(|d| panic!("{d}"));
+        assert!(
+            warnings
+                .to_string()
+                .contains("warning: `danger_accept_invalid_certs = true` for imap.example.com"),
+            "{warnings}"
+        );
     }
 }

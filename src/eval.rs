@@ -81,8 +81,13 @@ pub fn read_eml_dir(dir: &Path) -> Result<Vec<Labelled>, String> {
     files.sort();
     let mut out = Vec::new();
     for f in files {
-        let raw = std::fs::read(&f).map_err(|e| format!("{}: {e}", f.display()))?;
-        let Ok(m) = crate::parse::parse(&raw, &crate::parse::ParseOptions::default()) else {
+        let (raw, size) = crate::fetch::maildir::read_message_file(&f, 25 * 1024 * 1024)
+            .map_err(|e| format!("{}: {e}", f.display()))?;
+        let opts = crate::parse::ParseOptions {
+            full_size: Some(size),
+            ..Default::default()
+        };
+        let Ok(m) = crate::parse::parse(&raw, &opts) else {
             continue;
         };
         let sidecar = [f.with_extension("eml.label"), f.with_extension("label")]

@@ -39,7 +39,7 @@ use crate::fetch::{FetchError, Fetched, Flag, MailSource, MsgRef};
 use crate::knowledge::Knowledge;
 use crate::knowledge::templates::Rendered;
 use crate::parse::{self, Message, ParseOptions};
-use crate::record::{AuditEvent, NewMessage, State, Store, StoreError};
+use crate::record::{AuditEvent, NewMessage, SentTo, State, Store, StoreError};
 use crate::util::now_ms;
 
 /// What the pipeline needs to know about the mailbox a batch comes from.
@@ -118,7 +118,16 @@ pub fn parse_options(k: &Knowledge, full_size: Option<u64>) -> ParseOptions {
 
 /// Classifies and decides without any state: what `switchboard test` shows.
 pub fn dry_run(raw: &[u8], k: &Knowledge) -> (Option<Message>, Decision) {
-    match parse::parse(raw, &parse_options(k, None)) {
+    dry_run_sized(raw, None, k)
+}
+
+/// [`dry_run`] for a message of which only a prefix was read.
+pub fn dry_run_sized(
+    raw: &[u8],
+    full_size: Option<u64>,
+    k: &Knowledge,
+) -> (Option<Message>, Decision) {
+    match parse::parse(raw, &parse_options(k, full_size)) {
         Err(e) => (None, decide::park(format!("cannot parse: {e}"))),
         Ok(m) => {
             let c = classify::classify(&m, k, &Context::default());
@@ -143,11 +152,11 @@ pub fn template_context(
         .unwrap_or_default();
     minijinja::context! {
         customer => minijinja::context! {
-            name => m.customer_name(),
+            name => crate::util::ellipsize(m.customer_name(), reply::MAX_NAME_ECHO),
             email => m.from.as_ref().map(|f| f.addr.as_str()).unwrap_or(""),
         },
         original => minijinja::context! {
-            subject => m.subject.as_str(),
+            subject => crate::util::ellipsize(&m.subject, reply::MAX_SUBJECT_ECHO),
             date => date,
             message_id => m.message_id.as_deref().unwrap_or(""),
         },
@@ -197,6 +206,14 @@ pub fn build_reply(
 struct BatchState {
     loads: BTreeMap<String, u32>,
     away: Option<std::collections::HashMap<String, i64>>,
+}
+
+/// Flags for a message that got a reply: `\Answered` plus the keywords
+/// of every matching rule.
+fn reply_flags(keywords: &[String]) -> Vec<Flag> {
+    std::iter::once(Flag::Answered)
+        .chain(keywords.iter().map(|k| Flag::Keyword(k.clone())))
+        .collect()
 }
 
 enum Plan {
@@ -344,6 +361,77 @@ impl Pipeline {
             .await
     }
 
+    /// Records a message as parked (state `decided`, folder Parked) with
+    /// its audit event; the caller files it.
+    async fn record_park(
+        &self,
+        mb: &MailboxInfo,
+        key: &str,
+        why: String,
+        now: i64,
+    ) -> Result<(String, Decision), PipelineError> {
+        let d = decide::park(why.clone());
+        let folder = mb.folders.parked.clone();
+        let json = serde_json::to_string(&d).unwrap_or_default();
+        self.store
+            .record_decision(
+                &NewMessage {
+                    key,
+                    mailbox: &mb.name,
+                    verdict: "park",
+                    folder: &folder,
+                    decision: &json,
+                    ..Default::default()
+                },
+                now,
+            )
+            .await?;
+        self.audit(
+            mb,
+            key,
+            None,
+            "decided",
+            format!("park: {why}"),
+            Some(json),
+            None,
+            None,
+        )
+        .await?;
+        Ok((folder, d))
+    }
+
+    /// Parks an entry that cannot be read as a message (a symbolic link in
+    /// a Maildir): it is reported and filed for an admin, never processed.
+    async fn park_unreadable(
+        &self,
+        mb: &MailboxInfo,
+        id: &MsgRef,
+        why: &str,
+        now: i64,
+    ) -> Result<(Plan, Outcome), PipelineError> {
+        let key = format!(
+            "unreadable:{}",
+            crate::util::sha256_hex(format!("{}\0{id}", mb.name).as_bytes())
+        );
+        let (folder, d) = self
+            .record_park(mb, &key, format!("{id}: {why}"), now)
+            .await?;
+        warn!(mailbox = %mb.name, id = %id, "parked: {why}");
+        let outcome = Outcome {
+            id: id.to_string(),
+            message_id: None,
+            from: String::new(),
+            subject: String::new(),
+            verdict: "park".into(),
+            folder: Some(folder.clone()),
+            ticket: None,
+            why: why.to_string(),
+            decision: Some(d),
+            replied: false,
+        };
+        Ok((Plan::File { folder, key }, outcome))
+    }
+
     async fn handle<S: MailSource>(
         &self,
         src: &mut S,
@@ -353,6 +441,9 @@ impl Pipeline {
         state: &mut BatchState,
     ) -> Result<(Plan, Outcome), PipelineError> {
         let now = now_ms();
+        if let Some(why) = &f.unreadable {
+            return self.park_unreadable(mb, &f.id, why, now).await;
+        }
         let parsed = parse::parse(&f.raw, &parse_options(k, Some(f.size)));
         let key = match &parsed {
             Ok(m) => m.dedupe_key(&f.raw),
@@ -454,7 +545,13 @@ impl Pipeline {
                 }
                 State::Sent | State::Archived => {
                     if row.state == State::Sent {
-                        if let Some(raw) = self.store.reply_raw(&key).await? {
+                        // A crash may have come between the APPEND and the
+                        // state write: look before storing a second copy.
+                        let there = match &row.reply_message_id {
+                            Some(id) => src.has_message(&mb.folders.sent, id).await?,
+                            None => false,
+                        };
+                        if !there && let Some(raw) = self.store.reply_raw(&key).await? {
                             src.append(&mb.folders.sent, &raw, &[Flag::Seen]).await?;
                         }
                         self.store.set_state(&key, State::Archived, now).await?;
@@ -482,33 +579,9 @@ impl Pipeline {
         let m = match parsed {
             Ok(m) => m,
             Err(e) => {
-                let d = decide::park(format!("cannot parse the message: {e}"));
-                let folder = mb.folders.parked.clone();
-                let json = serde_json::to_string(&d).unwrap_or_default();
-                self.store
-                    .record_decision(
-                        &NewMessage {
-                            key: &key,
-                            mailbox: &mb.name,
-                            verdict: "park",
-                            folder: &folder,
-                            decision: &json,
-                            ..Default::default()
-                        },
-                        now,
-                    )
+                let (folder, d) = self
+                    .record_park(mb, &key, format!("cannot parse the message: {e}"), now)
                     .await?;
-                self.audit(
-                    mb,
-                    &key,
-                    None,
-                    "decided",
-                    format!("park: {e}"),
-                    Some(json),
-                    None,
-                    None,
-                )
-                .await?;
                 warn!(mailbox = %mb.name, id = %f.id, "parked: cannot parse: {e}");
                 outcome.verdict = "park".into();
                 outcome.why = d.reasons.join("; ");
@@ -541,9 +614,20 @@ impl Pipeline {
         let c: Classification = classify::classify(&m, k, &ctx);
         metrics::histogram!("switchboard_classify_seconds").record(started.elapsed().as_secs_f64());
         let proposed = decide::proposed_reply(&c, k);
+        let recipient = decide::reply_address(&m, k.policy.reply.address, &k.policy.our_addresses)
+            .map(|a| a.key())
+            .unwrap_or_default();
         let history = self
             .store
-            .history(&sender, proposed.as_ref().map(|p| p.0.as_str()), &refs, now)
+            .history(
+                &SentTo {
+                    recipient: &recipient,
+                    sender: &sender,
+                },
+                proposed.as_ref().map(|p| p.0.as_str()),
+                &refs,
+                now,
+            )
             .await?;
         let mut d = decide::decide(&m, c, k, &history, now);
         if let Some(check) = d.suppressed {
@@ -731,7 +815,10 @@ impl Pipeline {
                         .reply_sent(
                             &key,
                             &out.message_id,
-                            &to.addr,
+                            &SentTo {
+                                recipient: &to.addr,
+                                sender: &sender,
+                            },
                             template,
                             ticket.as_deref(),
                             now,
@@ -753,8 +840,56 @@ impl Pipeline {
                     self.store
                         .set_state(&key, State::Archived, now_ms())
                         .await?;
-                    src.add_flags(&f.id, &[Flag::Answered]).await?;
+                    src.add_flags(&f.id, &reply_flags(&d.flags)).await?;
                     outcome.replied = true;
+                }
+                Err(SendError::Ambiguous(e)) => {
+                    // The server may have accepted the reply: count it as
+                    // sent for every limit, never send it again, and let a
+                    // person check.
+                    let note = format!(
+                        "the SMTP server did not confirm the reply ({e}); it may have been \
+                         delivered, so it is not sent again — please check"
+                    );
+                    self.store
+                        .reply_sent(
+                            &key,
+                            &out.message_id,
+                            &SentTo {
+                                recipient: &to.addr,
+                                sender: &sender,
+                            },
+                            template,
+                            ticket.as_deref(),
+                            now_ms(),
+                        )
+                        .await?;
+                    let queue = k.policy.default_queue.clone();
+                    d.reasons.push(note.clone());
+                    d.verdict = Verdict::Route {
+                        queue: queue.clone(),
+                    };
+                    let folder = folder_for(&d.verdict, k, &mb.folders);
+                    self.store
+                        .reroute(&key, "route", &folder, Some(&queue), &note, now_ms())
+                        .await?;
+                    self.audit(
+                        mb,
+                        &key,
+                        Some(&m),
+                        "reply_uncertain",
+                        note.clone(),
+                        None,
+                        ticket.as_deref(),
+                        Some(&queue),
+                    )
+                    .await?;
+                    warn!(mailbox = %mb.name, id = %f.id, "{note}");
+                    outcome.verdict = "route".into();
+                    outcome.why = note;
+                    outcome.folder = Some(folder.clone());
+                    outcome.decision = Some(d);
+                    return Ok((Plan::File { folder, key }, outcome));
                 }
                 Err(SendError::Temporary(e)) => {
                     let row = self.store.message(&key).await?;

@@ -57,3 +57,41 @@ pub fn format_ms(ms: i64) -> String {
         .map(|t| t.strftime("%Y-%m-%d %H:%M UTC").to_string())
         .unwrap_or_else(|_| ms.to_string())
 }
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a
+/// character boundary.
+pub fn truncate_str(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while end > 0 && !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Escapes a cell for CSV files opened in spreadsheets: a cell that
+/// starts with `=`, `+`, `-`, `@`, a tab or a carriage return would be
+/// read as a formula (CSV injection), so it gets a leading apostrophe.
+pub fn csv_cell(s: &str) -> std::borrow::Cow<'_, str> {
+    match s.chars().next() {
+        Some('=' | '+' | '-' | '@' | '\t' | '\r') => std::borrow::Cow::Owned(format!("'{s}")),
+        _ => std::borrow::Cow::Borrowed(s),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_and_csv() {
+        assert_eq!(truncate_str("héllo", 2), "h");
+        assert_eq!(truncate_str("héllo", 3), "hé");
+        assert_eq!(truncate_str("abc", 10), "abc");
+        assert_eq!(csv_cell("=1+2+cmd|calc!a0@x"), "'=1+2+cmd|calc!a0@x");
+        assert_eq!(csv_cell("-2"), "'-2");
+        assert_eq!(csv_cell("jane@x"), "jane@x");
+    }
+}

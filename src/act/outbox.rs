@@ -1,14 +1,31 @@
-//! Where replies go: an SMTP server (lettre, pooled, with timeouts) or a
-//! directory of `.eml` files (lettre's file transport, the embedded
-//! default). Both classify failures the same way: temporary (retry later,
-//! the message stays unprocessed) or permanent (a person takes over).
+//! Where replies go: an SMTP server or a directory of `.eml` files
+//! (lettre's file transport, the embedded default). Failures are
+//! classified for the crash-safety protocol:
+//!
+//! * **temporary**: nothing was accepted (no connection, a 4xx answer,
+//!   a timeout before the message content was sent): retry later;
+//! * **permanent**: a 5xx answer: a person takes over;
+//! * **ambiguous**: the connection failed or timed out *after* the message
+//!   content was sent and before the server confirmed it. The server may
+//!   have accepted it, so it is never sent again (RFC 5321 §6.1 puts the
+//!   responsibility on the server once it said 250; a client that did
+//!   not hear the 250 cannot know).
+//!
+//! SMTP uses lettre's protocol implementation on connections this module
+//! manages itself: `TCP_NODELAY` (lettre writes the final `.` in a write
+//! of its own, which Nagle's algorithm would hold back for a delayed ACK),
+//! no `NOOP` before each message, and a small pool of idle connections.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{Tls as SmtpTls, TlsParameters};
-use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
+use lettre::{AsyncFileTransport, AsyncTransport, Tokio1Executor};
+use tokio::net::TcpStream;
 
 use crate::act::reply::Outgoing;
 use crate::config::{AuthMechanism, OutboundConfig, SmtpConfig, Tls};
@@ -24,6 +41,11 @@ pub enum SendError {
     /// Will never work: 5xx, invalid recipient.
     #[error("permanent failure: {0}")]
     Permanent(String),
+    /// The message content was sent but the server's confirmation never
+    /// came (timeout, connection lost, TLS failure): it may have been
+    /// accepted. Never send it again.
+    #[error("outcome unknown: {0}")]
+    Ambiguous(String),
 }
 
 /// The outbound transport.
@@ -37,17 +59,6 @@ pub enum Outbox {
 pub struct FileOutbox {
     pub dir: PathBuf,
     transport: AsyncFileTransport<Tokio1Executor>,
-}
-
-#[derive(Clone)]
-pub struct SmtpOutbox {
-    transport: std::sync::Arc<tokio::sync::RwLock<AsyncSmtpTransport<Tokio1Executor>>>,
-    timeout: Duration,
-    /// `host:port`, for messages.
-    pub server: String,
-    /// Kept for XOAUTH2: an expired access token means building the
-    /// transport again with a fresh one from the token command.
-    oauth: Option<SmtpConfig>,
 }
 
 impl Outbox {
@@ -87,124 +98,296 @@ impl Outbox {
     }
 }
 
-impl SmtpOutbox {
-    async fn open(s: &SmtpConfig) -> Result<SmtpOutbox, String> {
-        Ok(SmtpOutbox {
-            transport: std::sync::Arc::new(tokio::sync::RwLock::new(Self::transport(s).await?)),
-            timeout: s.timeout,
-            server: format!("{}:{}", s.host, s.port),
-            oauth: (s.auth == AuthMechanism::XOAuth2).then(|| s.clone()),
-        })
-    }
+/// An SMTP server, with a pool of idle connections.
+#[derive(Clone)]
+pub struct SmtpOutbox {
+    cfg: Arc<SmtpConfig>,
+    idle: Arc<tokio::sync::Mutex<Vec<AsyncSmtpConnection>>>,
+    timeout: Duration,
+    /// `host:port`, for messages.
+    pub server: String,
+}
 
-    async fn transport(s: &SmtpConfig) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
-        let tls_params = || {
-            TlsParameters::builder(s.host.clone())
-                .dangerous_accept_invalid_certs(s.danger_accept_invalid_certs)
-                .build_rustls()
-                .map_err(|e| format!("TLS setup for {}: {e}", s.host))
-        };
-        let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(s.host.clone())
-            .port(s.port)
-            .timeout(Some(s.timeout));
-        b = match s.tls {
-            Tls::Implicit => b.tls(SmtpTls::Wrapper(tls_params()?)),
-            Tls::StartTls => b.tls(SmtpTls::Required(tls_params()?)),
-            Tls::None => b.tls(SmtpTls::None),
-        };
-        if let (Some(user), Some(secret)) = (&s.username, &s.secret) {
-            let pw = read_secret(secret).await?;
-            b = b
-                .credentials(Credentials::new(user.clone(), pw))
-                .authentication(vec![match s.auth {
-                    AuthMechanism::Plain => Mechanism::Plain,
-                    AuthMechanism::Login => Mechanism::Login,
-                    AuthMechanism::XOAuth2 => Mechanism::Xoauth2,
-                }]);
-        }
-        let pool = lettre::transport::smtp::PoolConfig::new().max_size(s.pool_size);
-        Ok(b.pool_config(pool).build())
-    }
+/// How far one send got: decides whether a failure is safe to retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Connecting, greeting, TLS, authentication.
+    Connect,
+    /// MAIL, RCPT, DATA: nothing can have been accepted yet.
+    Envelope,
+    /// The content is being written or its confirmation awaited.
+    Content,
+}
 
-    async fn send(&self, m: &Outgoing) -> Result<(), SendError> {
-        match self.send_once(m).await {
-            Err((_, true)) if self.oauth.is_some() => {
-                // An XOAUTH2 access token lives about an hour: get a fresh
-                // one from the token command and try once more.
-                tracing::warn!(server = %self.server, "SMTP refused the OAuth2 token; fetching a fresh one and retrying once");
-                metrics::counter!("switchboard_oauth_token_refresh_total", "service" => "smtp")
-                    .increment(1);
-                if let Some(cfg) = &self.oauth {
-                    match Self::transport(cfg).await {
-                        Ok(t) => *self.transport.write().await = t,
-                        Err(err) => {
-                            return Err(SendError::Temporary(format!(
-                                "SMTP {}: cannot get a fresh OAuth2 token: {err}",
-                                self.server
-                            )));
-                        }
-                    }
-                }
-                match self.send_once(m).await {
-                    Ok(()) => Ok(()),
-                    // Still refused: an authentication problem is ours to
-                    // fix, not the customer's: retry later, loudly.
-                    Err((e, true)) => {
-                        tracing::error!(server = %self.server, "SMTP OAuth2 authentication failed with a fresh token ({e:?})");
-                        metrics::counter!("switchboard_errors_total", "kind" => "auth", "mailbox" => "smtp")
-                            .increment(1);
-                        Err(SendError::Temporary(match e {
-                            SendError::Temporary(t) | SendError::Permanent(t) => t,
-                        }))
-                    }
-                    Err((e, false)) => Err(e),
-                }
-            }
-            Err((e, _)) => Err(e),
-            Ok(()) => Ok(()),
-        }
-    }
+/// A TLS connection for implicit TLS (port 465), handed to lettre.
+#[derive(Debug)]
+struct TlsTcp(tokio_rustls::client::TlsStream<TcpStream>);
 
-    /// One attempt; the flag says whether the failure was authentication.
-    async fn send_once(&self, m: &Outgoing) -> Result<(), (SendError, bool)> {
-        let transport = self.transport.read().await;
-        // lettre's own timeout covers connecting only; bound the whole send.
-        match tokio::time::timeout(self.timeout, transport.send_raw(&m.envelope, &m.raw)).await {
-            Err(_) => Err((
-                SendError::Temporary(format!(
-                    "SMTP {} did not answer within {:?}",
-                    self.server, self.timeout
-                )),
-                false,
-            )),
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => {
-                let auth = is_auth_failure(&e);
-                let text = format!("SMTP {}: {e}", self.server);
-                if e.is_permanent() && !auth {
-                    Err((SendError::Permanent(text), false))
-                } else if auth {
-                    // Never a reason to hand the customer's mail to a
-                    // person: our credentials need fixing. Retry later.
-                    Err((SendError::Temporary(text), true))
-                } else {
-                    Err((SendError::Temporary(text), false))
-                }
-            }
+impl AsyncTokioStream for TlsTcp {
+    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.0.get_ref().0.peer_addr()
+    }
+}
+
+impl tokio::io::AsyncRead for TlsTcp {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TlsTcp {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
+/// A failure of one step, with whether it was authentication.
+struct StepError {
+    error: SendError,
+    auth: bool,
+}
+
+impl StepError {
+    fn temporary(text: String) -> StepError {
+        StepError {
+            error: SendError::Temporary(text),
+            auth: false,
         }
     }
 }
 
-/// An authentication failure: 530/534/535/454 replies, or lettre's client
-/// error when a server answers XOAUTH2 with a challenge (how Gmail and
-/// Microsoft 365 refuse an expired token).
-fn is_auth_failure(e: &lettre::transport::smtp::Error) -> bool {
-    if let Some(code) = e.status() {
-        return matches!(u16::from(code), 530 | 534 | 535 | 454);
+impl SmtpOutbox {
+    async fn open(s: &SmtpConfig) -> Result<SmtpOutbox, String> {
+        if s.username.is_some() && s.secret.is_none() {
+            return Err(format!(
+                "SMTP {}: a username needs a password source",
+                s.host
+            ));
+        }
+        Ok(SmtpOutbox {
+            cfg: Arc::new(s.clone()),
+            idle: Arc::new(tokio::sync::Mutex::new(Vec::new())),
+            timeout: s.timeout,
+            server: format!("{}:{}", s.host, s.port),
+        })
     }
-    e.is_client() && {
-        let t = e.to_string().to_lowercase();
-        t.contains("challenge") || t.contains("mechanism")
+
+    fn tls_parameters(&self) -> Result<TlsParameters, String> {
+        TlsParameters::builder(self.cfg.host.clone())
+            .dangerous_accept_invalid_certs(self.cfg.danger_accept_invalid_certs)
+            .build_rustls()
+            .map_err(|e| format!("TLS setup for {}: {e}", self.cfg.host))
+    }
+
+    /// A new, authenticated connection.
+    async fn connect(&self) -> Result<AsyncSmtpConnection, StepError> {
+        let cfg = &self.cfg;
+        let err = |what: &str, e: &dyn std::fmt::Display| {
+            StepError::temporary(format!("SMTP {}: {what}: {e}", self.server))
+        };
+        let tcp = TcpStream::connect((cfg.host.as_str(), cfg.port))
+            .await
+            .map_err(|e| err("cannot connect", &e))?;
+        // The reason this module manages its own sockets (see above).
+        let _ = tcp.set_nodelay(true);
+        let hello = ClientId::default();
+        let stream: Box<dyn AsyncTokioStream> = match cfg.tls {
+            Tls::Implicit => {
+                let name = rustls::pki_types::ServerName::try_from(cfg.host.clone())
+                    .map_err(|e| err("invalid host name", &e))?;
+                let tls = crate::fetch::imap::tls_config(cfg.danger_accept_invalid_certs)
+                    .map_err(|e| err("TLS", &e))?;
+                let s = tokio_rustls::TlsConnector::from(tls)
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| err("TLS", &e))?;
+                Box::new(TlsTcp(s))
+            }
+            Tls::StartTls | Tls::None => Box::new(tcp),
+        };
+        let mut conn = AsyncSmtpConnection::connect_with_transport(stream, &hello)
+            .await
+            .map_err(|e| err("greeting", &e))?;
+        if cfg.tls == Tls::StartTls {
+            let params = self.tls_parameters().map_err(|e| err("TLS", &e))?;
+            conn.starttls(params, &hello)
+                .await
+                .map_err(|e| err("STARTTLS", &e))?;
+        }
+        if let (Some(user), Some(secret)) = (&cfg.username, &cfg.secret) {
+            let pw = read_secret(secret)
+                .await
+                .map_err(|e| err("cannot read the password", &e))?;
+            let mechanism = match cfg.auth {
+                AuthMechanism::Plain => Mechanism::Plain,
+                AuthMechanism::Login => Mechanism::Login,
+                AuthMechanism::XOAuth2 => Mechanism::Xoauth2,
+            };
+            if let Err(e) = conn
+                .auth(&[mechanism], &Credentials::new(user.clone(), pw))
+                .await
+            {
+                conn.abort().await;
+                return Err(StepError {
+                    error: SendError::Temporary(format!(
+                        "SMTP {}: authentication failed: {e}",
+                        self.server
+                    )),
+                    auth: true,
+                });
+            }
+        }
+        Ok(conn)
+    }
+
+    /// Sends one message on a connection, recording how far it got.
+    async fn transact(
+        conn: &mut AsyncSmtpConnection,
+        m: &Outgoing,
+        phase: &mut Phase,
+    ) -> Result<(), lettre::transport::smtp::Error> {
+        *phase = Phase::Envelope;
+        let mut params = Vec::new();
+        let non_ascii = m
+            .envelope
+            .from()
+            .into_iter()
+            .chain(m.envelope.to())
+            .any(|a: &lettre::Address| !AsRef::<str>::as_ref(a).is_ascii());
+        if non_ascii && conn.server_info().supports_feature(Extension::SmtpUtfEight) {
+            params.push(MailParameter::SmtpUtfEight);
+        }
+        if !m.raw.is_ascii() && conn.server_info().supports_feature(Extension::EightBitMime) {
+            params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+        }
+        conn.command(Mail::new(m.envelope.from().cloned(), params))
+            .await?;
+        for to in m.envelope.to() {
+            conn.command(Rcpt::new(to.clone(), vec![])).await?;
+        }
+        conn.command(Data).await?;
+        *phase = Phase::Content;
+        conn.message(&m.raw).await?;
+        Ok(())
+    }
+
+    /// Classifies a failure of [`Self::transact`].
+    fn classify(&self, e: &lettre::transport::smtp::Error, phase: Phase) -> SendError {
+        let text = format!("SMTP {}: {e}", self.server);
+        match e.status() {
+            // The server answered: it said what happened.
+            Some(_) if e.is_permanent() => SendError::Permanent(text),
+            Some(_) => SendError::Temporary(text),
+            // No answer: a network, TLS or protocol failure.
+            None if phase == Phase::Content => SendError::Ambiguous(text),
+            None => SendError::Temporary(text),
+        }
+    }
+
+    async fn send(&self, m: &Outgoing) -> Result<(), SendError> {
+        let mut phase = Phase::Connect;
+        let result = tokio::time::timeout(self.timeout, self.send_inner(m, &mut phase)).await;
+        match result {
+            Ok(r) => r,
+            Err(_) if phase == Phase::Content => Err(SendError::Ambiguous(format!(
+                "SMTP {} did not confirm the message within {:?}",
+                self.server, self.timeout
+            ))),
+            Err(_) => Err(SendError::Temporary(format!(
+                "SMTP {} did not answer within {:?}",
+                self.server, self.timeout
+            ))),
+        }
+    }
+
+    async fn send_inner(&self, m: &Outgoing, phase: &mut Phase) -> Result<(), SendError> {
+        // A pooled connection first; it may have been closed by the server
+        // while idle, which shows as a network error before anything of
+        // this message was accepted: then once more on a new connection.
+        let pooled = self.idle.lock().await.pop();
+        if let Some(mut conn) = pooled {
+            match Self::transact(&mut conn, m, phase).await {
+                Ok(()) => {
+                    self.release(conn).await;
+                    return Ok(());
+                }
+                Err(e) if e.status().is_none() && *phase == Phase::Envelope => {
+                    tracing::debug!(server = %self.server, "idle SMTP connection was closed: {e}");
+                    conn.abort().await;
+                }
+                Err(e) => {
+                    conn.abort().await;
+                    return Err(self.classify(&e, *phase));
+                }
+            }
+        }
+        *phase = Phase::Connect;
+        let mut conn = match self.connect().await {
+            Ok(c) => c,
+            Err(StepError { auth: true, .. }) if self.cfg.auth == AuthMechanism::XOAuth2 => {
+                // An XOAUTH2 access token lives about an hour: the token
+                // command gives a fresh one; try once more.
+                tracing::warn!(server = %self.server, "SMTP refused the OAuth2 token; fetching a fresh one and retrying once");
+                metrics::counter!("switchboard_oauth_token_refresh_total", "service" => "smtp")
+                    .increment(1);
+                self.connect().await.map_err(|e| self.auth_failed(e))?
+            }
+            Err(e) => return Err(self.auth_failed(e)),
+        };
+        match Self::transact(&mut conn, m, phase).await {
+            Ok(()) => {
+                self.release(conn).await;
+                Ok(())
+            }
+            Err(e) => {
+                conn.abort().await;
+                Err(self.classify(&e, *phase))
+            }
+        }
+    }
+
+    /// Reports a connection failure; an authentication failure is ours to
+    /// fix, never a reason to hand the customer's mail to a person.
+    fn auth_failed(&self, e: StepError) -> SendError {
+        if e.auth {
+            tracing::error!(server = %self.server, "SMTP authentication failed ({})", e.error);
+            metrics::counter!("switchboard_errors_total", "kind" => "auth", "mailbox" => "smtp")
+                .increment(1);
+        }
+        match e.error {
+            SendError::Permanent(t) | SendError::Ambiguous(t) => SendError::Temporary(t),
+            t => t,
+        }
+    }
+
+    async fn release(&self, conn: AsyncSmtpConnection) {
+        if conn.has_broken() {
+            return;
+        }
+        let mut idle = self.idle.lock().await;
+        if idle.len() < self.cfg.pool_size as usize {
+            idle.push(conn);
+        }
     }
 }
 

@@ -48,10 +48,21 @@ pub fn ticket_tags(s: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The reply subject: one "Re:", the original text, the ticket tag once.
+/// Most characters of the customer's subject echoed in a reply subject.
+pub const MAX_SUBJECT_ECHO: usize = 200;
+/// Most characters of the customer's display name echoed in a reply.
+pub const MAX_NAME_ECHO: usize = 64;
+/// Message-IDs longer than this are not repeated in our headers (real
+/// ones are well under 100 characters; RFC 5322 lines end at 998).
+const MAX_ID_LEN: usize = 250;
+/// Budget for the `References:` line, below the 998-character limit.
+const MAX_REFERENCES_LEN: usize = 900;
+
+/// The reply subject: one "Re:", the original text (at most
+/// [`MAX_SUBJECT_ECHO`] characters), the ticket tag once.
 pub fn reply_subject(original: &str, ticket: Option<&str>) -> String {
     let base = single_line(strip_reply_prefixes(original));
-    let base = strip_ticket_tags(&base);
+    let base = crate::util::ellipsize(&strip_ticket_tags(&base), MAX_SUBJECT_ECHO);
     let base = if base.is_empty() {
         "Your message".to_string()
     } else {
@@ -98,6 +109,43 @@ pub struct ReplyParts<'a> {
     pub null_sender: bool,
 }
 
+/// A Message-ID fit to repeat in our headers: one line, no brackets, not
+/// absurdly long.
+fn clean_id(id: &str) -> Option<String> {
+    let id = single_line(id).replace(['<', '>', ' '], "");
+    (!id.is_empty() && id.len() <= MAX_ID_LEN).then_some(id)
+}
+
+/// The `References` value: all ids when they fit in one header line,
+/// otherwise the first (the thread's root) and as many of the most recent
+/// as fit (RFC 5322 §3.6.4 practice).
+fn references_line(ids: &[String]) -> String {
+    let fmt = |v: &[&String]| {
+        v.iter()
+            .map(|r| format!("<{r}>"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let all: Vec<&String> = ids.iter().collect();
+    if fmt(&all).len() <= MAX_REFERENCES_LEN || ids.len() < 2 {
+        return fmt(&all);
+    }
+    let first = &ids[0];
+    let mut tail: Vec<&String> = Vec::new();
+    let mut len = first.len() + 2;
+    for r in ids[1..].iter().rev() {
+        if len + r.len() + 3 > MAX_REFERENCES_LEN {
+            break;
+        }
+        len += r.len() + 3;
+        tail.push(r);
+    }
+    tail.reverse();
+    let mut v = vec![first];
+    v.extend(tail);
+    fmt(&v)
+}
+
 /// A fresh Message-ID on our domain.
 pub fn new_message_id(domain: &str, ticket: Option<&str>) -> String {
     let r: u64 = rand::random();
@@ -122,7 +170,7 @@ pub fn build(p: &ReplyParts<'_>) -> Result<Outgoing, BuildError> {
         p.to.addr
             .parse()
             .map_err(|_| BuildError::Address(p.to.addr.clone()))?;
-    let name = single_line(&p.to.name);
+    let name = crate::util::ellipsize(&p.to.name, MAX_NAME_ECHO);
     let to = LettreMailbox::new((!name.is_empty()).then_some(name), to_addr.clone());
     let subject = reply_subject(&p.original.subject, p.ticket);
     let message_id = new_message_id(p.domain, p.ticket);
@@ -142,27 +190,17 @@ pub fn build(p: &ReplyParts<'_>) -> Result<Outgoing, BuildError> {
     if !p.body.language.is_empty() {
         b = b.raw_header(raw_header("Content-Language", p.body.language.clone()));
     }
-    if let Some(id) = &p.original.message_id {
-        let id = single_line(id).replace(['<', '>'], "");
+    if let Some(id) = p.original.message_id.as_deref().and_then(clean_id) {
         b = b.in_reply_to(format!("<{id}>"));
-        // References: the original's references (last 20) plus its id.
         let mut refs: Vec<String> = p
             .original
             .references
             .iter()
-            .map(|r| single_line(r).replace(['<', '>'], ""))
-            .filter(|r| !r.is_empty() && *r != id)
+            .filter_map(|r| clean_id(r))
+            .filter(|r| *r != id)
             .collect();
-        if refs.len() > 20 {
-            refs.drain(..refs.len() - 20);
-        }
         refs.push(id);
-        let value = refs
-            .iter()
-            .map(|r| format!("<{r}>"))
-            .collect::<Vec<_>>()
-            .join(" ");
-        b = b.references(value);
+        b = b.references(references_line(&refs));
     }
     let sender = if p.null_sender {
         None
@@ -216,5 +254,28 @@ mod tests {
             ticket_tags("Re: x [#sb-12] [#SB-13]"),
             vec!["SB-12", "SB-13"]
         );
+        let long = "x".repeat(1_000_000);
+        let s = reply_subject(&long, Some("SB-1"));
+        assert!(s.chars().count() <= MAX_SUBJECT_ECHO + 20, "{}", s.len());
+        assert!(s.ends_with("… [#SB-1]"));
+    }
+
+    /// Issue: a 5,000-character Message-ID became a 5,029-character
+    /// References line.
+    #[test]
+    fn references_fit_in_a_header_line() {
+        assert_eq!(clean_id(&"a".repeat(5000)), None);
+        assert_eq!(clean_id("<a@b>").as_deref(), Some("a@b"));
+        let ids: Vec<String> = (0..100)
+            .map(|i| format!("id{i:03}.{}@mail.example", "x".repeat(40)))
+            .collect();
+        let line = references_line(&ids);
+        assert!(line.len() <= MAX_REFERENCES_LEN, "{}", line.len());
+        assert!(line.starts_with("<id000."), "the root is kept");
+        assert!(
+            line.ends_with(&format!("<{}>", ids[99])),
+            "the newest is kept"
+        );
+        assert_eq!(references_line(&ids[..2]).matches('<').count(), 2);
     }
 }

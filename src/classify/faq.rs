@@ -311,21 +311,74 @@ impl Vocab {
         self.idf.len()
     }
 
-    /// Sparse unit vector: per block `(1 + ln tf) · idf`, L2-normalised,
-    /// each block scaled by 1/√2.
+    /// Sparse unit vector of already extracted features (training).
     fn vector(&self, feats: &(Vec<String>, Vec<String>)) -> Vec<(u32, f32)> {
-        let mut out = Vec::new();
-        for (map, list) in [(&self.word, &feats.0), (&self.chars, &feats.1)] {
-            let mut tf: HashMap<u32, u32> = HashMap::new();
+        let mut tf: [HashMap<u32, u32>; 2] = [HashMap::new(), HashMap::new()];
+        for (b, (map, list)) in [(&self.word, &feats.0), (&self.chars, &feats.1)]
+            .into_iter()
+            .enumerate()
+        {
             for f in list {
                 if let Some(&i) = map.get(f.as_str()) {
-                    *tf.entry(i).or_default() += 1;
+                    *tf[b].entry(i).or_default() += 1;
                 }
             }
-            if tf.is_empty() {
+        }
+        self.normalise(tf)
+    }
+
+    /// Sparse unit vector of a text, computed without allocating per
+    /// feature: every n-gram is looked up from one reused buffer, so the
+    /// memory a question needs is bounded by its distinct known features.
+    fn vector_text(&self, text: &str, stem: &rust_stemmers::Stemmer) -> Vec<(u32, f32)> {
+        let mut tf: [HashMap<u32, u32>; 2] = [HashMap::new(), HashMap::new()];
+        let mut buf = String::new();
+        let mut prev: Option<String> = None;
+        let mut padded: Vec<char> = Vec::new();
+        for w in words(text) {
+            let stemmed = stem.stem(&w).into_owned();
+            if let Some(&i) = self.word.get(stemmed.as_str()) {
+                *tf[0].entry(i).or_default() += 1;
+            }
+            if let Some(p) = &prev {
+                buf.clear();
+                buf.push_str(p);
+                buf.push(' ');
+                buf.push_str(&stemmed);
+                if let Some(&i) = self.word.get(buf.as_str()) {
+                    *tf[0].entry(i).or_default() += 1;
+                }
+            }
+            prev = Some(stemmed);
+            padded.clear();
+            padded.push(' ');
+            padded.extend(w.chars());
+            padded.push(' ');
+            for n in 2..=5 {
+                if n > padded.len() {
+                    break;
+                }
+                for win in padded.windows(n) {
+                    buf.clear();
+                    buf.extend(win);
+                    if let Some(&i) = self.chars.get(buf.as_str()) {
+                        *tf[1].entry(i).or_default() += 1;
+                    }
+                }
+            }
+        }
+        self.normalise(tf)
+    }
+
+    /// Per block `(1 + ln tf) · idf`, L2-normalised, each block scaled by
+    /// 1/√2.
+    fn normalise(&self, tf: [HashMap<u32, u32>; 2]) -> Vec<(u32, f32)> {
+        let mut out = Vec::new();
+        for block in tf {
+            if block.is_empty() {
                 continue;
             }
-            let mut block: Vec<(u32, f32)> = tf
+            let mut block: Vec<(u32, f32)> = block
                 .into_iter()
                 .map(|(i, c)| (i, (1.0 + (c as f32).ln()) * self.idf[i as usize]))
                 .collect();
@@ -479,7 +532,7 @@ impl Model {
 
     /// Class probabilities of a text.
     fn predict(&self, text: &str, stem: &rust_stemmers::Stemmer) -> Vec<f64> {
-        let x = self.vocab.vector(&raw_features(text, stem));
+        let x = self.vocab.vector_text(text, stem);
         let mut z: Vec<f64> = self.bias.iter().map(|b| f64::from(*b)).collect();
         for (j, val) in x {
             let row = &self.weights[j as usize * self.classes..(j as usize + 1) * self.classes];

@@ -20,14 +20,16 @@ pub enum Finding {
     ListHeader(String),
     /// `Return-Path: <>`: a bounce or other automatic message.
     NullReturnPath,
-    /// MAILER-DAEMON, postmaster, no-reply, `owner-*`, `*-request`, …
+    /// MAILER-DAEMON, postmaster, no-reply, `owner-*`, `*-request`, … in
+    /// From, Sender or Return-Path.
     DaemonSender(String),
     /// `multipart/report` or a failed-recipients header: a delivery report.
     DeliveryReport,
     /// `X-Auto-Response-Suppress` asks for no auto-replies.
     SuppressHeader(String),
-    /// Vendor out-of-office markers (`X-Autoreply`, `X-Autorespond`, …) or
-    /// an out-of-office subject.
+    /// Vendor out-of-office markers (`X-Autoreply`, `X-Autorespond`, …), an
+    /// anchored auto-responder subject ("Automatic reply: …"), or a
+    /// weaker subject marker together with another sign of automation.
     VendorAutoReply(String),
     /// The message comes from one of our own addresses (or carries our
     /// loop marker): answering would talk to ourselves.
@@ -35,13 +37,34 @@ pub enum Finding {
     /// None of our addresses is in To/Cc (RFC 5230 §4.5): Bcc, a list or a
     /// forward. Not automatic, but not for an automatic answer either.
     NotAddressedToUs,
+    /// The Reply-To is an automatic or our own address (MAILER-DAEMON,
+    /// no-reply, support@ …) while the sender looks like a person: a
+    /// person answers, an automatic reply would go to a machine.
+    ReplyToDaemon(String),
+    /// The subject looks like an auto-responder's ("Out of office …",
+    /// "Auto: …") but nothing else says so: possibly a customer's words.
+    /// Not ignored, not auto-answered: a person looks.
+    SubjectMarker(String),
 }
 
 impl Finding {
     /// Whether the finding means the message was sent by a machine (and so
     /// needs nobody), as opposed to "a person, but do not auto-answer".
     pub fn is_automatic(&self) -> bool {
-        !matches!(self, Finding::NotAddressedToUs)
+        !matches!(
+            self,
+            Finding::NotAddressedToUs | Finding::ReplyToDaemon(_) | Finding::SubjectMarker(_)
+        )
+    }
+
+    /// A short name for metrics and explanations.
+    pub fn check(&self) -> &'static str {
+        match self {
+            Finding::NotAddressedToUs => "not_addressed",
+            Finding::ReplyToDaemon(_) => "reply_to_automatic",
+            Finding::SubjectMarker(_) => "subject_marker",
+            _ => "automatic",
+        }
     }
 
     /// One line for explanations.
@@ -57,6 +80,14 @@ impl Finding {
             Finding::VendorAutoReply(v) => format!("auto-reply marker {v}"),
             Finding::OwnAddress(a) => format!("sent by our own address {a}"),
             Finding::NotAddressedToUs => "none of our addresses is in To/Cc".into(),
+            Finding::ReplyToDaemon(a) => {
+                format!("the Reply-To {a} is an automatic or our own address")
+            }
+            Finding::SubjectMarker(s) => {
+                format!(
+                    "the subject starts like an auto-responder's ({s}) but nothing else says so"
+                )
+            }
         }
     }
 }
@@ -76,56 +107,178 @@ const VENDOR_HEADERS: &[&str] = &[
     "x-cr-hashedpuzzle-autoreply",
 ];
 
+/// Local parts of automatic senders, compared after lower-casing and
+/// removing `+tag`, `-`, `_` and `.` (`Mailer_Daemon`, `no.reply` and
+/// `do-not-reply` are all caught).
 const DAEMON_LOCALS: &[&str] = &[
-    "mailer-daemon",
+    "mailerdaemon",
     "postmaster",
     "listserv",
     "majordomo",
     "mailman",
     "noreply",
-    "no-reply",
-    "no_reply",
     "donotreply",
-    "do-not-reply",
-    "do_not_reply",
+    "dontreply",
     "bounce",
     "bounces",
     "nobody",
     "notifications",
     "notification",
-    "auto-reply",
     "autoreply",
+    "autoresponder",
+    "autorespond",
 ];
 
-const OOF_SUBJECTS: &[&str] = &[
+/// Normalised fragments that make a local part automatic wherever they
+/// stand at its start or end: `shop-noreply`, `noreply-orders`,
+/// `alerts.donotreply`, `bounce-123`, `list-bounces`.
+const DAEMON_AFFIXES: &[&str] = &["noreply", "donotreply", "mailerdaemon", "autoreply"];
+
+/// Subjects that only auto-responders and bounce generators write: an
+/// anchored prefix, with its colon. Enough on their own.
+const STRONG_SUBJECTS: &[&str] = &[
     "automatic reply:",
     "auto reply:",
     "autoreply:",
     "auto-reply:",
-    "auto:",
-    "out of office",
-    "out of the office",
-    "abwesenheitsnotiz",
-    "automatische antwort",
-    "réponse automatique",
-    "respuesta automática",
-    "absence du bureau",
+    "auto response:",
+    "autoresponse:",
+    "auto-response:",
+    "out of office:",
+    "out-of-office:",
+    "out of the office:",
+    "out of office reply:",
+    "out of office autoreply:",
+    "out-of-office reply:",
+    "abwesenheitsnotiz:",
+    "automatische antwort:",
+    "réponse automatique:",
+    "respuesta automática:",
+    "risposta automatica:",
+    "automatisch antwoord:",
     "undeliverable:",
-    "undelivered mail",
-    "delivery status notification",
+    "undelivered mail returned to sender",
+    "delivery status notification (failure)",
+    "delivery status notification (delay)",
     "mail delivery failed",
+    "mail delivery failure",
     "returned mail:",
+    "failure notice",
 ];
 
-fn daemon_local(local: &str) -> bool {
-    DAEMON_LOCALS.contains(&local)
-        || local.starts_with("owner-")
+/// Subject beginnings that auto-responders use, but that a customer may
+/// write too ("Out of office chairs – where is my order?", "Auto: parts").
+/// Automatic only together with another sign (the message answers another
+/// message, or its text reads like an absence notice); alone they keep
+/// the message from an automatic reply and a person looks at it.
+const WEAK_SUBJECTS: &[&str] = &[
+    "out of office",
+    "out-of-office",
+    "out of the office",
+    "ooo ",
+    "auto:",
+    "autoreply",
+    "auto-reply",
+    "automatic reply",
+    "abwesenheit",
+];
+
+/// Phrases of absence notices.
+const ABSENCE_PHRASES: &[&str] = &[
+    "out of the office",
+    "out of office",
+    "out-of-office",
+    "i am away",
+    "i'm away",
+    "i am currently away",
+    "i am on vacation",
+    "i am on holiday",
+    "i am on leave",
+    "limited access to e-mail",
+    "limited access to email",
+    "will respond to your message",
+    "will reply to your message",
+    "will get back to you when i return",
+    "back in the office",
+    "returning on",
+    "i will return on",
+    "nicht im büro",
+    "bin ich nicht erreichbar",
+    "abwesend",
+    "absent du bureau",
+    "je suis absent",
+];
+
+/// Removes `+tag`, separators and case from a local part.
+fn normalise_local(local: &str) -> String {
+    let base = local.split('+').next().unwrap_or(local);
+    base.chars()
+        .filter(|c| !matches!(c, '-' | '_' | '.'))
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// Whether an address's local part belongs to a machine.
+pub fn daemon_address(addr: &str) -> bool {
+    let lower = addr.trim().to_lowercase();
+    let local = lower.rsplit_once('@').map_or(lower.as_str(), |(l, _)| l);
+    if local.starts_with("owner-")
         || local.ends_with("-request")
         || local.ends_with("-bounces")
         || local.ends_with("-owner")
-        || local.starts_with("noreply")
-        || local.starts_with("no-reply")
-        || local.starts_with("bounce")
+    {
+        return true;
+    }
+    // `bounce`, `bounces+123`, `bounce-abc`, but not `bouncer`.
+    let bounce = ["bounces", "bounce"].iter().any(|p| {
+        local
+            .strip_prefix(p)
+            .is_some_and(|rest| !rest.starts_with(|c: char| c.is_alphabetic()))
+    });
+    let n = normalise_local(local);
+    bounce
+        || DAEMON_LOCALS.contains(&n.as_str())
+        || DAEMON_AFFIXES
+            .iter()
+            .any(|a| n.starts_with(a) || n.ends_with(a))
+}
+
+/// An address without its `+tag`, lower-cased: `Support+x@Shop.example`
+/// → `support@shop.example`.
+pub fn base_address(addr: &str) -> String {
+    let lower = addr.trim().to_lowercase();
+    match lower.rsplit_once('@') {
+        Some((local, domain)) => {
+            let base = local.split('+').next().unwrap_or(local);
+            format!("{base}@{domain}")
+        }
+        None => lower,
+    }
+}
+
+/// Whether `addr` is one of ours (`ours` lower-case), sub-addresses
+/// (`support+x@`) included.
+pub fn is_ours(addr: &str, ours: &[String]) -> bool {
+    let base = base_address(addr);
+    ours.iter().any(|o| base_address(o) == base)
+}
+
+/// A subject's auto-responder marker: `(marker, strong)`.
+pub fn subject_marker(subject: &str) -> Option<(&'static str, bool)> {
+    let s = subject.trim_start().to_lowercase();
+    if let Some(m) = STRONG_SUBJECTS.iter().find(|m| s.starts_with(*m)) {
+        return Some((m, true));
+    }
+    WEAK_SUBJECTS
+        .iter()
+        .find(|m| s.starts_with(*m))
+        .map(|m| (*m, false))
+}
+
+/// Whether a text reads like an absence notice.
+fn reads_like_absence(body: &str) -> bool {
+    let head: String = body.chars().take(2000).collect::<String>().to_lowercase();
+    ABSENCE_PHRASES.iter().any(|p| head.contains(p))
 }
 
 /// Inspects a message. `ours` are our addresses, lower-case.
@@ -177,11 +330,31 @@ pub fn inspect(m: &Message, ours: &[String]) -> Vec<Finding> {
     if m.content_type == "multipart/report" && !f.contains(&Finding::DeliveryReport) {
         f.push(Finding::DeliveryReport);
     }
-    let subject = m.subject.to_lowercase();
-    if let Some(s) = OOF_SUBJECTS.iter().find(|s| subject.starts_with(*s)) {
-        f.push(Finding::VendorAutoReply(format!(
+    match subject_marker(&m.subject) {
+        Some((s, true)) => f.push(Finding::VendorAutoReply(format!(
             "subject starts with {s:?}"
-        )));
+        ))),
+        Some((s, false)) => {
+            // A weak marker counts when something else says "machine":
+            // the message answers another one, reads like an absence
+            // notice, or already has another finding.
+            let signal = if !m.in_reply_to.is_empty() || !m.references.is_empty() {
+                Some("the message answers another one")
+            } else if reads_like_absence(&m.body_full) {
+                Some("the text reads like an absence notice")
+            } else if f.iter().any(Finding::is_automatic) {
+                Some("other signs of automatic mail")
+            } else {
+                None
+            };
+            match signal {
+                Some(why) => f.push(Finding::VendorAutoReply(format!(
+                    "subject starts with {s:?} and {why}"
+                ))),
+                None => f.push(Finding::SubjectMarker(s.trim().to_string())),
+            }
+        }
+        None => {}
     }
     // Automatic senders, in From, Sender and Return-Path.
     let mut senders: Vec<String> = Vec::new();
@@ -190,18 +363,30 @@ pub fn inspect(m: &Message, ours: &[String]) -> Vec<Finding> {
     if let Some(ReturnPath::Addr(a)) = &m.return_path {
         senders.push(a.to_lowercase());
     }
-    for s in &senders {
-        let local = s.rsplit_once('@').map_or(s.as_str(), |(l, _)| l);
-        if daemon_local(local) {
-            f.push(Finding::DaemonSender(s.clone()));
-            break;
-        }
+    if let Some(s) = senders.iter().find(|s| daemon_address(s)) {
+        f.push(Finding::DaemonSender(s.clone()));
     }
     if let Some(from) = &m.from {
         let k = from.key();
-        if ours.contains(&k) {
+        if is_ours(&k, ours) {
             f.push(Finding::OwnAddress(k));
         }
+    }
+    if let Some(s) = &m.sender
+        && is_ours(&s.key(), ours)
+        && !f.iter().any(|x| matches!(x, Finding::OwnAddress(_)))
+    {
+        f.push(Finding::OwnAddress(s.key()));
+    }
+    // Reply-To: a machine's or our own address means an automatic reply
+    // would go to a machine or to ourselves.
+    if let Some(r) = m
+        .reply_to
+        .iter()
+        .map(|a| a.key())
+        .find(|r| daemon_address(r) || is_ours(r, ours))
+    {
+        f.push(Finding::ReplyToDaemon(r));
     }
     if !ours.is_empty() {
         let mut rcpts =
@@ -219,7 +404,7 @@ pub fn inspect(m: &Message, ours: &[String]) -> Vec<Finding> {
                 }));
             }
         }
-        if !rcpts.iter().any(|r| ours.contains(r)) {
+        if !rcpts.iter().any(|r| is_ours(r, ours)) {
             f.push(Finding::NotAddressedToUs);
         }
     }

@@ -5,6 +5,7 @@
 //! test their results (`faq_id`, `faq_confident`, `auto_generated`); then
 //! the rules run in order.
 
+pub mod auth;
 pub mod faq;
 pub mod loop_guard;
 pub mod rules;
@@ -14,6 +15,7 @@ use serde::Serialize;
 use crate::knowledge::Knowledge;
 use crate::parse::Message;
 
+pub use auth::SenderAuth;
 pub use faq::{Candidate, FaqResult};
 pub use loop_guard::Finding;
 pub use rules::{Facts, RuleHit, RuleOutcome};
@@ -31,6 +33,9 @@ pub struct Context {
 pub struct Classification {
     pub faq: FaqResult,
     pub guard: Vec<Finding>,
+    /// What the receiving mail servers said about the sender.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub auth: SenderAuth,
     pub rules: RuleOutcome,
     /// The message continues a conversation (known to the store, or
     /// answering one of our Message-IDs, or tagged with our ticket prefix).
@@ -44,18 +49,29 @@ impl Classification {
     }
 }
 
+fn is_default(a: &SenderAuth) -> bool {
+    *a == SenderAuth::default()
+}
+
+/// The most text classification reads of one message: whatever the input,
+/// the work per message is bounded (a question never needs more).
+pub const MAX_QUESTION_BYTES: usize = 64 * 1024;
+
 /// The text the FAQ matcher sees: subject (without reply prefixes and
-/// ticket tags) and the cleaned body.
+/// ticket tags) and the cleaned body, at most [`MAX_QUESTION_BYTES`].
 pub fn question_text(m: &Message) -> String {
     let subject = crate::act::reply::strip_reply_prefixes(&m.subject);
     let subject = crate::act::reply::strip_ticket_tags(subject);
-    format!("{subject}\n{}", m.body)
+    let subject = crate::util::truncate_str(&subject, 1024);
+    let body = crate::util::truncate_str(&m.body, MAX_QUESTION_BYTES - subject.len() - 1);
+    format!("{subject}\n{body}")
 }
 
 /// Classifies one message.
 pub fn classify(m: &Message, k: &Knowledge, ctx: &Context) -> Classification {
     let faq = k.faq.query(&question_text(m));
     let guard = loop_guard::inspect(m, &k.policy.our_addresses);
+    let auth = auth::inspect(m, &k.policy.reply.trusted_authserv_ids);
     let follow_up = ctx.follow_up || answers_us(m, &k.policy.domain, &k.policy.reply.ticket_prefix);
     let ctx = Context { follow_up };
     let facts = facts(m, &faq, &guard, &ctx);
@@ -63,6 +79,7 @@ pub fn classify(m: &Message, k: &Knowledge, ctx: &Context) -> Classification {
     Classification {
         faq,
         guard,
+        auth,
         rules,
         follow_up,
     }

@@ -108,17 +108,27 @@ pub enum FaqCommand {
 /// `SWITCHBOARD_LOG_FORMAT=json` prints one JSON object per line instead;
 /// otherwise human-readable lines go to stderr.
 pub fn init_logging(default: &str) {
+    use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let format = std::env::var("SWITCHBOARD_LOG_FORMAT").unwrap_or_default();
+    let registry =
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(tracing_subscriber::filter::filter_fn(|m| {
+                !protocol_trace(m.target(), *m.level())
+            }));
     if format == "json" {
-        let _ = tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .with_target(false)
+        let _ = registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr)
+                    .with_target(false)
+                    .boxed(),
+            )
             .try_init();
         return;
     }
@@ -126,19 +136,28 @@ pub fn init_logging(default: &str) {
         && format != "text"
         && let Ok(j) = tracing_journald::layer()
     {
-        let _ = tracing_subscriber::registry()
-            .with(filter)
+        let _ = registry
             .with(j.with_syslog_identifier("switchboard".into()))
             .try_init();
         return;
     }
     use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .with_target(false)
+    let _ = registry
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(std::io::stderr)
+                .with_target(false),
+        )
         .try_init();
+}
+
+/// Protocol traces of the IMAP library: they contain the raw command
+/// lines, `LOGIN "user" "password"` included, and whole messages. They
+/// are never logged, whatever `RUST_LOG` says.
+pub fn protocol_trace(target: &str, level: tracing::Level) -> bool {
+    level == tracing::Level::TRACE
+        && (target.starts_with("async_imap") || target.starts_with("imap_proto"))
 }
 
 pub fn main() -> ExitCode {

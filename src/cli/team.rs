@@ -404,7 +404,10 @@ pub fn write_log(
                 if evidence {
                     row.push(e.data.clone().unwrap_or_default());
                 }
-                w.write_record(&row)?;
+                w.write_record(
+                    row.iter()
+                        .map(|c| switchboard::util::csv_cell(c).into_owned()),
+                )?;
             }
             w.flush()?;
         }

@@ -51,8 +51,11 @@ pub fn message_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
                             .and_then(|n| n.to_str())
                             .is_some_and(|n| n.starts_with('.'))
                         && (maildir
-                            || f.extension()
-                                .is_none_or(|e| e != "toml" && e != "md" && e != "json"))
+                            || f.extension().is_none_or(|e| {
+                                !["toml", "md", "json", "label"]
+                                    .iter()
+                                    .any(|x| e.eq_ignore_ascii_case(x))
+                            }))
                 }));
             }
             files.sort();
@@ -186,14 +189,17 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
     };
     for file in files {
-        let raw = match std::fs::read(&file) {
+        // The daemon's size limit applies here too: a message over
+        // `max_message_size` is judged from its beginning, as in `run`.
+        let max = k.policy.limits.max_message_size;
+        let (raw, size) = match switchboard::fetch::maildir::read_message_file(&file, max) {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("{}: cannot read: {e}", file.display());
                 continue;
             }
         };
-        let (m, d) = pipeline::dry_run(&raw, &k);
+        let (m, d) = pipeline::dry_run_sized(&raw, Some(size), &k);
         if a.json {
             let mut line = json_line(&file, m.as_ref(), &d, &k);
             if a.explain {

@@ -64,18 +64,28 @@ impl Verdict {
     }
 }
 
-/// Facts from the state store that the policy needs.
+/// Facts from the state store that the policy needs. Every rate limit is
+/// keyed by the address that would be mailed *and* by the From address,
+/// so a forged Reply-To cannot multiply replies to a victim.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct History {
-    /// When we last auto-replied to this sender with the proposed template
+    /// When the address we would mail last got the proposed template
     /// (ms since the epoch).
-    pub last_reply_same_template: Option<i64>,
-    /// Auto-replies sent in the last hour, over all senders.
+    pub last_reply_to_recipient: Option<i64>,
+    /// When mail from this From address last got the proposed template,
+    /// whatever address was mailed.
+    pub last_reply_from_sender: Option<i64>,
+    /// When the address we would mail last got any automatic reply.
+    pub last_any_reply_to_recipient: Option<i64>,
+    /// Automatic replies in the last hour to the recipient's domain.
+    pub recipient_domain_last_hour: u32,
+    /// Automatic replies in the last hour to mail from the From domain.
+    pub sender_domain_last_hour: u32,
+    /// Distinct recipients of automatic replies in the last hour.
     pub replies_last_hour: u32,
     /// The message answers one of our automatic replies.
     pub answers_auto_reply: bool,
 }
-
 /// A decision with everything that explains it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Decision {
@@ -89,8 +99,10 @@ pub struct Decision {
     /// The reply that would have been sent when a check stopped it.
     pub suggested_template: Option<String>,
     /// Which check stopped that reply (a short name for metrics):
-    /// automatic, not_addressed, answers_auto_reply, follow_up, language,
-    /// no_reply_address, auto_reply_off, rate_limit, circuit_breaker.
+    /// automatic, not_addressed, reply_to_automatic, subject_marker,
+    /// auth_failed, not_authenticated, answers_auto_reply, follow_up,
+    /// no_reply_address, auto_reply_off, language, rate_limit,
+    /// domain_limit, circuit_breaker.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub suppressed: Option<&'static str>,
     pub evidence: Classification,
@@ -132,7 +144,7 @@ pub fn reply_address(m: &Message, how: ReplyAddress, ours: &[String]) -> Result<
         if c.addr.parse::<lettre::Address>().is_err() {
             continue;
         }
-        if ours.contains(&c.key()) {
+        if crate::classify::loop_guard::is_ours(&c.addr, ours) {
             return Err(format!("the reply address {} is one of ours", c.addr));
         }
         return Ok(c);
@@ -252,11 +264,28 @@ pub fn decide(m: &Message, c: Classification, k: &Knowledge, h: &History, now_ms
             queue: p.default_queue.clone(),
         };
     };
-    if c.guard.contains(&Finding::NotAddressedToUs) {
+    // Findings that are not automatic mail but rule out an automatic
+    // answer: not addressed to us, a machine's Reply-To, an ambiguous
+    // auto-responder subject.
+    if let Some(f) = c.guard.iter().find(|f| !f.is_automatic()) {
+        to_human(&mut d, f.check(), f.describe());
+        return d;
+    }
+    if let Some(fail) = c.auth.failed.first() {
         to_human(
             &mut d,
-            "not_addressed",
-            "none of our addresses is in To/Cc (Bcc, list or forward)".into(),
+            "auth_failed",
+            format!("the sender failed authentication ({fail}): possibly forged"),
+        );
+        return d;
+    }
+    if p.reply.require_authenticated && c.auth.passed.is_none() {
+        to_human(
+            &mut d,
+            "not_authenticated",
+            "no trusted Authentication-Results header says the sender is authenticated \
+             (require_authenticated = true)"
+                .into(),
         );
         return d;
     }
@@ -275,21 +304,6 @@ pub fn decide(m: &Message, c: Classification, k: &Knowledge, h: &History, now_ms
             "this continues an existing conversation".into(),
         );
         return d;
-    }
-    if let Some(lang) = m.language.as_deref() {
-        let has_variant = k
-            .templates
-            .sets
-            .get(&template)
-            .is_some_and(|s| s.text.contains_key(lang));
-        if lang != p.reply.language && !has_variant {
-            to_human(
-                &mut d,
-                "language",
-                format!("the message is in {lang} and {template} has no {lang} version"),
-            );
-            return d;
-        }
     }
     let to = match reply_address(m, p.reply.address, &p.our_addresses) {
         Ok(a) => a,
@@ -310,37 +324,123 @@ pub fn decide(m: &Message, c: Classification, k: &Knowledge, h: &History, now_ms
         );
         return d;
     }
-    if let Some(last) = h.last_reply_same_template {
-        let window = p.limits.per_sender_interval.as_millis() as i64;
-        if now_ms - last < window {
+    if let Some(lang) = m.language.as_deref() {
+        let has_variant = k
+            .templates
+            .sets
+            .get(&template)
+            .is_some_and(|s| s.text.contains_key(lang));
+        if lang != p.reply.language && !has_variant {
             to_human(
                 &mut d,
-                "rate_limit",
-                format!(
-                    "{} already got the automatic reply {template} {} ago (limit: one per {})",
-                    to.addr,
-                    human_duration((now_ms - last).max(0) / 1000),
-                    human_duration(window / 1000)
-                ),
+                "language",
+                format!("the message is in {lang} and {template} has no {lang} version"),
             );
             return d;
         }
     }
-    if h.replies_last_hour >= p.limits.max_replies_per_hour {
-        to_human(
-            &mut d,
-            "circuit_breaker",
-            format!(
-                "circuit breaker: {} automatic replies in the last hour (limit {})",
-                h.replies_last_hour, p.limits.max_replies_per_hour
-            ),
-        );
+    if let Some(why) = rate_limited(m, &to, &template, p, h, now_ms) {
+        to_human(&mut d, why.0, why.1);
         return d;
     }
     d.reasons
         .push(format!("automatic reply with {template} to {}", to.addr));
     d.verdict = Verdict::Reply { template, to, faq };
     d
+}
+
+/// The per-address, per-domain and global limits, in that order: a limit
+/// that concerns one customer or one domain is checked before the global
+/// breaker, so a flood aimed at one victim stops at the victim and never
+/// uses up the replies every other customer is owed.
+fn rate_limited(
+    m: &Message,
+    to: &Mailbox,
+    template: &str,
+    p: &crate::knowledge::Policy,
+    h: &History,
+    now_ms: i64,
+) -> Option<(&'static str, String)> {
+    let window = p.limits.per_sender_interval.as_millis() as i64;
+    let ago = |t: i64| human_duration((now_ms - t).max(0) / 1000);
+    if let Some(last) = h.last_reply_to_recipient
+        && now_ms - last < window
+    {
+        return Some((
+            "rate_limit",
+            format!(
+                "{} already got the automatic reply {template} {} ago (limit: one per {})",
+                to.addr,
+                ago(last),
+                human_duration(window / 1000)
+            ),
+        ));
+    }
+    let from = m.from.as_ref();
+    if let (Some(f), Some(last)) = (from, h.last_reply_from_sender)
+        && now_ms - last < window
+    {
+        return Some((
+            "rate_limit",
+            format!(
+                "mail from {} already got the automatic reply {template} {} ago (limit: one per {})",
+                f.addr,
+                ago(last),
+                human_duration(window / 1000)
+            ),
+        ));
+    }
+    // A Reply-To in another domain than From: the classic way to aim
+    // backscatter at a victim. One reply of any kind per window.
+    let cross = from.is_some_and(|f| f.domain() != to.domain());
+    if cross && let Some(last) = h.last_any_reply_to_recipient {
+        let window = p.limits.cross_domain_interval.as_millis() as i64;
+        if now_ms - last < window {
+            return Some((
+                "rate_limit",
+                format!(
+                    "the Reply-To {} is in another domain than From and already got an automatic \
+                     reply {} ago (limit: one per {})",
+                    to.addr,
+                    ago(last),
+                    human_duration(window / 1000)
+                ),
+            ));
+        }
+    }
+    let per_domain = p.limits.per_domain_per_hour;
+    if h.recipient_domain_last_hour >= per_domain {
+        return Some((
+            "domain_limit",
+            format!(
+                "{} automatic replies to {} in the last hour (limit per domain {per_domain})",
+                h.recipient_domain_last_hour,
+                to.domain()
+            ),
+        ));
+    }
+    if let Some(f) = from
+        && h.sender_domain_last_hour >= per_domain
+    {
+        return Some((
+            "domain_limit",
+            format!(
+                "{} automatic replies to mail from {} in the last hour (limit per domain {per_domain})",
+                h.sender_domain_last_hour,
+                f.domain()
+            ),
+        ));
+    }
+    if h.replies_last_hour >= p.limits.max_replies_per_hour {
+        return Some((
+            "circuit_breaker",
+            format!(
+                "circuit breaker: automatic replies to {} recipients in the last hour (limit {})",
+                h.replies_last_hour, p.limits.max_replies_per_hour
+            ),
+        ));
+    }
+    None
 }
 
 fn describe(f: &[&Finding]) -> String {
@@ -383,6 +483,7 @@ pub fn park(reason: impl Into<String>) -> Decision {
         evidence: Classification {
             faq: Default::default(),
             guard: Vec::new(),
+            auth: Default::default(),
             rules: Default::default(),
             follow_up: false,
         },

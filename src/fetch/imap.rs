@@ -654,6 +654,7 @@ impl MailSource for Imap {
                         raw: body.to_vec(),
                         size: sizes.get(&uid).copied().unwrap_or(body.len() as u64),
                         truncated,
+                        unreadable: None,
                     });
                 }
             }
@@ -730,6 +731,31 @@ impl MailSource for Imap {
         }
         self.drain_unsolicited();
         Ok(())
+    }
+
+    async fn has_message(&mut self, folder: &str, message_id: &str) -> Result<bool, FetchError> {
+        // SEARCH works on the selected mailbox only: look in the folder
+        // read-only, then select the inbox again. Used only on resume.
+        let name = self.server_folder(folder);
+        let inbox = encode_folder(&self.cfg.folder);
+        let t = self.cfg.timeout;
+        let id = message_id.trim_matches(['<', '>']).replace(['"', '\\'], "");
+        let s = self.session()?;
+        let found = match Self::timed(t, s.examine(&name)).await {
+            Ok(_) => {
+                let s = self.session()?;
+                Self::timed(t, s.uid_search(format!("HEADER Message-ID \"<{id}>\"")))
+                    .await
+                    .map(|r| !r.is_empty())
+            }
+            // The folder does not exist: nothing is in it.
+            Err(FetchError::Protocol(_)) => Ok(false),
+            Err(e) => Err(e),
+        };
+        let s = self.session()?;
+        Self::timed(t, s.select(&inbox)).await?;
+        self.drain_unsolicited();
+        found
     }
 
     async fn append(&mut self, folder: &str, raw: &[u8], flags: &[Flag]) -> Result<(), FetchError> {

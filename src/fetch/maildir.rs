@@ -5,7 +5,10 @@
 //! leaves a message in exactly one place. Flags use the standard info
 //! suffix (`:2,RS`). Nothing is ever deleted.
 
+use std::ffi::{OsStr, OsString};
 use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -96,38 +99,83 @@ impl Maildir {
         let mut v = Vec::new();
         for sub in ["new", "cur"] {
             if let Ok(rd) = std::fs::read_dir(dir.join(sub)) {
-                v.extend(
-                    rd.flatten()
-                        .map(|e| e.path())
-                        .filter(|p| p.is_file() && !hidden(p)),
-                );
+                v.extend(rd.flatten().map(|e| e.path()).filter(|p| {
+                    !hidden(p) && std::fs::symlink_metadata(p).is_ok_and(|m| !m.is_dir())
+                }));
             }
         }
         v.sort();
         v
     }
+
+    /// Finds a message file by its base name (without the `:2,` info) in
+    /// `cur/` or `new/` of the inbox: flags rename files.
+    fn find(&self, base: &OsStr) -> Option<PathBuf> {
+        [self.root.join("cur"), self.root.join("new")]
+            .iter()
+            .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+            .map(|e| e.path())
+            .find(|p| p.file_name().is_some_and(|n| split_info(n).0 == base))
+    }
 }
 
 fn hidden(p: &Path) -> bool {
     p.file_name()
-        .and_then(|n| n.to_str())
-        .is_none_or(|n| n.starts_with('.'))
+        .is_none_or(|n| n.as_bytes().first() == Some(&b'.'))
 }
 
-/// Splits `name:2,FLAGS` into (`name`, `FLAGS`).
-fn split_info(file: &str) -> (&str, &str) {
-    match file.rsplit_once(":2,") {
-        Some((base, flags)) => (base, flags),
-        None => (file, ""),
+/// Splits `name:2,FLAGS` into (`name`, `FLAGS`). Names are bytes.
+fn split_info(file: &OsStr) -> (&OsStr, &OsStr) {
+    let b = file.as_bytes();
+    match b.windows(3).rposition(|w| w == b":2,") {
+        Some(i) => (OsStr::from_bytes(&b[..i]), OsStr::from_bytes(&b[i + 3..])),
+        None => (file, OsStr::new("")),
     }
 }
 
-fn flag_char(f: &Flag) -> Option<char> {
+/// `name` + `:2,` + sorted, de-duplicated flag letters.
+fn with_info(base: &OsStr, flags: impl IntoIterator<Item = u8>) -> OsString {
+    let mut chars: Vec<u8> = flags.into_iter().collect();
+    chars.sort_unstable();
+    chars.dedup();
+    let mut name = base.to_os_string();
+    name.push(":2,");
+    name.push(OsStr::from_bytes(&chars));
+    name
+}
+
+fn flag_char(f: &Flag) -> Option<u8> {
     match f {
-        Flag::Answered => Some('R'),
-        Flag::Seen => Some('S'),
+        Flag::Answered => Some(b'R'),
+        Flag::Seen => Some(b'S'),
         Flag::Keyword(_) => None,
     }
+}
+
+/// Opens a message file without following a symbolic link: a link in a
+/// Maildir could make switchboard read (and answer) any file on the
+/// machine.
+fn open_nofollow(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Reads a message file the way the daemon reads mail: without following
+/// a symbolic link, and only a prefix when it is over `max_size` (as over
+/// IMAP). Returns the bytes and the file's full size.
+pub fn read_message_file(path: &Path, max_size: u64) -> std::io::Result<(Vec<u8>, u64)> {
+    let f = open_nofollow(path)?;
+    let size = f.metadata()?.len();
+    let limit = if size > max_size {
+        super::imap::PREFIX_BYTES.min(max_size)
+    } else {
+        max_size
+    };
+    let mut raw = Vec::with_capacity(size.min(limit) as usize);
+    f.take(limit).read_to_end(&mut raw)?;
+    Ok((raw, size))
 }
 
 impl MailSource for Maildir {
@@ -138,7 +186,7 @@ impl MailSource for Maildir {
             if let Ok(rd) = std::fs::read_dir(dir.join(sub)) {
                 n += rd
                     .flatten()
-                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    .filter(|e| e.file_name().as_bytes().first() != Some(&b'.'))
                     .count() as u32;
             }
         }
@@ -146,24 +194,23 @@ impl MailSource for Maildir {
     }
 
     async fn pending(&mut self) -> Result<Vec<MsgRef>, FetchError> {
-        let mut v: Vec<(std::time::SystemTime, String)> = Vec::new();
+        let mut v: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
         for sub in ["new", "cur"] {
             let dir = self.root.join(sub);
             let rd = std::fs::read_dir(&dir)
                 .map_err(|e| FetchError::io(format!("cannot list {}", dir.display()), e))?;
             for e in rd.flatten() {
                 let p = e.path();
-                if !p.is_file() || hidden(&p) {
-                    continue;
-                }
-                let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+                // Not followed: a symbolic link is listed (and parked as
+                // unreadable), a directory is not a message.
+                let Ok(meta) = std::fs::symlink_metadata(&p) else {
                     continue;
                 };
-                let mtime = e
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .unwrap_or(std::time::UNIX_EPOCH);
-                v.push((mtime, format!("{sub}/{name}")));
+                if meta.is_dir() || hidden(&p) {
+                    continue;
+                }
+                let mtime = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+                v.push((mtime, Path::new(sub).join(e.file_name())));
             }
         }
         v.sort();
@@ -174,16 +221,42 @@ impl MailSource for Maildir {
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             let path = self.path(id)?;
-            let mut f = match std::fs::File::open(&path) {
+            let unreadable = |why: String| Fetched {
+                id: id.clone(),
+                raw: Vec::new(),
+                size: 0,
+                truncated: false,
+                unreadable: Some(why),
+            };
+            let mut f = match open_nofollow(&path) {
                 Ok(f) => f,
                 // Moved away by another process since listing: skip it.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(_) if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_symlink()) => {
+                    out.push(unreadable(
+                        "the Maildir entry is a symbolic link; it is not followed".into(),
+                    ));
+                    continue;
+                }
                 Err(e) => return Err(FetchError::io(format!("cannot read {}", path.display()), e)),
             };
-            let size = f.metadata().map(|m| m.len()).unwrap_or(0);
-            let mut raw = Vec::with_capacity(size.min(max_size) as usize);
+            let meta = f
+                .metadata()
+                .map_err(|e| FetchError::io(format!("cannot read {}", path.display()), e))?;
+            if !meta.is_file() {
+                out.push(unreadable("the Maildir entry is not a regular file".into()));
+                continue;
+            }
+            let size = meta.len();
+            // Over the limit: only a prefix, as over IMAP.
+            let limit = if size > max_size {
+                super::imap::PREFIX_BYTES.min(max_size)
+            } else {
+                max_size
+            };
+            let mut raw = Vec::with_capacity(size.min(limit) as usize);
             f.by_ref()
-                .take(max_size)
+                .take(limit)
                 .read_to_end(&mut raw)
                 .map_err(|e| FetchError::io(format!("cannot read {}", path.display()), e))?;
             out.push(Fetched {
@@ -191,6 +264,7 @@ impl MailSource for Maildir {
                 raw,
                 size,
                 truncated: size > max_size,
+                unreadable: None,
             });
         }
         Ok(out)
@@ -200,18 +274,22 @@ impl MailSource for Maildir {
         let MsgRef::File(rel) = id else {
             return Err(FetchError::Protocol("a UID is not a maildir file".into()));
         };
-        let add: Vec<char> = flags.iter().filter_map(flag_char).collect();
+        let add: Vec<u8> = flags.iter().filter_map(flag_char).collect();
         if add.is_empty() {
             return Ok(());
         }
-        let path = self.root.join(rel);
-        let file = rel.rsplit('/').next().unwrap_or(rel);
+        let Some(file) = rel.file_name() else {
+            return Ok(());
+        };
+        let path = self
+            .find(split_info(file).0)
+            .unwrap_or_else(|| self.root.join(rel));
+        let Some(file) = path.file_name() else {
+            return Ok(());
+        };
         let (base, old) = split_info(file);
-        let mut chars: Vec<char> = old.chars().chain(add).collect();
-        chars.sort_unstable();
-        chars.dedup();
-        let new_rel = format!("cur/{base}:2,{}", chars.iter().collect::<String>());
-        let dest = self.root.join(&new_rel);
+        let name = with_info(base, old.as_bytes().iter().copied().chain(add));
+        let dest = self.root.join("cur").join(name);
         std::fs::rename(&path, &dest)
             .map_err(|e| FetchError::io(format!("cannot flag {}", path.display()), e))?;
         Ok(())
@@ -223,32 +301,21 @@ impl MailSource for Maildir {
             let MsgRef::File(rel) = id else {
                 continue;
             };
-            let file = rel.rsplit('/').next().unwrap_or(rel);
-            let (base, _) = split_info(file);
-            // The message may have been renamed by add_flags: find it by base name.
-            let src = [self.root.join("cur"), self.root.join("new")]
-                .iter()
-                .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
-                .map(|e| e.path())
-                .find(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| split_info(n).0 == base)
-                });
-            let Some(src) = src else {
+            let Some(file) = rel.file_name() else {
                 continue;
             };
-            let name = src
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or(base)
-                .to_string();
-            let name = if name.contains(":2,") {
-                name
-            } else {
-                format!("{name}:2,")
+            // The message may have been renamed by add_flags: find it by base name.
+            let Some(src) = self.find(split_info(file).0) else {
+                continue;
             };
-            let dest = dir.join("cur").join(name);
+            let Some(name) = src.file_name() else {
+                continue;
+            };
+            let (base, flags) = split_info(name);
+            let dest = dir
+                .join("cur")
+                .join(with_info(base, flags.as_bytes().iter().copied()));
+            // rename(2) moves a symbolic link itself, never its target.
             std::fs::rename(&src, &dest).map_err(|e| {
                 FetchError::io(
                     format!("cannot move {} to {}", src.display(), dest.display()),
@@ -259,18 +326,43 @@ impl MailSource for Maildir {
         Ok(())
     }
 
+    async fn has_message(&mut self, folder: &str, message_id: &str) -> Result<bool, FetchError> {
+        let needle = format!("<{}>", message_id.trim_matches(['<', '>']));
+        for path in self.list(folder) {
+            let Ok(f) = open_nofollow(&path) else {
+                continue;
+            };
+            let mut head = Vec::with_capacity(16 * 1024);
+            if f.take(16 * 1024).read_to_end(&mut head).is_err() {
+                continue;
+            }
+            let end = head
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .or_else(|| head.windows(2).position(|w| w == b"\n\n"))
+                .unwrap_or(head.len());
+            let headers = String::from_utf8_lossy(&head[..end]);
+            if headers.lines().any(|l| {
+                l.len() > 11
+                    && l[..11].eq_ignore_ascii_case("message-id:")
+                    && l[11..].trim() == needle
+            }) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     async fn append(&mut self, folder: &str, raw: &[u8], flags: &[Flag]) -> Result<(), FetchError> {
         let dir = self.ensure_folder(folder)?;
         let name = Maildir::unique_name();
         let tmp = dir.join("tmp").join(&name);
         std::fs::write(&tmp, raw)
             .map_err(|e| FetchError::io(format!("cannot write {}", tmp.display()), e))?;
-        let mut chars: Vec<char> = flags.iter().filter_map(flag_char).collect();
-        chars.sort_unstable();
-        chars.dedup();
-        let dest = dir
-            .join("cur")
-            .join(format!("{name}:2,{}", chars.iter().collect::<String>()));
+        let dest = dir.join("cur").join(with_info(
+            OsStr::new(&name),
+            flags.iter().filter_map(flag_char),
+        ));
         std::fs::rename(&tmp, &dest)
             .map_err(|e| FetchError::io(format!("cannot store {}", dest.display()), e))?;
         Ok(())

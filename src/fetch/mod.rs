@@ -18,14 +18,26 @@ pub enum MsgRef {
     /// IMAP UID (within the current UIDVALIDITY).
     Uid(u32),
     /// Maildir file, relative to the maildir root (`new/…` or `cur/…`).
-    File(String),
+    /// File names are bytes: they need not be UTF-8.
+    File(std::path::PathBuf),
 }
 
 impl std::fmt::Display for MsgRef {
+    /// File names are shown with control and invisible characters escaped,
+    /// so a file name cannot forge a log line.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             MsgRef::Uid(u) => write!(f, "UID {u}"),
-            MsgRef::File(p) => f.write_str(p),
+            MsgRef::File(p) => {
+                for c in p.to_string_lossy().chars() {
+                    if c.is_control() || crate::parse::is_invisible(c) {
+                        write!(f, "{}", c.escape_unicode())?;
+                    } else {
+                        write!(f, "{c}")?;
+                    }
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -40,6 +52,10 @@ pub struct Fetched {
     pub size: u64,
     /// Whether `raw` is only a prefix (headers and first text part).
     pub truncated: bool,
+    /// Why the message could not be read (a symbolic link in a Maildir,
+    /// a file that vanished half-way): the pipeline parks it with this
+    /// reason instead of processing it.
+    pub unreadable: Option<String>,
 }
 
 /// A flag to set on a message.
@@ -130,6 +146,15 @@ pub trait MailSource: Send {
     /// Number of messages in a folder (0 when it does not exist), e.g. a
     /// representative's open load.
     fn count(&mut self, folder: &str) -> impl Future<Output = Result<u32, FetchError>> + Send;
+
+    /// Whether a folder holds a message with this Message-ID (without
+    /// angle brackets). Used only when resuming after a crash, to never
+    /// store a second copy of a reply.
+    fn has_message(
+        &mut self,
+        folder: &str,
+        message_id: &str,
+    ) -> impl Future<Output = Result<bool, FetchError>> + Send;
 
     /// Stores a copy of a message (our reply) in a folder.
     fn append(

@@ -14,6 +14,15 @@ use mail_parser::parsers::MessageStream;
 use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders};
 use serde::Serialize;
 
+use crate::util::truncate_str;
+
+/// Longest header value kept (subject, any other header): longer ones are
+/// cut. RFC 5322 lines end at 998 characters; nothing real is longer.
+pub const MAX_HEADER_BYTES: usize = 8 * 1024;
+
+/// Most text of a message body that is read (1 MiB).
+pub const MAX_TEXT_BYTES: usize = 1024 * 1024;
+
 /// An e-mail address with its display name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Mailbox {
@@ -210,7 +219,10 @@ fn parse_inner(raw: &[u8], opts: &ParseOptions) -> Result<Message, ParseError> {
     m.reply_to = parsed.reply_to().map(mailboxes).unwrap_or_default();
     m.to = parsed.to().map(mailboxes).unwrap_or_default();
     m.cc = parsed.cc().map(mailboxes).unwrap_or_default();
-    m.subject = single_line(parsed.subject().unwrap_or_default());
+    m.subject = single_line(truncate_str(
+        parsed.subject().unwrap_or_default(),
+        MAX_HEADER_BYTES,
+    ));
     m.date = parsed
         .date()
         .filter(|d| d.is_valid())
@@ -220,11 +232,11 @@ fn parse_inner(raw: &[u8], opts: &ParseOptions) -> Result<Message, ParseError> {
     for h in parsed.headers() {
         let name = h.name().to_ascii_lowercase();
         let value = match h.value() {
-            HeaderValue::Text(t) => single_line(t),
-            HeaderValue::TextList(l) => single_line(&l.join(", ")),
+            HeaderValue::Text(t) => single_line(truncate_str(t, MAX_HEADER_BYTES)),
+            HeaderValue::TextList(l) => single_line(truncate_str(&l.join(", "), MAX_HEADER_BYTES)),
             _ => {
                 let start = h.offset_start() as usize;
-                let end = h.offset_end() as usize;
+                let end = (h.offset_end() as usize).min(start + MAX_HEADER_BYTES);
                 let bytes = raw.get(start..end).unwrap_or_default();
                 match MessageStream::new(bytes).parse_unstructured() {
                     HeaderValue::Text(t) => single_line(&t),
@@ -247,20 +259,28 @@ fn parse_inner(raw: &[u8], opts: &ParseOptions) -> Result<Message, ParseError> {
 
     // Text: every text/plain body; for HTML-only mail mail-parser converts
     // the HTML to text. Parts that fail to decode are skipped, not fatal.
+    // At most MAX_TEXT_BYTES of text are kept: enough for any question,
+    // and a bound on the work and memory one message can cause.
     let mut text = String::new();
     for i in 0..parsed.text_body_count().max(1) {
+        if text.len() >= MAX_TEXT_BYTES {
+            m.warnings
+                .push(format!("text beyond {MAX_TEXT_BYTES} bytes was not read"));
+            break;
+        }
         if let Some(t) = parsed.body_text(i) {
             if !text.is_empty() {
                 text.push_str("\n\n");
             }
-            text.push_str(&t);
+            text.push_str(truncate_str(&t, MAX_TEXT_BYTES - text.len()));
         }
     }
     if text.trim().is_empty()
         && parsed.html_body_count() > 0
         && let Some(h) = parsed.body_html(0)
     {
-        text = clean::html_to_text(&h);
+        text = clean::html_to_text(truncate_str(&h, 4 * MAX_TEXT_BYTES));
+        text.truncate(truncate_str(&text, MAX_TEXT_BYTES).len());
     }
     m.body_full = text.replace("\r\n", "\n");
     m.body = clean::clean_body(&m.body_full);
@@ -280,7 +300,11 @@ fn parse_inner(raw: &[u8], opts: &ParseOptions) -> Result<Message, ParseError> {
         }
     }
 
-    let probe = format!("{}\n{}", m.subject, m.body);
+    let probe = format!(
+        "{}\n{}",
+        truncate_str(&m.subject, 1024),
+        truncate_str(&m.body, 8 * 1024)
+    );
     m.language = detect_language(&probe, &opts.languages);
 
     if m.content_type.starts_with("multipart/")
@@ -343,7 +367,7 @@ fn mailboxes(a: &Address<'_>) -> Vec<Mailbox> {
                 name: addr
                     .name
                     .as_deref()
-                    .map(single_line)
+                    .map(|n| single_line(truncate_str(n, 1024)))
                     .unwrap_or_default()
                     .trim_matches('"')
                     .to_string(),
@@ -368,12 +392,17 @@ fn return_path(raw: &str) -> ReturnPath {
 }
 
 /// Collapses a header value to one line: CR, LF and other control
-/// characters become spaces, runs of whitespace one space. This is what
-/// makes customer text safe to reuse in headers we write.
+/// characters become spaces, runs of whitespace one space, and invisible
+/// formatting characters (bidi overrides, zero-width spaces, byte-order
+/// marks) are removed. This is what makes customer text safe to reuse in
+/// headers we write and in log lines.
 pub fn single_line(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut space = false;
     for c in s.chars() {
+        if is_invisible(c) {
+            continue;
+        }
         if c.is_control() || c.is_whitespace() {
             space = !out.is_empty();
         } else {
@@ -385,6 +414,17 @@ pub fn single_line(s: &str) -> String {
         }
     }
     out
+}
+
+/// Characters that change how text is displayed without being visible:
+/// bidirectional embeddings, overrides and isolates (U+202A–U+202E,
+/// U+2066–U+2069, U+061C, U+200E/F), zero-width characters (U+200B–U+200D,
+/// U+2060–U+2064, U+FEFF, U+180E) and the soft hyphen. They can make a
+/// subject or address read differently from what it is ("Trojan Source").
+pub fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
 }
 
 /// Frequent function words of the languages support desks see most. On

@@ -298,7 +298,7 @@ impl Store {
         &self,
         key: &str,
         reply_id: &str,
-        recipient: &str,
+        to: &SentTo<'_>,
         template: &str,
         ticket: Option<&str>,
         now: i64,
@@ -310,15 +310,19 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "INSERT INTO replies (message_id, message_key, recipient, template, ticket, sent_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (message_id) DO NOTHING",
+            "INSERT INTO replies (message_id, message_key, recipient, template, ticket, sent_at, \
+             sender, sender_domain, recipient_domain) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (message_id) DO NOTHING",
         )
         .bind(reply_id)
         .bind(key)
-        .bind(recipient.to_lowercase())
+        .bind(to.recipient.to_lowercase())
         .bind(template)
         .bind(ticket)
         .bind(now)
+        .bind(to.sender.to_lowercase())
+        .bind(domain_of(to.sender))
+        .bind(domain_of(to.recipient))
         .execute(&mut *tx)
         .await?;
         if let Some(t) = ticket {
@@ -413,29 +417,72 @@ impl Store {
         Ok(())
     }
 
-    /// Rate-limit and threading facts for a decision.
+    /// Rate-limit and threading facts for a decision: the limits for the
+    /// address a reply would go to (`recipient`) and for the From address
+    /// (`sender`), and whether the message answers one of our replies.
     pub async fn history(
         &self,
-        sender: &str,
+        to: &SentTo<'_>,
         template: Option<&str>,
         references: &[String],
         now: i64,
     ) -> Result<History, StoreError> {
         let mut h = History::default();
+        let recipient = to.recipient.to_lowercase();
+        let sender = to.sender.to_lowercase();
+        let hour_ago = now - 3_600_000;
         if let Some(t) = template {
-            h.last_reply_same_template = sqlx::query_scalar::<_, Option<i64>>(
-                "SELECT MAX(sent_at) FROM replies WHERE recipient = $1 AND template = $2",
-            )
-            .bind(sender.to_lowercase())
-            .bind(t)
-            .fetch_one(&self.pool)
-            .await?;
+            if !recipient.is_empty() {
+                h.last_reply_to_recipient = sqlx::query_scalar::<_, Option<i64>>(
+                    "SELECT MAX(sent_at) FROM replies WHERE recipient = $1 AND template = $2",
+                )
+                .bind(&recipient)
+                .bind(t)
+                .fetch_one(&self.pool)
+                .await?;
+            }
+            if !sender.is_empty() {
+                h.last_reply_from_sender = sqlx::query_scalar::<_, Option<i64>>(
+                    "SELECT MAX(sent_at) FROM replies WHERE sender = $1 AND template = $2",
+                )
+                .bind(&sender)
+                .bind(t)
+                .fetch_one(&self.pool)
+                .await?;
+            }
         }
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM replies WHERE sent_at > $1")
-            .bind(now - 3_600_000)
+        if !recipient.is_empty() {
+            h.last_any_reply_to_recipient = sqlx::query_scalar::<_, Option<i64>>(
+                "SELECT MAX(sent_at) FROM replies WHERE recipient = $1",
+            )
+            .bind(&recipient)
             .fetch_one(&self.pool)
             .await?;
-        h.replies_last_hour = n.clamp(0, u32::MAX as i64) as u32;
+            let n: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM replies WHERE recipient_domain = $1 AND sent_at > $2",
+            )
+            .bind(domain_of(&recipient))
+            .bind(hour_ago)
+            .fetch_one(&self.pool)
+            .await?;
+            h.recipient_domain_last_hour = clamp_u32(n);
+        }
+        if !sender.is_empty() {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM replies WHERE sender_domain = $1 AND sent_at > $2",
+            )
+            .bind(domain_of(&sender))
+            .bind(hour_ago)
+            .fetch_one(&self.pool)
+            .await?;
+            h.sender_domain_last_hour = clamp_u32(n);
+        }
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(DISTINCT recipient) FROM replies WHERE sent_at > $1")
+                .bind(hour_ago)
+                .fetch_one(&self.pool)
+                .await?;
+        h.replies_last_hour = clamp_u32(n);
         for r in references.iter().take(50) {
             let auto: Option<i64> =
                 sqlx::query_scalar("SELECT auto_reply FROM thread_ids WHERE message_id = $1")
@@ -770,6 +817,26 @@ impl Store {
     }
 }
 
+/// Whom an automatic reply goes to, and whose message it answers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SentTo<'a> {
+    /// The address mailed (Reply-To, From or Return-Path).
+    pub recipient: &'a str,
+    /// The From address of the message answered.
+    pub sender: &'a str,
+}
+
+/// The domain of an address, lower-case ("" without `@`).
+fn domain_of(addr: &str) -> String {
+    addr.rsplit_once('@')
+        .map(|(_, d)| d.trim().to_lowercase())
+        .unwrap_or_default()
+}
+
+fn clamp_u32(n: i64) -> u32 {
+    n.clamp(0, i64::from(u32::MAX)) as u32
+}
+
 /// Filters for [`Store::audit_query`].
 #[derive(Debug, Clone, Default)]
 pub struct AuditQuery {
@@ -861,16 +928,44 @@ mod tests {
         assert_eq!(row.reply_message_id.as_deref(), Some("r1@us"));
         s.touch_conversation("SB-1", "A@X", "hi", Some("a@x"), false, 1000)
             .await?;
-        s.reply_sent("mid:a@x", "r1@us", "A@x", "faq/x", Some("SB-1"), 1002)
+        let sent = SentTo {
+            recipient: "A@x",
+            sender: "a@x",
+        };
+        s.reply_sent("mid:a@x", "r1@us", &sent, "faq/x", Some("SB-1"), 1002)
             .await?;
         let h = s
-            .history("a@X", Some("faq/x"), &["r1@us".to_string()], 2000)
+            .history(
+                &SentTo {
+                    recipient: "a@X",
+                    sender: "a@x",
+                },
+                Some("faq/x"),
+                &["r1@us".to_string()],
+                2000,
+            )
             .await?;
-        assert_eq!(h.last_reply_same_template, Some(1002));
+        assert_eq!(h.last_reply_to_recipient, Some(1002));
+        assert_eq!(h.last_reply_from_sender, Some(1002));
+        assert_eq!(h.recipient_domain_last_hour, 1);
         assert_eq!(h.replies_last_hour, 1);
         assert!(h.answers_auto_reply);
-        let h = s.history("b@x", Some("faq/x"), &[], 2000).await?;
-        assert_eq!(h.last_reply_same_template, None);
+        // A forged Reply-To: the From address still remembers its reply.
+        let h = s
+            .history(
+                &SentTo {
+                    recipient: "victim@elsewhere",
+                    sender: "A@x",
+                },
+                Some("faq/x"),
+                &[],
+                2000,
+            )
+            .await?;
+        assert_eq!(h.last_reply_to_recipient, None);
+        assert_eq!(h.last_reply_from_sender, Some(1002));
+        assert_eq!(h.sender_domain_last_hour, 1);
+        assert_eq!(h.recipient_domain_last_hour, 0);
         assert!(!h.answers_auto_reply);
         assert_eq!(s.next_counter("ticket", 1001).await?, 1001);
         assert_eq!(s.next_counter("ticket", 1001).await?, 1002);

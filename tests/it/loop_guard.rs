@@ -228,6 +228,49 @@ const CASES: &[(&str, &str, Option<&str>, &str)] = &[
         None,
         "own_address",
     ),
+    // Issue: these spellings of automatic senders were answered.
+    (
+        "mailer_daemon",
+        "",
+        Some("mailer_daemon@mx.example"),
+        "daemon_sender",
+    ),
+    (
+        "mailerdaemon",
+        "",
+        Some("MailerDaemon@mx.example"),
+        "daemon_sender",
+    ),
+    (
+        "no.reply",
+        "",
+        Some("no.reply@bank.example"),
+        "daemon_sender",
+    ),
+    (
+        "donot-reply",
+        "",
+        Some("donot-reply@airline.example"),
+        "daemon_sender",
+    ),
+    (
+        "shop-noreply",
+        "",
+        Some("shop-noreply@platform.example"),
+        "daemon_sender",
+    ),
+    (
+        "noreply in Sender",
+        "Sender: noreply@platform.example",
+        None,
+        "daemon_sender",
+    ),
+    (
+        "our sub-address",
+        "",
+        Some("support+orders@shop.example"),
+        "own_address",
+    ),
     // Ordinary mail: nothing found, a reply is allowed.
     ("plain", "", None, ""),
     ("auto-submitted no", "Auto-Submitted: no", None, ""),
@@ -359,4 +402,35 @@ fn not_addressed_to_us_goes_to_a_person() {
         .into_bytes();
     let (_, d) = dry_run(&m, &k);
     assert_eq!(d.verdict.kind(), "route", "{:?}", d.reasons);
+}
+
+/// Issue: the Reply-To was never checked: a Reply-To of MAILER-DAEMON or
+/// no-reply got an automatic answer. A person looks instead.
+#[test]
+fn machine_reply_to_goes_to_a_person() {
+    let setup = Setup::new(REPLY_TO_ALL);
+    let k = setup.knowledge();
+    for reply_to in [
+        "MAILER-DAEMON@mx.example",
+        "no-reply@shop-platform.example",
+        "support+x@shop.example",
+    ] {
+        let (_, d) = dry_run(&raw(&format!("Reply-To: {reply_to}"), None), &k);
+        assert_eq!(d.verdict.kind(), "route", "{reply_to}: {:?}", d.reasons);
+        assert_eq!(d.suppressed, Some("reply_to_automatic"), "{reply_to}");
+    }
+}
+
+#[test]
+fn people_whose_names_look_like_machines_are_answered() {
+    let setup = Setup::new(REPLY_TO_ALL);
+    let k = setup.knowledge();
+    for from in [
+        "noreen.plyer@customer.example",
+        "bouncer@club.example",
+        "daemonic.poet@verse.example",
+    ] {
+        let (_, d) = dry_run(&raw("", Some(from)), &k);
+        assert_eq!(d.verdict.kind(), "reply", "{from}: {:?}", d.reasons);
+    }
 }

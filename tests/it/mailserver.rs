@@ -214,6 +214,7 @@ route = "complaints"
 name = "opening-hours"
 when = { subject = { contains = "opening hours" } }
 reply = "hours"
+flag = ["hours"]
 "#,
         );
         w(
@@ -235,6 +236,11 @@ from = "Example Shop Support <support@example.test>"
 
 [store]
 url = "sqlite://state.db"
+
+[limits]
+# Many test customers share one domain; the per-domain share of the
+# breaker has its own tests.
+per_domain_per_hour = 10000
 
 [daemon]
 retry_initial = "1s"
@@ -477,12 +483,17 @@ fn rand_suffix() -> u64 {
 
 /// Runs `switchboard run --once`.
 pub fn run_once(config: &Path) -> std::process::Output {
+    run_once_with(config, "info")
+}
+
+/// Runs `switchboard run --once` with a `RUST_LOG` setting.
+pub fn run_once_with(config: &Path, rust_log: &str) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .arg("run")
         .arg("--once")
         .arg("--config")
         .arg(config)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", rust_log)
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("{e}"))

@@ -12,5 +12,6 @@ mod no_panic;
 mod ops;
 mod pipeline;
 mod quality;
+mod safety;
 mod team;
 mod team_daemon;

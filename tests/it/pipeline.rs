@@ -14,16 +14,19 @@ use switchboard::record::{NewMessage, Store};
 
 use crate::common::{Setup, message, write};
 
-struct Env {
-    setup: Setup,
-    k: Arc<Knowledge>,
-    store: Store,
-    md: Maildir,
+pub(crate) struct Env {
+    pub(crate) setup: Setup,
+    pub(crate) k: Arc<Knowledge>,
+    pub(crate) store: Store,
+    pub(crate) md: Maildir,
 }
 
 impl Env {
-    async fn new() -> Env {
-        let setup = Setup::new("");
+    pub(crate) async fn new() -> Env {
+        Env::with_setup(Setup::new("")).await
+    }
+
+    pub(crate) async fn with_setup(setup: Setup) -> Env {
         let k = setup.knowledge();
         let cfg = setup.config();
         let store = Store::open(&cfg.store.url)
@@ -38,7 +41,7 @@ impl Env {
         }
     }
 
-    async fn outbox(&self) -> Outbox {
+    pub(crate) async fn outbox(&self) -> Outbox {
         Outbox::open(&OutboundConfig::File {
             dir: self.setup.path("outbox"),
         })
@@ -64,12 +67,12 @@ impl Env {
         }
     }
 
-    fn deliver(&self, name: &str, raw: &[u8]) {
+    pub(crate) fn deliver(&self, name: &str, raw: &[u8]) {
         std::fs::write(self.setup.path("Maildir/new").join(name), raw)
             .unwrap_or_else(|e| panic!("{e}"));
     }
 
-    async fn run(&mut self, outbox: Outbox, retry: Duration) -> Vec<Outcome> {
+    pub(crate) async fn run(&mut self, outbox: Outbox, retry: Duration) -> Vec<Outcome> {
         let shared = self.shared(outbox, retry);
         let cfg = self.setup.config();
         drain(&mut self.md, &shared, &mailbox_info(&cfg.mailboxes[0]))
@@ -77,7 +80,7 @@ impl Env {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn sent_files(&self) -> usize {
+    pub(crate) fn sent_files(&self) -> usize {
         std::fs::read_dir(self.setup.path("outbox"))
             .map(|r| {
                 r.flatten()
@@ -88,7 +91,7 @@ impl Env {
     }
 }
 
-fn question(id: &str, from: &str) -> Vec<u8> {
+pub(crate) fn question(id: &str, from: &str) -> Vec<u8> {
     let raw = message(
         "",
         "Opening hours",
@@ -214,7 +217,10 @@ async fn crash_after_sending_files_without_resending() {
         .reply_sent(
             &key,
             "r2@shop.example",
-            "jane@customer.example",
+            &switchboard::record::SentTo {
+                recipient: "jane@customer.example",
+                sender: "jane@customer.example",
+            },
             "faq/opening-hours",
             None,
             3,
