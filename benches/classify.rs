@@ -195,18 +195,19 @@ fn load_knowledge_1000_faq_200_rules(b: divan::Bencher) {
     b.bench_local(|| load(dir.path()));
 }
 
-/// BANKING77 (../shared/data/banking77/train.csv): the FAQ matcher alone
+/// BANKING77 (tests/data/banking77/train.csv): the FAQ matcher alone
 /// with 77 entries built from 9/10 of the questions, querying the other
 /// tenth one by one. Skipped when the data set is not beside the repo.
 fn banking77() -> Option<(switchboard::classify::faq::FaqIndex, Vec<String>)> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/banking77/train.csv");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/banking77/train.csv");
     let data = switchboard::eval::read_csv(&path, None, None).ok()?;
     let (train, test): (Vec<_>, Vec<_>) = data.iter().enumerate().partition(|(i, _)| i % 10 != 0);
     let train: Vec<&switchboard::eval::Labelled> = train.into_iter().map(|(_, l)| l).collect();
     let entries = switchboard::eval::entries_from(&train);
     let cfg = switchboard::config::FaqConfig {
-        threshold: 0.70,
-        margin: 0.10,
+        threshold: switchboard::config::DEFAULT_FAQ_THRESHOLD,
+        margin: switchboard::config::DEFAULT_FAQ_MARGIN,
+        threshold_set: true,
     };
     let index = switchboard::classify::faq::FaqIndex::build(entries, &cfg).ok()?;
     Some((
@@ -225,5 +226,25 @@ fn banking77_faq_77_entries_per_question(b: divan::Bencher) {
     b.bench_local(|| {
         i = (i + 1) % questions.len();
         divan::black_box(index.query(&questions[i]))
+    });
+}
+
+/// Building the FAQ matcher from all 10,003 BANKING77 questions (77
+/// entries): what a reload of a large FAQ costs.
+#[divan::bench(sample_count = 3)]
+fn banking77_build_10k_examples(b: divan::Bencher) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/banking77/train.csv");
+    let Ok(data) = switchboard::eval::read_csv(&path, None, None) else {
+        eprintln!("banking77 data not found; skipped");
+        return;
+    };
+    let refs: Vec<&switchboard::eval::Labelled> = data.iter().collect();
+    let cfg = switchboard::config::FaqConfig {
+        threshold: switchboard::config::DEFAULT_FAQ_THRESHOLD,
+        margin: switchboard::config::DEFAULT_FAQ_MARGIN,
+        threshold_set: true,
+    };
+    b.bench_local(|| {
+        switchboard::classify::faq::FaqIndex::build(switchboard::eval::entries_from(&refs), &cfg)
     });
 }

@@ -39,6 +39,8 @@ pub struct Config {
     pub default_queue: String,
     /// Where `default_queue` is written (or the file start), for messages.
     pub default_queue_location: Location,
+    /// Where `[faq] threshold` is written (or the file start), for messages.
+    pub faq_threshold_location: Location,
     pub company: BTreeMap<String, String>,
     pub reply: ReplyConfig,
     pub limits: Limits,
@@ -113,6 +115,9 @@ pub struct FaqConfig {
     pub threshold: f64,
     /// Minimum lead of the best entry over the runner-up.
     pub margin: f64,
+    /// Whether `threshold` was written in the config (otherwise a fitted
+    /// `[calibration]` threshold of the FAQ applies).
+    pub threshold_set: bool,
 }
 
 /// Folder names for outcomes that are not a queue.
@@ -391,7 +396,8 @@ fn read_config(ctx: &Ctx, path: &Path, base: &Path) -> Option<Config> {
 
     let reply = read_reply(ctx, t.table("reply", "[reply]"));
     let limits = read_limits(t.table("limits", "[limits]"));
-    let faq = read_faq(ctx, t.table("faq", "[faq]"));
+    let (faq, faq_threshold_span) = read_faq(ctx, t.table("faq", "[faq]"));
+    let faq_threshold_location = ctx.location(&faq_threshold_span);
     let folders = read_folders(t.table("folders", "[folders]"), &Folders::default());
     let store = read_store(t.table("store", "[store]"), base);
     let daemon = read_daemon(ctx, t.table("daemon", "[daemon]"));
@@ -434,6 +440,7 @@ fn read_config(ctx: &Ctx, path: &Path, base: &Path) -> Option<Config> {
         auto_reply,
         default_queue: default_queue.value,
         default_queue_location,
+        faq_threshold_location,
         company,
         reply,
         limits,
@@ -554,20 +561,26 @@ fn read_limits(t: Option<Table<'_>>) -> Limits {
 }
 
 /// Default FAQ confidence threshold; see the README ("Choosing thresholds").
-pub const DEFAULT_FAQ_THRESHOLD: f64 = 0.7;
+pub const DEFAULT_FAQ_THRESHOLD: f64 = 0.85;
 /// Default FAQ margin over the runner-up.
 pub const DEFAULT_FAQ_MARGIN: f64 = 0.1;
 
-fn read_faq(ctx: &Ctx, t: Option<Table<'_>>) -> FaqConfig {
+fn read_faq(ctx: &Ctx, t: Option<Table<'_>>) -> (FaqConfig, std::ops::Range<usize>) {
     let mut f = FaqConfig {
         threshold: DEFAULT_FAQ_THRESHOLD,
         margin: DEFAULT_FAQ_MARGIN,
+        threshold_set: false,
     };
     let Some(mut t) = t else {
-        return f;
+        return (f, 0..0);
     };
+    let mut span = t.span.clone();
     for (key, slot) in [("threshold", &mut f.threshold), ("margin", &mut f.margin)] {
         if let Some(v) = t.float(key) {
+            if key == "threshold" {
+                span = v.span.clone();
+                f.threshold_set = true;
+            }
             if (0.0..=1.0).contains(&v.value) {
                 *slot = v.value;
             } else {
@@ -576,7 +589,7 @@ fn read_faq(ctx: &Ctx, t: Option<Table<'_>>) -> FaqConfig {
         }
     }
     t.finish();
-    f
+    (f, span)
 }
 
 fn read_folders(t: Option<Table<'_>>, defaults: &Folders) -> Folders {

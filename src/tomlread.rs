@@ -480,6 +480,16 @@ impl<'c> Table<'c> {
         self.take(key)?.into_strings()
     }
 
+    /// A list of numbers.
+    pub fn floats(&mut self, key: &'static str) -> Option<Vec<At<f64>>> {
+        let v = self.take(key)?;
+        let mut out = Vec::new();
+        for item in v.into_items() {
+            out.push(item.into_float()?);
+        }
+        Some(out)
+    }
+
     pub fn duration(&mut self, key: &'static str) -> Option<At<Duration>> {
         self.take(key)?.into_duration()
     }

@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod faq;
 pub mod loop_guard;
+pub mod question;
 pub mod rules;
 
 use serde::Serialize;
@@ -57,19 +58,17 @@ fn is_default(a: &SenderAuth) -> bool {
 /// the work per message is bounded (a question never needs more).
 pub const MAX_QUESTION_BYTES: usize = 64 * 1024;
 
-/// The text the FAQ matcher sees: subject (without reply prefixes and
-/// ticket tags) and the cleaned body, at most [`MAX_QUESTION_BYTES`].
+/// The text the FAQ matcher sees: the request found in the message (see
+/// [`question`]): the subject when it says something and the body's
+/// sentences, without greetings, names, sign-offs and footers, at most
+/// [`MAX_QUESTION_BYTES`].
 pub fn question_text(m: &Message) -> String {
-    let subject = crate::act::reply::strip_reply_prefixes(&m.subject);
-    let subject = crate::act::reply::strip_ticket_tags(subject);
-    let subject = crate::util::truncate_str(&subject, 1024);
-    let body = crate::util::truncate_str(&m.body, MAX_QUESTION_BYTES - subject.len() - 1);
-    format!("{subject}\n{body}")
+    question::Question::from_message(m).text()
 }
 
 /// Classifies one message.
 pub fn classify(m: &Message, k: &Knowledge, ctx: &Context) -> Classification {
-    let faq = k.faq.query(&question_text(m));
+    let faq = k.faq.query_question(&question::Question::from_message(m));
     let guard = loop_guard::inspect(m, &k.policy.our_addresses);
     let auth = auth::inspect(m, &k.policy.reply.trusted_authserv_ids);
     let follow_up = ctx.follow_up || answers_us(m, &k.policy.domain, &k.policy.reply.ticket_prefix);

@@ -100,6 +100,11 @@ pub enum FaqCommand {
     /// entry per label with its questions as examples, plus answer
     /// templates to fill in.
     Import(eval::ImportArgs),
+    /// Write labelled questions as realistic e-mails (greeting, name line,
+    /// sign-off, a typo, a context sentence, a vague subject …), one .eml
+    /// file per question with its label in NAME.eml.label: a benchmark for
+    /// `switchboard eval DIR` with a reproducible seed.
+    Emails(eval::EmailsArgs),
 }
 
 /// Sets up logging. `RUST_LOG` overrides the level. Under systemd (when
@@ -180,6 +185,7 @@ pub fn main() -> ExitCode {
             Command::Run(a) => run::run(a).await,
             Command::Eval(a) => eval::run(a).await,
             Command::Faq(FaqCommand::Import(a)) => eval::import(a).await,
+            Command::Faq(FaqCommand::Emails(a)) => eval::emails(a).await,
             Command::Rep(c) => team::rep(c).await,
             Command::Log(a) => team::log(a).await,
             Command::Stats(a) => team::stats(a).await,

@@ -123,6 +123,26 @@ fn explain(m: Option<&Message>, d: &Decision, k: &Knowledge) -> String {
             "  cleaned text: {}\n",
             switchboard::util::ellipsize(&m.body, 160)
         ));
+        let q = switchboard::classify::question::Question::from_message(m);
+        s.push_str("  the question:\n");
+        if let Some(subject) = &q.subject {
+            s.push_str(&format!(
+                "    subject: {}\n",
+                switchboard::util::ellipsize(subject, 120)
+            ));
+        }
+        for t in &q.sentences {
+            s.push_str(&format!(
+                "    sentence: {}\n",
+                switchboard::util::ellipsize(t, 120)
+            ));
+        }
+        for (t, why) in &q.dropped {
+            s.push_str(&format!(
+                "    dropped ({why}): {}\n",
+                switchboard::util::ellipsize(t, 80)
+            ));
+        }
     }
     s.push_str("  rules matched:\n");
     if ev.rules.hits.is_empty() {

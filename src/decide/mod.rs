@@ -316,6 +316,14 @@ pub fn decide(m: &Message, c: Classification, k: &Knowledge, h: &History, now_ms
             return d;
         }
     };
+    if k.templates.empty.contains(&template) {
+        to_human(
+            &mut d,
+            "template_empty",
+            format!("the answer template {template} has no text yet"),
+        );
+        return d;
+    }
     if !p.auto_reply {
         to_human(
             &mut d,

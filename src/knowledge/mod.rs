@@ -153,6 +153,8 @@ impl Knowledge {
 
         // FAQ entries.
         let mut entries: Vec<FaqEntry> = Vec::new();
+        let mut out_of_scope: Vec<String> = Vec::new();
+        let mut calibration: Option<faq::Calibration> = None;
         if cfg.faq_dir.exists() {
             for path in toml_files(&cfg.faq_dir, &mut diags, "FAQ") {
                 let Some(src) = Source::read(&path, &mut diags) else {
@@ -164,6 +166,24 @@ impl Knowledge {
                 for et in t.tables("entry") {
                     if let Some(e) = faq::read_entry(et) {
                         entries.push(e);
+                    }
+                }
+                for ot in t.tables("out_of_scope") {
+                    out_of_scope.extend(faq::read_out_of_scope(ot));
+                }
+                if let Some(ct) = t.table("calibration", "[calibration]")
+                    && let Some(c) = faq::read_calibration(ct)
+                {
+                    if let Some(prev) = &calibration {
+                        ctx.error(
+                            0..0,
+                            format!(
+                                "a second [calibration] table: the first is at {}",
+                                prev.location
+                            ),
+                        );
+                    } else {
+                        calibration = Some(c);
                     }
                 }
                 t.finish();
@@ -284,7 +304,43 @@ impl Knowledge {
         if diags.has_errors() {
             return Err(diags);
         }
-        let faq = match FaqIndex::build(entries, &cfg.faq) {
+        let fingerprint = crate::classify::faq::examples_fingerprint(&entries);
+        if let Some(c) = &calibration {
+            if c.fingerprint != fingerprint {
+                diags.push(Diagnostic {
+                    location: c.location.clone(),
+                    severity: crate::diag::Severity::Warning,
+                    message: "the FAQ changed since this calibration was fitted: run `switchboard eval --cross-validate 5 --write` again".into(),
+                });
+            }
+            if let Some(t) = c.threshold
+                && cfg.faq.threshold_set
+                && cfg.faq.threshold + 1e-9 < t
+            {
+                diags.push(Diagnostic {
+                    location: cfg.faq_threshold_location.clone(),
+                    severity: crate::diag::Severity::Warning,
+                    message: format!(
+                        "[faq] threshold = {:.2} is below {t:.2}, the lowest threshold at which the FAQ's own cross-validation reached {:.0}% precision ({}): expect more wrong automatic answers",
+                        cfg.faq.threshold,
+                        c.target_precision * 100.0,
+                        c.location
+                    ),
+                });
+            }
+            for id in c.thresholds.keys() {
+                if !entries.iter().any(|e| e.id == *id) {
+                    diags.push(Diagnostic {
+                        location: c.location.clone(),
+                        severity: crate::diag::Severity::Warning,
+                        message: format!(
+                            "[calibration.thresholds] names {id:?}, which is not an FAQ entry"
+                        ),
+                    });
+                }
+            }
+        }
+        let faq = match FaqIndex::build_with(entries, out_of_scope, calibration, &cfg.faq) {
             Ok(f) => f,
             Err(e) => {
                 diags.push(Diagnostic::file(

@@ -44,6 +44,9 @@ pub struct Templates {
     pub sets: BTreeMap<String, TemplateSet>,
     /// Directory the templates were loaded from.
     pub dir: PathBuf,
+    /// Templates whose default text variant renders to nothing (answer
+    /// stubs `faq import` writes): replies with them are never sent.
+    pub empty: BTreeSet<String>,
 }
 
 impl std::fmt::Debug for Templates {
@@ -160,6 +163,7 @@ impl Templates {
         let mut files = Vec::new();
         collect_files(dir, &mut files, diags);
         let mut sets: BTreeMap<String, TemplateSet> = BTreeMap::new();
+        let mut empty = BTreeSet::new();
         for path in files {
             let rel = path
                 .strip_prefix(dir)
@@ -204,7 +208,12 @@ impl Templates {
             }
             if let (Ok(t), true) = (env.get_template(&rel), diags.error_count() == errors_before) {
                 match t.render(sample_context(company_keys)) {
-                    Ok(text) if text.trim().is_empty() && !html => diags.warning(
+                    Ok(text) if text.trim().is_empty() && !html && {
+                        if lang.is_empty() {
+                            empty.insert(name.to_string());
+                        }
+                        true
+                    } => diags.warning(
                         &src,
                         0,
                         "this template renders to an empty text: replies with it are never sent (a person gets those messages) until it has text",
@@ -262,6 +271,7 @@ impl Templates {
             env,
             sets,
             dir: dir.to_path_buf(),
+            empty,
         }
     }
 
