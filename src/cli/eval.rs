@@ -64,6 +64,10 @@ pub struct Args {
     /// With --cross-validate: use only N of the labels (a smaller FAQ).
     #[arg(long, value_name = "N")]
     pub labels: Option<usize>,
+    /// With --cross-validate: do not learn from the "none" questions of the
+    /// training folds (measure an FAQ without [[out_of_scope]] examples).
+    #[arg(long)]
+    pub no_negatives: bool,
     /// With --cross-validate: fit the confidence model on the
     /// cross-validated predictions and write it, with the thresholds that
     /// reach --target-precision (global and per entry), as a [calibration]
@@ -223,6 +227,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             seed: a.seed,
             examples_per_entry: a.examples_per_entry,
             labels: a.labels,
+            no_negatives: a.no_negatives,
         };
         let cv = tokio::task::spawn_blocking({
             let faq = faq.clone();

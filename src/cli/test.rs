@@ -167,6 +167,30 @@ fn explain(m: Option<&Message>, d: &Decision, k: &Knowledge) -> String {
     for c in &ev.faq.candidates {
         s.push_str(&format!("    {:<24} {:.3}\n", c.id, c.score));
     }
+    if let Some(e) = &ev.faq.evidence {
+        s.push_str(&format!(
+            "    scored: {}\n",
+            switchboard::util::ellipsize(&e.scored, 140)
+        ));
+        for t in &e.set_aside {
+            s.push_str(&format!(
+                "    set aside (resembles no example): {}\n",
+                switchboard::util::ellipsize(t, 100)
+            ));
+        }
+        if !e.corrected.is_empty() {
+            let fixes: Vec<String> = e
+                .corrected
+                .iter()
+                .map(|(a, b)| format!("{a} → {b}"))
+                .collect();
+            s.push_str(&format!("    read as: {}\n", fixes.join(", ")));
+        }
+        s.push_str(&format!(
+            "    classifier {:.2}; nearest example {:.2} (this entry's examples typically {:.2}); {} content word(s)\n",
+            e.model, e.similarity, e.typical, e.content_words
+        ));
+    }
     s.push_str(&format!("    → {}\n", ev.faq.reason));
     s.push_str("  loop guard:\n");
     if ev.guard.is_empty() {

@@ -577,6 +577,9 @@ pub struct CvOptions {
     pub examples_per_entry: Option<usize>,
     /// Use only this many labels (the others are dropped from the data).
     pub labels: Option<usize>,
+    /// Do not learn from the training folds' `none` questions (an FAQ
+    /// without `[[out_of_scope]]` examples).
+    pub no_negatives: bool,
 }
 
 /// Labels left out of the FAQ for [`CvOptions::hold_out`], chosen by seed.
@@ -669,7 +672,7 @@ pub fn cross_validate(
             .collect();
         let negatives: Vec<String> = train
             .iter()
-            .filter(|q| q.label == NONE)
+            .filter(|q| q.label == NONE && !opts.no_negatives)
             .map(|q| q.text.clone())
             .collect();
         let index = FaqIndex::build_with(entries_from(&train), negatives, None, cfg)?;
