@@ -348,6 +348,14 @@ pub struct ImportArgs {
     /// Replace an existing output file.
     #[arg(long)]
     pub force: bool,
+    /// Skip fitting the confidence model: by default the import
+    /// cross-validates the questions (5 folds, as realistic e-mails) and
+    /// writes the fitted [calibration] and thresholds with the entries.
+    #[arg(long)]
+    pub no_calibrate: bool,
+    /// Precision the written thresholds aim for.
+    #[arg(long, default_value_t = 0.98, value_name = "P")]
+    pub target_precision: f64,
 }
 
 /// The text of an answer stub `faq import` writes.
@@ -441,6 +449,50 @@ pub async fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {
             renamed.join(", ")
         );
     }
+    let mut calibrated = None;
+    if !a.no_calibrate && entries.len() >= 2 {
+        eprintln!(
+            "cross-validating {} questions as realistic e-mails to fit the confidence model …",
+            data.len()
+        );
+        let faq = FaqConfig {
+            threshold: DEFAULT_FAQ_THRESHOLD,
+            margin: DEFAULT_FAQ_MARGIN,
+            threshold_set: false,
+        };
+        let opts = eval::CvOptions {
+            realistic: Some(eval::noise::Noise::realistic()),
+            seed: 1,
+            ..Default::default()
+        };
+        let cv = tokio::task::spawn_blocking({
+            let data = data.clone();
+            let faq = faq.clone();
+            move || eval::cross_validate(&data, 5, &faq, &opts)
+        })
+        .await?;
+        match cv {
+            Ok(mut preds) => {
+                let fingerprint = switchboard::classify::faq::examples_fingerprint(&entries);
+                let cal = eval::calibrate(&mut preds, a.target_precision, faq.margin, fingerprint);
+                let how = format!(
+                    "switchboard faq import --from {} (5-fold cross-validation as realistic e-mails)",
+                    a.from.display()
+                );
+                toml.push('\n');
+                toml.push_str(&eval::calibration_toml(&cal, &how));
+                let report = eval::report(
+                    &preds,
+                    cal.threshold.unwrap_or(faq.threshold),
+                    faq.margin,
+                    a.target_precision,
+                    0.0,
+                );
+                calibrated = Some((cal, report));
+            }
+            Err(e) => eprintln!("switchboard faq import: cannot cross-validate: {e}"),
+        }
+    }
     if let Some(d) = a.out.parent() {
         std::fs::create_dir_all(d)?;
     }
@@ -451,6 +503,26 @@ pub async fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {
         a.out.display(),
         a.templates.join("faq").display()
     );
+    if let Some((cal, r)) = calibrated {
+        match cal.threshold {
+            Some(t) => println!(
+                "cross-validated: top-1 {:.1}%; at threshold {t:.2} {:.1}% of the questions are answered automatically, {:.1}% of those rightly{}",
+                r.top1_accuracy * 100.0,
+                r.coverage * 100.0,
+                r.precision * 100.0,
+                if cal.thresholds.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({} entries need a stricter threshold of their own)", cal.thresholds.len())
+                }
+            ),
+            None => println!(
+                "cross-validated: top-1 {:.1}%; no threshold reaches {:.0}% precision: add examples to the entries that are confused (switchboard eval --cross-validate 5 lists them)",
+                r.top1_accuracy * 100.0,
+                a.target_precision * 100.0
+            ),
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
