@@ -208,6 +208,7 @@ fn banking77() -> Option<(switchboard::classify::faq::FaqIndex, Vec<String>)> {
         threshold: switchboard::config::DEFAULT_FAQ_THRESHOLD,
         margin: switchboard::config::DEFAULT_FAQ_MARGIN,
         threshold_set: true,
+        background: true,
     };
     let index = switchboard::classify::faq::FaqIndex::build(entries, &cfg).ok()?;
     Some((
@@ -243,6 +244,7 @@ fn banking77_build_10k_examples(b: divan::Bencher) {
         threshold: switchboard::config::DEFAULT_FAQ_THRESHOLD,
         margin: switchboard::config::DEFAULT_FAQ_MARGIN,
         threshold_set: true,
+        background: true,
     };
     b.bench_local(|| {
         switchboard::classify::faq::FaqIndex::build(switchboard::eval::entries_from(&refs), &cfg)

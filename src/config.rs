@@ -118,6 +118,8 @@ pub struct FaqConfig {
     /// Whether `threshold` was written in the config (otherwise a fitted
     /// `[calibration]` threshold of the FAQ applies).
     pub threshold_set: bool,
+    /// Learn the built-in everyday questions as "none of the entries".
+    pub background: bool,
 }
 
 /// Folder names for outcomes that are not a queue.
@@ -570,10 +572,14 @@ fn read_faq(ctx: &Ctx, t: Option<Table<'_>>) -> (FaqConfig, std::ops::Range<usiz
         threshold: DEFAULT_FAQ_THRESHOLD,
         margin: DEFAULT_FAQ_MARGIN,
         threshold_set: false,
+        background: true,
     };
     let Some(mut t) = t else {
         return (f, 0..0);
     };
+    if let Some(b) = t.boolean("background") {
+        f.background = b.value;
+    }
     let mut span = t.span.clone();
     for (key, slot) in [("threshold", &mut f.threshold), ("margin", &mut f.margin)] {
         if let Some(v) = t.float(key) {

@@ -1103,17 +1103,42 @@ struct Scored {
 }
 
 impl Matcher {
-    fn build(texts: &[String], labels: &[usize], classes: usize) -> Matcher {
+    /// `background` marks the built-in out-of-scope questions: those that
+    /// resemble an FAQ example are left out.
+    fn build(texts: &[String], labels: &[usize], classes: usize, background: &[bool]) -> Matcher {
         let stem = stemmer();
-        let speller = Speller::build(texts.iter().map(String::as_str));
         let feats: Vec<(Vec<String>, Vec<String>)> = texts
             .iter()
             .map(|t| raw_features(&words(t), &stem))
             .collect();
         let vocab = Vocab::build(&feats);
-        let xs: Vec<Sparse> = feats.iter().map(|f| vocab.vector(f)).collect();
-        let refs: Vec<&Sparse> = xs.iter().collect();
+        let mut xs: Vec<Sparse> = feats.iter().map(|f| vocab.vector(f)).collect();
         let dim = vocab.dim();
+        let mut texts: Vec<&String> = texts.iter().collect();
+        let mut labels: Vec<usize> = labels.to_vec();
+        if background.iter().any(|b| *b) {
+            let own: Vec<usize> = (0..xs.len()).filter(|i| !background[*i]).collect();
+            let own_x: Vec<&Sparse> = own.iter().map(|i| &xs[*i]).collect();
+            let own_l: Vec<usize> = own.iter().map(|i| labels[*i]).collect();
+            let probe = Knn::build(&own_x, &own_l, classes, dim);
+            let keep: Vec<bool> = (0..xs.len())
+                .map(|i| {
+                    !background[i]
+                        || probe.per_class_max(&xs[i])[..classes.saturating_sub(1)]
+                            .iter()
+                            .all(|s| *s < BACKGROUND_CONFLICT)
+                })
+                .collect();
+            let mut k = keep.iter();
+            xs.retain(|_| k.next().copied().unwrap_or(true));
+            let mut k = keep.iter();
+            texts.retain(|_| k.next().copied().unwrap_or(true));
+            let mut k = keep.iter();
+            labels.retain(|_| k.next().copied().unwrap_or(true));
+        }
+        let labels = &labels[..];
+        let speller = Speller::build(texts.iter().map(|t| t.as_str()));
+        let refs: Vec<&Sparse> = xs.iter().collect();
         let model = Model::train(&refs, labels, classes, dim);
         let knn = Knn::build(&refs, labels, classes, dim);
         let typical = typical_similarity(&knn, &refs, labels, classes);
@@ -1219,6 +1244,14 @@ impl Matcher {
     }
 }
 
+/// Questions about everything else (`background.txt`): every FAQ learns
+/// them as "none of the entries" (unless `[faq] background = false`).
+const BACKGROUND: &str = include_str!("background.txt");
+
+/// A background question at least this similar to an FAQ example is left
+/// out: it may be what the desk answers.
+const BACKGROUND_CONFLICT: f32 = 0.5;
+
 /// A fingerprint of the FAQ's ids and examples: a `[calibration]` fitted
 /// on other examples is reported as stale.
 pub fn examples_fingerprint(entries: &[FaqEntry]) -> String {
@@ -1287,17 +1320,33 @@ impl FaqIndex {
         }
         let mut classes = entries.len();
         let kept_out_of_scope = out_of_scope.clone();
-        if !out_of_scope.is_empty() {
+        let mut background = vec![false; texts.len()];
+        let builtin: Vec<&str> = if cfg.background {
+            BACKGROUND
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if !out_of_scope.is_empty() || !builtin.is_empty() {
             for t in &out_of_scope {
                 texts.push(t.clone());
                 labels.push(entries.len());
+                background.push(false);
+            }
+            for t in &builtin {
+                texts.push((*t).to_string());
+                labels.push(entries.len());
+                background.push(true);
             }
             classes += 1;
         }
         let matcher = if texts.is_empty() || entries.len() < 2 {
             None
         } else {
-            let mut m = Matcher::build(&texts, &labels, classes);
+            let mut m = Matcher::build(&texts, &labels, classes, &background);
             if let Some(c) = calibration.as_ref().and_then(Calibrator::from_calibration) {
                 m.calibrator = c;
             }
@@ -1665,6 +1714,7 @@ mod tests {
                 threshold: 0.4,
                 margin: 0.1,
                 threshold_set: true,
+                background: true,
             },
         )?;
         let r = idx.query("Hi, what time are you open on Saturday?");

@@ -212,6 +212,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             threshold: DEFAULT_FAQ_THRESHOLD,
             margin: DEFAULT_FAQ_MARGIN,
             threshold_set: false,
+            background: true,
         },
         |(cfg, k, _)| FaqConfig {
             threshold: k.faq.threshold(),
@@ -459,6 +460,7 @@ pub async fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {
             threshold: DEFAULT_FAQ_THRESHOLD,
             margin: DEFAULT_FAQ_MARGIN,
             threshold_set: false,
+            background: true,
         };
         let opts = eval::CvOptions {
             realistic: Some(eval::noise::Noise::realistic()),
@@ -513,7 +515,10 @@ pub async fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {
                 if cal.thresholds.is_empty() {
                     String::new()
                 } else {
-                    format!(" ({} entries need a stricter threshold of their own)", cal.thresholds.len())
+                    format!(
+                        " ({} entries need a stricter threshold of their own)",
+                        cal.thresholds.len()
+                    )
                 }
             ),
             None => println!(

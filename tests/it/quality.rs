@@ -40,9 +40,21 @@ fn get(r: &serde_json::Value, k: &str) -> f64 {
 fn banking77_clean_questions() {
     let r = eval(&[]);
     assert!(get(&r, "questions") > 10_000.0);
-    assert!(get(&r, "top1_accuracy") >= 0.905, "top-1 {}", get(&r, "top1_accuracy"));
-    assert!(get(&r, "precision") >= 0.98, "precision {}", get(&r, "precision"));
-    assert!(get(&r, "coverage") >= 0.72, "coverage {}", get(&r, "coverage"));
+    assert!(
+        get(&r, "top1_accuracy") >= 0.905,
+        "top-1 {}",
+        get(&r, "top1_accuracy")
+    );
+    assert!(
+        get(&r, "precision") >= 0.98,
+        "precision {}",
+        get(&r, "precision")
+    );
+    assert!(
+        get(&r, "coverage") >= 0.72,
+        "coverage {}",
+        get(&r, "coverage")
+    );
     assert!(
         get(&r, "recommended_coverage") >= 0.68,
         "coverage at 98% precision {}",
@@ -54,9 +66,21 @@ fn banking77_clean_questions() {
 #[test]
 fn banking77_as_realistic_emails() {
     let r = eval(&["--realistic"]);
-    assert!(get(&r, "top1_accuracy") >= 0.88, "top-1 {}", get(&r, "top1_accuracy"));
-    assert!(get(&r, "precision") >= 0.98, "precision {}", get(&r, "precision"));
-    assert!(get(&r, "coverage") >= 0.64, "coverage {}", get(&r, "coverage"));
+    assert!(
+        get(&r, "top1_accuracy") >= 0.88,
+        "top-1 {}",
+        get(&r, "top1_accuracy")
+    );
+    assert!(
+        get(&r, "precision") >= 0.98,
+        "precision {}",
+        get(&r, "precision")
+    );
+    assert!(
+        get(&r, "coverage") >= 0.64,
+        "coverage {}",
+        get(&r, "coverage")
+    );
     assert!(
         get(&r, "recommended_coverage") >= 0.60,
         "coverage at 98% precision {}",
@@ -197,7 +221,9 @@ fn import_calibrate_and_evaluate_like_production() {
     let mut rows = String::from("text,category\n");
     let mut per: std::collections::HashMap<&str, usize> = Default::default();
     for line in data.lines().skip(1) {
-        let Some((text, cat)) = line.rsplit_once(',') else { continue };
+        let Some((text, cat)) = line.rsplit_once(',') else {
+            continue;
+        };
         if ["card_arrival", "exchange_rate", "lost_or_stolen_phone"].contains(&cat) {
             let n = per.entry(cat).or_default();
             if *n < 40 {
@@ -206,7 +232,11 @@ fn import_calibrate_and_evaluate_like_production() {
             }
         }
     }
-    for q in ["what's the weather in Rome", "book me a table for two", "who won the match yesterday"] {
+    for q in [
+        "what's the weather in Rome",
+        "book me a table for two",
+        "who won the match yesterday",
+    ] {
         rows.push_str(&format!("{q},NO_NODES\n"));
     }
     crate::common::write(&p.join("history.csv"), &rows);
@@ -223,53 +253,113 @@ fn import_calibrate_and_evaluate_like_production() {
         &p.join("templates/faq/exchange-rate.txt.j2"),
         "Our rates are on the website.\n",
     );
-    let out = run(&["faq", "import", "--from", "history.csv", "--none-label", "NO_NODES"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&[
+        "faq",
+        "import",
+        "--from",
+        "history.csv",
+        "--none-label",
+        "NO_NODES",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("faq/imported/"), "{stdout}");
     assert!(stdout.contains("cross-validated: top-1"), "{stdout}");
     let toml = std::fs::read_to_string(p.join("rules/faq/imported.toml")).unwrap_or_default();
-    assert!(toml.contains("template = \"faq/imported/exchange-rate\""), "{toml}");
-    assert!(toml.contains("[[out_of_scope]]") && toml.contains("book me a table"), "{toml}");
-    assert!(toml.contains("[calibration]") && toml.contains("fingerprint = "), "{toml}");
+    assert!(
+        toml.contains("template = \"faq/imported/exchange-rate\""),
+        "{toml}"
+    );
+    assert!(
+        toml.contains("[[out_of_scope]]") && toml.contains("book me a table"),
+        "{toml}"
+    );
+    assert!(
+        toml.contains("[calibration]") && toml.contains("fingerprint = "),
+        "{toml}"
+    );
     assert_eq!(
         std::fs::read_to_string(p.join("templates/faq/exchange-rate.txt.j2")).unwrap_or_default(),
         "Our rates are on the website.\n",
         "the existing template is untouched"
     );
     let out = run(&["check"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!String::from_utf8_lossy(&out.stderr).contains("calibration was fitted"));
 
     // The labels as the CSV has them (underscores) are the imported ids.
     let out = run(&["eval", "--json", "history.csv", "--none-label", "NO_NODES"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}"));
     assert!(r["top1_accuracy"].as_f64().unwrap_or(0.0) > 0.9, "{r}");
     // The answer stubs are empty: production routes, so eval answers nothing.
     assert_eq!(r["coverage"].as_f64(), Some(0.0), "{r}");
 
     // A changed FAQ makes the calibration stale; a threshold below the
     // calibrated one is a warning.
-    let toml = toml.replacen("examples = [\n", "examples = [\n  \"a brand new example\",\n", 1);
+    let toml = toml.replacen(
+        "examples = [\n",
+        "examples = [\n  \"a brand new example\",\n",
+        1,
+    );
     std::fs::write(p.join("rules/faq/imported.toml"), &toml).unwrap_or_else(|e| panic!("{e}"));
     crate::common::write(
         &p.join("switchboard.toml"),
-        "[reply]\nfrom = \"S <s@shop.example>\"\n[faq]\nthreshold = 0.2\n",
+        "[reply]\nfrom = \"S <s@shop.example>\"\n[faq]\nthreshold = 0.1\n",
     );
     let out = run(&["check"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("the FAQ changed since this calibration was fitted"), "{err}");
-    assert!(err.contains("switchboard.toml:4:13: warning: [faq] threshold = 0.20 is below"), "{err}");
+    assert!(
+        err.contains("the FAQ changed since this calibration was fitted"),
+        "{err}"
+    );
+    assert!(
+        err.contains("switchboard.toml:4:13: warning: [faq] threshold = 0.10 is below"),
+        "{err}"
+    );
 
     // Realistic e-mails with label sidecars: `test` reads only the mails.
-    let out = run(&["faq", "emails", "--from", "history.csv", "--out", "mails", "--limit", "5"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&[
+        "faq",
+        "emails",
+        "--from",
+        "history.csv",
+        "--out",
+        "mails",
+        "--limit",
+        "5",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(p.join("mails/000000.eml.label").exists());
     let out = run(&["test", "--json", "mails"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 5);
     let out = run(&["eval", "--json", "mails"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
