@@ -439,58 +439,76 @@ struct Vocab {
 }
 
 impl Vocab {
-    fn build(docs: &[(Vec<String>, Vec<String>)]) -> Vocab {
-        let n = docs.len() as f64;
-        let mut df: [HashMap<&str, u32>; 2] = [HashMap::new(), HashMap::new()];
-        for (w, c) in docs {
+    /// Builds the vocabulary of a set of texts and their vectors. Feature
+    /// strings are interned as they are met, so memory holds each distinct
+    /// feature once plus an id per occurrence.
+    fn build(texts: &[&str], stem: &rust_stemmers::Stemmer) -> (Vocab, Vec<Sparse>) {
+        let n = texts.len() as f64;
+        let mut ids: [HashMap<String, u32>; 2] = [HashMap::new(), HashMap::new()];
+        let mut df: [Vec<u32>; 2] = [Vec::new(), Vec::new()];
+        let mut docs: Vec<[Vec<u32>; 2]> = Vec::with_capacity(texts.len());
+        for t in texts {
+            let (w, c) = raw_features(&words(t), stem);
+            let mut doc: [Vec<u32>; 2] = [Vec::with_capacity(w.len()), Vec::with_capacity(c.len())];
             for (b, feats) in [w, c].into_iter().enumerate() {
-                let mut seen: Vec<&str> = feats.iter().map(String::as_str).collect();
+                for f in feats {
+                    let next = ids[b].len() as u32;
+                    let id = *ids[b].entry(f).or_insert(next);
+                    if id as usize == df[b].len() {
+                        df[b].push(0);
+                    }
+                    doc[b].push(id);
+                }
+                let mut seen = doc[b].clone();
                 seen.sort_unstable();
                 seen.dedup();
-                for f in seen {
-                    *df[b].entry(f).or_default() += 1;
+                for id in seen {
+                    df[b][id as usize] += 1;
                 }
             }
+            docs.push(doc);
         }
+        // Final indices in sorted order of the features, so the same
+        // files give the same model.
         let mut v = Vocab {
             max_idf: (1.0 + n).ln() + 1.0,
             ..Vocab::default()
         };
-        for (b, map) in df.iter().enumerate() {
-            let mut keys: Vec<(&&str, &u32)> = map.iter().collect();
+        let mut remap: [Vec<u32>; 2] = [Vec::new(), Vec::new()];
+        for (b, map) in ids.into_iter().enumerate() {
+            let mut keys: Vec<(String, u32)> = map.into_iter().collect();
             keys.sort();
-            for (k, d) in keys {
+            remap[b] = vec![0; keys.len()];
+            for (k, old) in keys {
                 let idx = v.idf.len() as u32;
+                let d = df[b][old as usize];
                 v.idf
-                    .push((((1.0 + n) / (1.0 + f64::from(*d))).ln() + 1.0) as f32);
+                    .push((((1.0 + n) / (1.0 + f64::from(d))).ln() + 1.0) as f32);
+                remap[b][old as usize] = idx;
                 if b == 0 {
-                    v.word.insert((*k).to_string(), idx);
+                    v.word.insert(k, idx);
                 } else {
-                    v.chars.insert((*k).to_string(), idx);
+                    v.chars.insert(k, idx);
                 }
             }
         }
-        v
+        let xs = docs
+            .into_iter()
+            .map(|doc| {
+                let mut tf: [HashMap<u32, u32>; 2] = [HashMap::new(), HashMap::new()];
+                for (b, list) in doc.iter().enumerate() {
+                    for id in list {
+                        *tf[b].entry(remap[b][*id as usize]).or_default() += 1;
+                    }
+                }
+                v.normalise(tf)
+            })
+            .collect();
+        (v, xs)
     }
 
     fn dim(&self) -> usize {
         self.idf.len()
-    }
-
-    /// Sparse unit vector of already extracted features (training).
-    fn vector(&self, feats: &(Vec<String>, Vec<String>)) -> Sparse {
-        let mut tf: [HashMap<u32, u32>; 2] = [HashMap::new(), HashMap::new()];
-        for (b, (map, list)) in [(&self.word, &feats.0), (&self.chars, &feats.1)]
-            .into_iter()
-            .enumerate()
-        {
-            for f in list {
-                if let Some(&i) = map.get(f.as_str()) {
-                    *tf[b].entry(i).or_default() += 1;
-                }
-            }
-        }
-        self.normalise(tf)
     }
 
     /// Sparse unit vector of a word list, computed without allocating per
@@ -1107,12 +1125,8 @@ impl Matcher {
     /// resemble an FAQ example are left out.
     fn build(texts: &[String], labels: &[usize], classes: usize, background: &[bool]) -> Matcher {
         let stem = stemmer();
-        let feats: Vec<(Vec<String>, Vec<String>)> = texts
-            .iter()
-            .map(|t| raw_features(&words(t), &stem))
-            .collect();
-        let vocab = Vocab::build(&feats);
-        let mut xs: Vec<Sparse> = feats.iter().map(|f| vocab.vector(f)).collect();
+        let all: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let (vocab, mut xs) = Vocab::build(&all, &stem);
         let dim = vocab.dim();
         let mut texts: Vec<&String> = texts.iter().collect();
         let mut labels: Vec<usize> = labels.to_vec();
