@@ -51,6 +51,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             outbox,
             retry_initial: cfg.daemon.retry_initial,
             retry_max: cfg.daemon.retry_max,
+            clock: switchboard::pipeline::system_clock(),
         },
         knowledge: krx,
         shutdown: srx,

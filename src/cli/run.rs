@@ -86,6 +86,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         outbox,
         retry_initial: cfg.daemon.retry_initial,
         retry_max: cfg.daemon.retry_max,
+        clock: switchboard::pipeline::system_clock(),
     };
     // File changes under rules/ and templates/ trigger the same reload as
     // SIGHUP (debounced: editors save by writing a temporary file and

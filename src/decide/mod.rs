@@ -10,6 +10,7 @@
 use serde::Serialize;
 
 pub mod assign;
+pub mod plan;
 
 use crate::classify::{Classification, Finding};
 use crate::config::ReplyAddress;

@@ -668,30 +668,33 @@ impl MailSource for Imap {
         Ok(out)
     }
 
-    async fn add_flags(&mut self, id: &MsgRef, flags: &[Flag]) -> Result<(), FetchError> {
-        let MsgRef::Uid(uid) = id else {
+    async fn add_flags(&mut self, ids: &[MsgRef], flags: &[Flag]) -> Result<(), FetchError> {
+        let list = uids(ids);
+        if list.is_empty() {
             return Ok(());
-        };
+        }
         let t = self.cfg.timeout;
         let (system, keywords): (Vec<Flag>, Vec<Flag>) = flags
             .iter()
             .cloned()
             .partition(|f| !matches!(f, Flag::Keyword(_)));
-        for (list, optional) in [(system, false), (keywords, true)] {
-            if list.is_empty() {
-                continue;
-            }
-            let q = format!("+FLAGS.SILENT ({})", flag_list(&list));
-            let s = self.session()?;
-            let r: Result<Vec<Fetch>, FetchError> = Self::timed(t, async {
-                s.uid_store(uid.to_string(), &q).await?.try_collect().await
-            })
-            .await;
-            match r {
-                Ok(_) => {}
-                // Servers may refuse custom keywords (PERMANENTFLAGS): not fatal.
-                Err(FetchError::Protocol(e)) if optional => debug!("keywords not stored: {e}"),
-                Err(e) => return Err(e),
+        for set in uid_sets(&list) {
+            for (flags, optional) in [(&system, false), (&keywords, true)] {
+                if flags.is_empty() {
+                    continue;
+                }
+                let q = format!("+FLAGS.SILENT ({})", flag_list(flags));
+                let s = self.session()?;
+                let r: Result<Vec<Fetch>, FetchError> = Self::timed(t, async {
+                    s.uid_store(&set, &q).await?.try_collect().await
+                })
+                .await;
+                match r {
+                    Ok(_) => {}
+                    // Servers may refuse custom keywords (PERMANENTFLAGS): not fatal.
+                    Err(FetchError::Protocol(e)) if optional => debug!("keywords not stored: {e}"),
+                    Err(e) => return Err(e),
+                }
             }
         }
         self.drain_unsolicited();

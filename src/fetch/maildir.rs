@@ -20,6 +20,10 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 #[derive(Debug, Clone)]
 pub struct Maildir {
     pub root: PathBuf,
+    /// Where flagged messages went (base name → path relative to the
+    /// root): setting flags renames a file, and the move that follows must
+    /// not search the directory for it.
+    renamed: std::collections::HashMap<OsString, PathBuf>,
 }
 
 impl Maildir {
@@ -32,6 +36,7 @@ impl Maildir {
         }
         Ok(Maildir {
             root: root.to_path_buf(),
+            renamed: Default::default(),
         })
     }
 
@@ -106,6 +111,50 @@ impl Maildir {
         }
         v.sort();
         v
+    }
+
+    /// Flags one message: its info suffix (`:2,RS`) grows.
+    fn add_flags_one(&mut self, id: &MsgRef, flags: &[Flag]) -> Result<(), FetchError> {
+        let MsgRef::File(rel) = id else {
+            return Err(FetchError::Protocol("a UID is not a maildir file".into()));
+        };
+        let add: Vec<u8> = flags.iter().filter_map(flag_char).collect();
+        if add.is_empty() {
+            return Ok(());
+        }
+        let Some(path) = self.locate(rel) else {
+            return Ok(());
+        };
+        let Some(file) = path.file_name() else {
+            return Ok(());
+        };
+        let (base, old) = split_info(file);
+        let base = base.to_os_string();
+        let name = with_info(&base, old.as_bytes().iter().copied().chain(add));
+        let dest = Path::new("cur").join(name);
+        std::fs::rename(&path, self.root.join(&dest))
+            .map_err(|e| FetchError::io(format!("cannot flag {}", path.display()), e))?;
+        self.renamed.insert(base, dest);
+        Ok(())
+    }
+
+    /// Where a listed message is now: where it was listed, where setting
+    /// flags renamed it, or (renamed by someone else) found by its base
+    /// name.
+    fn locate(&self, rel: &Path) -> Option<PathBuf> {
+        let file = rel.file_name()?;
+        let base = split_info(file).0;
+        if let Some(r) = self.renamed.get(base) {
+            let p = self.root.join(r);
+            if std::fs::symlink_metadata(&p).is_ok() {
+                return Some(p);
+            }
+        }
+        let p = self.root.join(rel);
+        if std::fs::symlink_metadata(&p).is_ok() {
+            return Some(p);
+        }
+        self.find(base)
     }
 
     /// Finds a message file by its base name (without the `:2,` info) in
@@ -270,28 +319,10 @@ impl MailSource for Maildir {
         Ok(out)
     }
 
-    async fn add_flags(&mut self, id: &MsgRef, flags: &[Flag]) -> Result<(), FetchError> {
-        let MsgRef::File(rel) = id else {
-            return Err(FetchError::Protocol("a UID is not a maildir file".into()));
-        };
-        let add: Vec<u8> = flags.iter().filter_map(flag_char).collect();
-        if add.is_empty() {
-            return Ok(());
+    async fn add_flags(&mut self, ids: &[MsgRef], flags: &[Flag]) -> Result<(), FetchError> {
+        for id in ids {
+            self.add_flags_one(id, flags)?;
         }
-        let Some(file) = rel.file_name() else {
-            return Ok(());
-        };
-        let path = self
-            .find(split_info(file).0)
-            .unwrap_or_else(|| self.root.join(rel));
-        let Some(file) = path.file_name() else {
-            return Ok(());
-        };
-        let (base, old) = split_info(file);
-        let name = with_info(base, old.as_bytes().iter().copied().chain(add));
-        let dest = self.root.join("cur").join(name);
-        std::fs::rename(&path, &dest)
-            .map_err(|e| FetchError::io(format!("cannot flag {}", path.display()), e))?;
         Ok(())
     }
 
@@ -301,11 +332,8 @@ impl MailSource for Maildir {
             let MsgRef::File(rel) = id else {
                 continue;
             };
-            let Some(file) = rel.file_name() else {
-                continue;
-            };
-            // The message may have been renamed by add_flags: find it by base name.
-            let Some(src) = self.find(split_info(file).0) else {
+            // The message may have been renamed by add_flags.
+            let Some(src) = self.locate(rel) else {
                 continue;
             };
             let Some(name) = src.file_name() else {
@@ -385,7 +413,7 @@ mod tests {
         let f = md.fetch(&ids, 5).await?;
         assert!(f.iter().all(|m| m.raw.len() <= 5));
         assert!(f.iter().all(|m| m.truncated));
-        md.add_flags(&MsgRef::File("new/1.a".into()), &[Flag::Answered])
+        md.add_flags(&[MsgRef::File("new/1.a".into())], &[Flag::Answered])
             .await?;
         assert!(dir.path().join("cur/1.a:2,R").exists());
         md.move_to("Queues/Billing", &ids).await?;

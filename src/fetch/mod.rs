@@ -129,10 +129,11 @@ pub trait MailSource: Send {
         max_size: u64,
     ) -> impl Future<Output = Result<Vec<Fetched>, FetchError>> + Send;
 
-    /// Adds flags to a message.
+    /// Adds the same flags to messages (one command where the backend
+    /// allows).
     fn add_flags(
         &mut self,
-        id: &MsgRef,
+        ids: &[MsgRef],
         flags: &[Flag],
     ) -> impl Future<Output = Result<(), FetchError>> + Send;
 

@@ -18,6 +18,11 @@ use sqlx::{AnyPool, Row};
 
 use crate::decide::History;
 
+pub mod batch;
+pub use batch::{
+    Commit, ConversationWrite, CounterWrite, MessageWrite, ReplyFacts, SentReply, StoredFacts,
+};
+
 /// Errors of the state store.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -28,6 +33,12 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("state store: {0}")]
     Query(#[from] sqlx::Error),
+    /// A counter moved between reading the facts and writing (another
+    /// instance used the same ticket number or round-robin turn).
+    #[error("state store: counter {0} changed concurrently")]
+    Conflict(String),
+    #[error("state store: unknown message state {0:?} (written by a newer version?)")]
+    UnknownState(String),
 }
 
 /// Where a message is in the processing protocol.
@@ -61,15 +72,18 @@ impl State {
         }
     }
 
-    fn parse(s: &str) -> State {
-        match s {
+    /// Decodes a stored state; an unknown one is an error, never a
+    /// default (a wrong guess could send a reply twice).
+    pub fn parse(s: &str) -> Result<State, StoreError> {
+        Ok(match s {
+            "decided" => State::Decided,
             "sending" => State::Sending,
             "sent" => State::Sent,
             "archived" => State::Archived,
             "deferred" => State::Deferred,
             "done" => State::Done,
-            _ => State::Decided,
-        }
+            other => return Err(StoreError::UnknownState(other.to_string())),
+        })
     }
 }
 
@@ -171,7 +185,10 @@ impl Store {
             url: shown.clone(),
             source,
         })?;
-        let mut pool_opts = AnyPoolOptions::new().max_connections(if sqlite { 4 } else { 8 });
+        // One SQLite connection: SQLite writes one transaction at a time
+        // anyway, and several connections invalidate each other's page
+        // cache on every write.
+        let mut pool_opts = AnyPoolOptions::new().max_connections(if sqlite { 1 } else { 8 });
         if sqlite {
             pool_opts = pool_opts.after_connect(|conn, _| {
                 Box::pin(async move {
@@ -208,24 +225,7 @@ impl Store {
         .bind(key)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(match row {
-            None => None,
-            Some(r) => Some(MessageRow {
-                key: r.try_get("key")?,
-                mailbox: r.try_get("mailbox")?,
-                state: State::parse(&r.try_get::<String, _>("state")?),
-                verdict: r.try_get("verdict")?,
-                folder: r.try_get("folder")?,
-                queue: r.try_get("queue")?,
-                rep: r.try_get("rep")?,
-                template: r.try_get("template")?,
-                ticket: r.try_get("ticket")?,
-                reply_message_id: r.try_get("reply_message_id")?,
-                attempts: r.try_get("attempts")?,
-                retry_at: r.try_get("retry_at")?,
-                last_error: r.try_get("last_error")?,
-            }),
-        })
+        row.as_ref().map(message_row).transpose()
     }
 
     /// Records a decision (state `decided`), replacing an earlier deferred one.
@@ -544,20 +544,7 @@ impl Store {
         .bind(ticket)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(match row {
-            None => None,
-            Some(r) => Some(Conversation {
-                ticket: r.try_get("ticket")?,
-                customer: r.try_get("customer")?,
-                subject: r.try_get("subject")?,
-                queue: r.try_get("queue")?,
-                rep: r.try_get("rep")?,
-                customer_messages: r.try_get("customer_messages")?,
-                auto_replies: r.try_get("auto_replies")?,
-                escalated: r.try_get::<i64, _>("escalated")? != 0,
-                since_human: r.try_get("since_human")?,
-            }),
-        })
+        row.as_ref().map(conversation_row).transpose()
     }
 
     /// Opens a conversation or adds a customer message to it, and links
@@ -835,6 +822,40 @@ fn domain_of(addr: &str) -> String {
 
 fn clamp_u32(n: i64) -> u32 {
     n.clamp(0, i64::from(u32::MAX)) as u32
+}
+
+/// Decodes a `messages` row.
+pub(crate) fn message_row(r: &sqlx::any::AnyRow) -> Result<MessageRow, StoreError> {
+    Ok(MessageRow {
+        key: r.try_get("key")?,
+        mailbox: r.try_get("mailbox")?,
+        state: State::parse(&r.try_get::<String, _>("state")?)?,
+        verdict: r.try_get("verdict")?,
+        folder: r.try_get("folder")?,
+        queue: r.try_get("queue")?,
+        rep: r.try_get("rep")?,
+        template: r.try_get("template")?,
+        ticket: r.try_get("ticket")?,
+        reply_message_id: r.try_get("reply_message_id")?,
+        attempts: r.try_get("attempts")?,
+        retry_at: r.try_get("retry_at")?,
+        last_error: r.try_get("last_error")?,
+    })
+}
+
+/// Decodes a `conversations` row.
+pub(crate) fn conversation_row(r: &sqlx::any::AnyRow) -> Result<Conversation, StoreError> {
+    Ok(Conversation {
+        ticket: r.try_get("ticket")?,
+        customer: r.try_get("customer")?,
+        subject: r.try_get("subject")?,
+        queue: r.try_get("queue")?,
+        rep: r.try_get("rep")?,
+        customer_messages: r.try_get("customer_messages")?,
+        auto_replies: r.try_get("auto_replies")?,
+        escalated: r.try_get::<i64, _>("escalated")? != 0,
+        since_human: r.try_get("since_human")?,
+    })
 }
 
 /// Filters for [`Store::audit_query`].

@@ -28,6 +28,7 @@ async fn demo_files_every_message_exactly_once() {
             outbox,
             retry_initial: cfg.daemon.retry_initial,
             retry_max: cfg.daemon.retry_max,
+            clock: switchboard::pipeline::system_clock(),
         },
         knowledge: kr,
         shutdown: sr,

@@ -58,6 +58,7 @@ impl Env {
                 outbox,
                 retry_initial: retry,
                 retry_max: retry,
+                clock: switchboard::pipeline::system_clock(),
             },
             knowledge: kr,
             shutdown: sr,

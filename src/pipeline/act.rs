@@ -1,0 +1,311 @@
+//! Stage 5 of a batch: the side effects, in the order that makes a crash
+//! at any point harmless (see the table in [`super`]).
+//!
+//! 1. Replies go to the transport (a few at a time, as many as the SMTP
+//!    pool has connections); those accepted are recorded in one
+//!    transaction; a failure is recorded for its message alone.
+//! 2. Copies of the replies go to the Sent folder.
+//! 3. Flags: one `UID STORE` per distinct flag set.
+//! 4. Filing: one `UID MOVE` per destination folder.
+//! 5. The filed messages are marked done in one transaction.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use tracing::warn;
+
+use super::{MailboxInfo, Outcome, Pipeline, PipelineError, Sending, Step, Work, folder_for};
+use crate::act::outbox::SendError;
+use crate::decide::{self, Verdict};
+use crate::fetch::{Flag, MailSource, MsgRef};
+use crate::knowledge::Knowledge;
+use crate::record::{AuditEvent, SentReply};
+
+/// How many replies are handed to the transport at once.
+const PARALLEL_SENDS: usize = 4;
+
+pub(super) async fn act<S: MailSource>(
+    p: &Pipeline,
+    src: &mut S,
+    mb: &MailboxInfo,
+    k: &Arc<Knowledge>,
+    mut work: Vec<Work>,
+) -> Result<Vec<Outcome>, PipelineError> {
+    send_replies(p, mb, k, &mut work).await?;
+    store_copies(p, src, mb, &work).await?;
+    set_flags(src, &work).await?;
+    let filed = file(src, &work).await?;
+    p.store.finish(&filed, p.now()).await?;
+    Ok(work
+        .into_iter()
+        .map(|w| {
+            metrics::counter!(
+                "switchboard_messages_total",
+                "mailbox" => mb.name.clone(),
+                "decision" => w.outcome.verdict.clone()
+            )
+            .increment(1);
+            w.outcome
+        })
+        .collect())
+}
+
+/// Sends every reply of the batch and records the outcome of each.
+async fn send_replies(
+    p: &Pipeline,
+    mb: &MailboxInfo,
+    k: &Knowledge,
+    work: &mut [Work],
+) -> Result<(), PipelineError> {
+    let todo: Vec<usize> = (0..work.len())
+        .filter(|i| matches!(work[*i].step, Step::Reply(_)))
+        .collect();
+    if todo.is_empty() {
+        return Ok(());
+    }
+    let results: Vec<(usize, Result<(), SendError>)> = {
+        let outbox = &p.outbox;
+        let work = &*work;
+        futures::stream::iter(todo)
+            .map(|i| async move {
+                let r = match &work[i].step {
+                    Step::Reply(s) => outbox.send(&s.out).await,
+                    _ => Ok(()),
+                };
+                (i, r)
+            })
+            .buffer_unordered(PARALLEL_SENDS)
+            .collect()
+            .await
+    };
+    let mut sent = Vec::new();
+    let now = p.now();
+    for (i, result) in results {
+        let Work {
+            item,
+            step,
+            outcome,
+        } = &mut work[i];
+        let Step::Reply(s) = step else { continue };
+        let audit = |event: &str, detail: String, queue: Option<&str>| AuditEvent {
+            at: now,
+            event: event.into(),
+            mailbox: Some(mb.name.clone()),
+            message_key: Some(item.key.clone()),
+            message_id: item.message().and_then(|m| m.message_id.clone()),
+            sender: Some(s.sender.clone()),
+            ticket: s.ticket.clone(),
+            queue: queue.map(str::to_string),
+            rep: None,
+            detail,
+            data: None,
+        };
+        let sent_reply = |s: &Sending, detail: String| SentReply {
+            key: item.key.clone(),
+            reply_id: s.out.message_id.clone(),
+            recipient: s.to.clone(),
+            sender: s.sender.clone(),
+            template: s.template.clone(),
+            ticket: s.ticket.clone(),
+            audit: audit("reply_sent", detail, None),
+        };
+        match result {
+            Ok(()) => {
+                metrics::counter!("switchboard_auto_replies_sent_total", "template" => s.template.clone())
+                    .increment(1);
+                outcome.replied = true;
+                sent.push(sent_reply(
+                    s,
+                    format!("{} to {} ({})", s.template, s.out.to, s.out.subject),
+                ));
+            }
+            Err(SendError::Temporary(e)) => {
+                let attempts = s.attempts.max(1) as u32;
+                let delay = p
+                    .retry_initial
+                    .saturating_mul(2u32.saturating_pow(attempts.saturating_sub(1).min(16)))
+                    .min(p.retry_max);
+                let retry_at = now + delay.as_millis() as i64;
+                p.store.defer(&item.key, retry_at, &e, now).await?;
+                p.store
+                    .audit(&audit(
+                        "deferred",
+                        format!(
+                            "reply not sent, retry in {}: {e}",
+                            decide::human_duration(delay.as_secs() as i64)
+                        ),
+                        None,
+                    ))
+                    .await?;
+                warn!(mailbox = %mb.name, id = %item.id, "reply deferred: {e}");
+                outcome.verdict = "deferred".into();
+                outcome.why = format!("reply not sent yet: {e}");
+                outcome.folder = None;
+                *step = Step::Leave;
+            }
+            Err(SendError::Permanent(e)) => {
+                let note = format!("the reply was refused ({e}); a person answers instead");
+                let folder = to_person(p, mb, k, &s.decision, &item.key, &note, now).await?;
+                p.store
+                    .audit(&audit(
+                        "reply_failed",
+                        e.clone(),
+                        Some(&k.policy.default_queue),
+                    ))
+                    .await?;
+                warn!(mailbox = %mb.name, id = %item.id, "reply refused: {e}");
+                rerouted(outcome, &s.decision, note, &folder, k);
+                *step = Step::File {
+                    folder,
+                    flags: Vec::new(),
+                };
+            }
+            Err(SendError::Ambiguous(e)) => {
+                // The server may have accepted the reply: count it as sent
+                // for every limit, never send it again, let a person check.
+                let note = format!(
+                    "the SMTP server did not confirm the reply ({e}); it may have been \
+                     delivered, so it is not sent again — please check"
+                );
+                p.store
+                    .replies_sent(&[sent_reply(s, note.clone())], now)
+                    .await?;
+                let folder = to_person(p, mb, k, &s.decision, &item.key, &note, now).await?;
+                p.store
+                    .audit(&audit(
+                        "reply_uncertain",
+                        note.clone(),
+                        Some(&k.policy.default_queue),
+                    ))
+                    .await?;
+                warn!(mailbox = %mb.name, id = %item.id, "{note}");
+                rerouted(outcome, &s.decision, note, &folder, k);
+                *step = Step::File {
+                    folder,
+                    flags: Vec::new(),
+                };
+            }
+        }
+    }
+    p.store.replies_sent(&sent, now).await?;
+    Ok(())
+}
+
+/// Records that a message whose reply failed goes to a person; returns
+/// its folder.
+async fn to_person(
+    p: &Pipeline,
+    mb: &MailboxInfo,
+    k: &Knowledge,
+    d: &decide::Decision,
+    key: &str,
+    note: &str,
+    now: i64,
+) -> Result<String, PipelineError> {
+    let _ = d;
+    let queue = k.policy.default_queue.clone();
+    let folder = folder_for(
+        &Verdict::Route {
+            queue: queue.clone(),
+        },
+        k,
+        &mb.folders,
+    );
+    p.store
+        .reroute(key, "route", &folder, Some(&queue), note, now)
+        .await?;
+    Ok(folder)
+}
+
+fn rerouted(o: &mut Outcome, d: &decide::Decision, note: String, folder: &str, k: &Knowledge) {
+    let mut d = d.clone();
+    d.reasons.push(note.clone());
+    d.verdict = Verdict::Route {
+        queue: k.policy.default_queue.clone(),
+    };
+    o.verdict = "route".into();
+    o.why = note;
+    o.folder = Some(folder.to_string());
+    o.decision = Some(d);
+}
+
+/// Copies of the sent replies into the Sent folder (and, for replies sent
+/// before an interruption, only when the copy is not there yet).
+async fn store_copies<S: MailSource>(
+    p: &Pipeline,
+    src: &mut S,
+    mb: &MailboxInfo,
+    work: &[Work],
+) -> Result<(), PipelineError> {
+    for w in work {
+        match &w.step {
+            Step::Reply(s) if w.outcome.replied => {
+                src.append(&mb.folders.sent, &s.out.raw, &[Flag::Seen])
+                    .await?;
+            }
+            Step::Resume {
+                reply_id,
+                append: true,
+                ..
+            } => {
+                let there = match reply_id {
+                    Some(id) => src.has_message(&mb.folders.sent, id).await?,
+                    None => false,
+                };
+                if !there && let Some(raw) = p.store.reply_raw(&w.item.key).await? {
+                    src.append(&mb.folders.sent, &raw, &[Flag::Seen]).await?;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Flags: one command per distinct set of flags.
+async fn set_flags<S: MailSource>(src: &mut S, work: &[Work]) -> Result<(), PipelineError> {
+    let mut groups: BTreeMap<Vec<String>, (Vec<Flag>, Vec<MsgRef>)> = BTreeMap::new();
+    for w in work {
+        let flags: Vec<Flag> = match &w.step {
+            Step::Reply(s) if w.outcome.replied => s.flags.clone(),
+            Step::Resume { .. } => vec![Flag::Answered],
+            Step::File { flags, .. } => flags.clone(),
+            _ => Vec::new(),
+        };
+        if flags.is_empty() {
+            continue;
+        }
+        let mut names: Vec<String> = flags.iter().map(|f| format!("{f:?}")).collect();
+        names.sort();
+        groups
+            .entry(names)
+            .or_insert_with(|| (flags, Vec::new()))
+            .1
+            .push(w.item.id.clone());
+    }
+    for (_, (flags, ids)) in groups {
+        src.add_flags(&ids, &flags).await?;
+    }
+    Ok(())
+}
+
+/// Files the messages: one move per destination folder. Returns the keys
+/// of the filed messages.
+async fn file<S: MailSource>(src: &mut S, work: &[Work]) -> Result<Vec<String>, PipelineError> {
+    let mut moves: BTreeMap<&str, Vec<MsgRef>> = BTreeMap::new();
+    let mut keys = Vec::new();
+    for w in work {
+        let folder = match &w.step {
+            Step::Reply(s) => s.folder.as_str(),
+            Step::File { folder, .. } | Step::Resume { folder, .. } => folder.as_str(),
+            Step::Leave => continue,
+        };
+        moves.entry(folder).or_default().push(w.item.id.clone());
+        keys.push(w.item.key.clone());
+    }
+    for (folder, ids) in moves {
+        src.move_to(folder, &ids).await?;
+    }
+    Ok(keys)
+}

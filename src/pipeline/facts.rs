@@ -1,0 +1,134 @@
+//! Stage 2 of a batch: the facts its decisions depend on, gathered in a
+//! few queries (and, for least-loaded queues, one `STATUS` per person).
+
+use std::collections::HashSet;
+
+use super::{Item, PipelineError};
+use crate::decide::assign::TeamFacts;
+use crate::decide::plan::{self, ReplyHistory, Thread};
+use crate::fetch::MailSource;
+use crate::knowledge::{Knowledge, Strategy};
+use crate::record::{Store, StoredFacts};
+
+/// The facts of one batch: as stored (for resuming) and as the decide
+/// stage sees them.
+#[derive(Debug, Clone, Default)]
+pub struct BatchFacts {
+    pub stored: StoredFacts,
+    pub decide: plan::Facts,
+}
+
+/// Reads everything the batch's decisions depend on.
+pub async fn gather<S: MailSource>(
+    store: &Store,
+    src: &mut S,
+    k: &Knowledge,
+    items: &[Item],
+    now: i64,
+) -> Result<BatchFacts, PipelineError> {
+    let keys: Vec<String> = items.iter().map(|i| i.key.clone()).collect();
+    let mut ids = Vec::new();
+    let mut tags = Vec::new();
+    let mut recipients = Vec::new();
+    let mut senders = Vec::new();
+    for m in items.iter().filter_map(Item::message) {
+        ids.extend(plan::references(m).into_iter().rev().take(50));
+        tags.extend(crate::act::reply::ticket_tags(&m.subject));
+        if let Ok(a) =
+            crate::decide::reply_address(m, k.policy.reply.address, &k.policy.our_addresses)
+        {
+            recipients.push(a.key());
+        }
+        senders.push(plan::sender_key(m));
+    }
+    let mut counters = vec!["ticket".to_string()];
+    // Every queue that hands out turns (the assignment moves its position).
+    counters.extend(
+        k.queues
+            .values()
+            .filter(|q| q.strategy != Strategy::Shared)
+            .map(|q| format!("rotation:{}", q.name)),
+    );
+    let stored = store.facts(&keys, &ids, &tags, &counters).await?;
+    let r = store.reply_facts(&recipients, &senders, now).await?;
+    let replies = ReplyHistory {
+        to_recipient: r.to_recipient,
+        from_sender: r.from_sender,
+        any_to_recipient: r.any_to_recipient,
+        recipient_domain_hour: r.recipient_domain_hour,
+        sender_domain_hour: r.sender_domain_hour,
+        recipients_hour: r.recipients_hour,
+    };
+    let mut team = TeamFacts {
+        now,
+        away: stored
+            .away
+            .iter()
+            .filter(|(_, until)| **until > now)
+            .map(|(r, u)| (r.clone(), *u))
+            .collect(),
+        ..TeamFacts::default()
+    };
+    for (name, v) in &stored.counters {
+        if let Some(q) = name.strip_prefix("rotation:") {
+            team.rotation.insert(q.to_string(), (*v).max(0) as u64);
+        }
+    }
+    // Open loads: of the members of least-loaded queues and of anyone with
+    // `max_open`, counted once per batch.
+    if !items.is_empty() && !k.reps.is_empty() {
+        let mut needed: HashSet<&str> = HashSet::new();
+        for q in k
+            .queues
+            .values()
+            .filter(|q| q.strategy == Strategy::LeastLoaded)
+        {
+            needed.extend(q.members.iter().map(String::as_str));
+        }
+        needed.extend(
+            k.reps
+                .values()
+                .filter(|r| r.max_open.is_some())
+                .map(|r| r.id.as_str()),
+        );
+        let mut needed: Vec<&str> = needed.into_iter().collect();
+        needed.sort_unstable();
+        for id in needed {
+            let Some(r) = k.reps.get(id) else { continue };
+            match src.count(&r.folder).await {
+                Ok(n) => {
+                    metrics::gauge!("switchboard_rep_open_messages", "rep" => id.to_string())
+                        .set(f64::from(n));
+                    team.loads.insert(id.to_string(), n);
+                }
+                Err(e) if matches!(e, crate::fetch::FetchError::Protocol(_)) => {
+                    tracing::warn!(rep = %id, folder = %r.folder, "cannot count open messages: {e}");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    let decide = plan::Facts {
+        tickets: stored.tickets.clone(),
+        auto_replies: stored.auto_replies.clone(),
+        threads: stored
+            .conversations
+            .iter()
+            .map(|(t, c)| {
+                (
+                    t.clone(),
+                    Thread {
+                        customer: c.customer.clone(),
+                        queue: c.queue.clone(),
+                        rep: c.rep.clone(),
+                        since_human: c.since_human,
+                    },
+                )
+            })
+            .collect(),
+        replies,
+        team,
+        last_ticket: stored.counters.get("ticket").copied(),
+    };
+    Ok(BatchFacts { stored, decide })
+}

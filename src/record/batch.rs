@@ -1,0 +1,586 @@
+//! Batched reads and writes: everything a batch of messages needs to be
+//! decided, read in a handful of queries, and everything it decided,
+//! written in **one transaction** before any side effect. The messages'
+//! final state (`done`) is one more statement after they are filed.
+//!
+//! Statements carry many rows each (`IN (…)` lists and multi-row
+//! `VALUES`), in chunks that keep well below the parameter limits of
+//! SQLite (32,766) and PostgreSQL (65,535). The SQL text is built only
+//! from fixed column names and `$n` placeholders (hence `AssertSqlSafe`);
+//! every value is a bind parameter.
+
+use std::collections::{HashMap, HashSet};
+
+use sqlx::Row;
+
+use super::{AuditEvent, Conversation, MessageRow, State, Store, StoreError};
+
+/// Rows per multi-row statement.
+const CHUNK: usize = 200;
+
+/// `$start, $start+1, …` for an `IN (…)` list.
+fn list(n: usize, start: usize) -> String {
+    (start..start + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `($1, $2), ($3, $4), …` for a multi-row `VALUES`.
+fn values(rows: usize, cols: usize) -> String {
+    (0..rows)
+        .map(|r| format!("({})", list(cols, r * cols + 1)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What the store knows that a batch's decisions depend on.
+#[derive(Debug, Clone, Default)]
+pub struct StoredFacts {
+    /// Messages seen before, by key.
+    pub rows: HashMap<String, MessageRow>,
+    /// Known Message-IDs → their conversation (ticket).
+    pub tickets: HashMap<String, String>,
+    /// Message-IDs of our own automatic replies.
+    pub auto_replies: HashSet<String>,
+    /// Conversations by ticket.
+    pub conversations: HashMap<String, Conversation>,
+    /// Named counters (ticket numbers, round-robin positions).
+    pub counters: HashMap<String, i64>,
+    /// Representatives marked away: id → until (ms).
+    pub away: HashMap<String, i64>,
+}
+
+/// What the store knows about earlier automatic replies, for the rate
+/// limits of the messages that would get one.
+#[derive(Debug, Clone, Default)]
+pub struct ReplyFacts {
+    /// (recipient, template) → last sent (ms).
+    pub to_recipient: HashMap<(String, String), i64>,
+    /// (From address answered, template) → last sent (ms).
+    pub from_sender: HashMap<(String, String), i64>,
+    /// Recipient → last automatic reply of any kind (ms).
+    pub any_to_recipient: HashMap<String, i64>,
+    /// Replies in the last hour per recipient domain / sender domain.
+    pub recipient_domain_hour: HashMap<String, u32>,
+    pub sender_domain_hour: HashMap<String, u32>,
+    /// Distinct recipients in the last hour.
+    pub recipients_hour: HashSet<String>,
+}
+
+/// A message row as the commit writes it.
+#[derive(Debug, Clone, Default)]
+pub struct MessageWrite {
+    pub key: String,
+    pub mailbox: String,
+    pub message_id: Option<String>,
+    pub sender: String,
+    pub subject: String,
+    pub state: Option<State>,
+    pub verdict: String,
+    pub folder: String,
+    pub queue: Option<String>,
+    pub rep: Option<String>,
+    pub template: Option<String>,
+    pub rule: Option<String>,
+    pub ticket: Option<String>,
+    /// For a reply about to be sent: its Message-ID and formatted text.
+    pub reply_message_id: Option<String>,
+    pub reply_raw: Option<String>,
+    pub last_error: Option<String>,
+}
+
+/// A conversation's change in one batch (summed over its messages).
+#[derive(Debug, Clone, Default)]
+pub struct ConversationWrite {
+    pub ticket: String,
+    pub customer: String,
+    pub subject: String,
+    /// Customer messages added.
+    pub messages: i64,
+    /// When a person replied in between: the customer messages since
+    /// (the counter restarts); otherwise it grows by `messages`.
+    pub since_human_reset: Option<i64>,
+    pub queue: Option<String>,
+    pub rep: Option<String>,
+    pub escalated: bool,
+}
+
+/// A counter moved by the batch: written only if it still has the value
+/// the batch read (two instances cannot both use the same ticket number
+/// or round-robin turn).
+#[derive(Debug, Clone)]
+pub struct CounterWrite {
+    pub name: String,
+    pub expected: Option<i64>,
+    pub value: i64,
+}
+
+/// Everything one batch decided.
+#[derive(Debug, Clone, Default)]
+pub struct Commit {
+    pub messages: Vec<MessageWrite>,
+    pub conversations: Vec<ConversationWrite>,
+    /// (Message-ID, ticket, is our automatic reply)
+    pub thread_ids: Vec<(String, String, bool)>,
+    pub counters: Vec<CounterWrite>,
+    pub audit: Vec<AuditEvent>,
+}
+
+impl Commit {
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+            && self.conversations.is_empty()
+            && self.thread_ids.is_empty()
+            && self.counters.is_empty()
+            && self.audit.is_empty()
+    }
+}
+
+/// An automatic reply the transport accepted.
+#[derive(Debug, Clone)]
+pub struct SentReply {
+    pub key: String,
+    pub reply_id: String,
+    /// The address mailed and the From address answered.
+    pub recipient: String,
+    pub sender: String,
+    pub template: String,
+    pub ticket: Option<String>,
+    pub audit: AuditEvent,
+}
+
+fn domain_of(addr: &str) -> String {
+    addr.rsplit_once('@')
+        .map(|(_, d)| d.trim().to_lowercase())
+        .unwrap_or_default()
+}
+
+impl Store {
+    /// Records replies the transport accepted (state `sending` → `sent`,
+    /// the reply log the rate limits read, the reply's Message-ID in its
+    /// conversation), in one transaction.
+    pub async fn replies_sent(&self, sent: &[SentReply], now: i64) -> Result<(), StoreError> {
+        if sent.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for chunk in sent.chunks(CHUNK) {
+            let sql = format!(
+                "UPDATE messages SET state = 'sent', updated_at = $1 WHERE state = 'sending' AND key IN ({})",
+                list(chunk.len(), 2)
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+            for r in chunk {
+                q = q.bind(&r.key);
+            }
+            q.execute(&mut *tx).await?;
+            let sql = format!(
+                "INSERT INTO replies (message_id, message_key, recipient, template, ticket, sent_at, \
+                 sender, sender_domain, recipient_domain) VALUES {} ON CONFLICT (message_id) DO NOTHING",
+                values(chunk.len(), 9)
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for r in chunk {
+                q = q
+                    .bind(&r.reply_id)
+                    .bind(&r.key)
+                    .bind(r.recipient.to_lowercase())
+                    .bind(&r.template)
+                    .bind(&r.ticket)
+                    .bind(now)
+                    .bind(r.sender.to_lowercase())
+                    .bind(domain_of(&r.sender))
+                    .bind(domain_of(&r.recipient));
+            }
+            q.execute(&mut *tx).await?;
+            let linked: Vec<&SentReply> = chunk.iter().filter(|r| r.ticket.is_some()).collect();
+            if !linked.is_empty() {
+                let sql = format!(
+                    "INSERT INTO thread_ids (message_id, ticket, auto_reply) VALUES {} \
+                     ON CONFLICT (message_id) DO NOTHING",
+                    values(linked.len(), 3)
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for r in &linked {
+                    q = q.bind(&r.reply_id).bind(&r.ticket).bind(1i64);
+                }
+                q.execute(&mut *tx).await?;
+            }
+            let sql = format!(
+                "INSERT INTO audit (at, event, mailbox, message_key, message_id, sender, ticket, \
+                 queue, rep, detail, data) VALUES {}",
+                values(chunk.len(), 11)
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for r in chunk {
+                let e = &r.audit;
+                q = q
+                    .bind(e.at)
+                    .bind(&e.event)
+                    .bind(&e.mailbox)
+                    .bind(&e.message_key)
+                    .bind(&e.message_id)
+                    .bind(&e.sender)
+                    .bind(&e.ticket)
+                    .bind(&e.queue)
+                    .bind(&e.rep)
+                    .bind(&e.detail)
+                    .bind(&e.data);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        let mut per_ticket: HashMap<&str, i64> = HashMap::new();
+        for r in sent {
+            if let Some(t) = &r.ticket {
+                *per_ticket.entry(t).or_default() += 1;
+            }
+        }
+        for (t, n) in per_ticket {
+            sqlx::query(
+                "UPDATE conversations SET auto_replies = auto_replies + $1, updated_at = $2 WHERE ticket = $3",
+            )
+            .bind(n)
+            .bind(now)
+            .bind(t)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The facts for a batch: message rows for `keys`, conversations for
+    /// the Message-IDs a batch refers to and the ticket tags it carries,
+    /// counters and away marks. Five queries, whatever the batch size.
+    pub async fn facts(
+        &self,
+        keys: &[String],
+        ids: &[String],
+        tags: &[String],
+        counters: &[String],
+    ) -> Result<StoredFacts, StoreError> {
+        let mut f = StoredFacts::default();
+        for chunk in keys.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT key, mailbox, state, verdict, folder, queue, rep, template, ticket, \
+                 reply_message_id, attempts, retry_at, last_error FROM messages WHERE key IN ({})",
+                list(chunk.len(), 1)
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for k in chunk {
+                q = q.bind(k);
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                let row = super::message_row(&r)?;
+                f.rows.insert(row.key.clone(), row);
+            }
+        }
+        let mut ids: Vec<&String> = ids.iter().collect();
+        ids.sort();
+        ids.dedup();
+        for chunk in ids.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT message_id, ticket, auto_reply FROM thread_ids WHERE message_id IN ({})",
+                list(chunk.len(), 1)
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                let id: String = r.try_get("message_id")?;
+                let auto: i64 = r.try_get("auto_reply")?;
+                if auto == 1 {
+                    f.auto_replies.insert(id.clone());
+                }
+                f.tickets.insert(id, r.try_get("ticket")?);
+            }
+        }
+        let mut tickets: Vec<String> = f.tickets.values().cloned().collect();
+        tickets.extend(tags.iter().cloned());
+        tickets.sort();
+        tickets.dedup();
+        for chunk in tickets.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT ticket, customer, subject, queue, rep, customer_messages, auto_replies, \
+                 escalated, since_human FROM conversations WHERE ticket IN ({})",
+                list(chunk.len(), 1)
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for t in chunk {
+                q = q.bind(t);
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                let c = super::conversation_row(&r)?;
+                f.conversations.insert(c.ticket.clone(), c);
+            }
+        }
+        if !counters.is_empty() {
+            let sql = format!(
+                "SELECT name, value FROM counters WHERE name IN ({})",
+                list(counters.len(), 1)
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for c in counters {
+                q = q.bind(c);
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                f.counters.insert(r.try_get("name")?, r.try_get("value")?);
+            }
+        }
+        for r in sqlx::query("SELECT rep, away_until FROM rep_status")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            let until: Option<i64> = r.try_get("away_until")?;
+            f.away.insert(r.try_get("rep")?, until.unwrap_or(i64::MAX));
+        }
+        Ok(f)
+    }
+
+    /// Reply history for the addresses a batch would answer (`recipients`)
+    /// and whose mail it answers (`senders`), all lower-case.
+    pub async fn reply_facts(
+        &self,
+        recipients: &[String],
+        senders: &[String],
+        now: i64,
+    ) -> Result<ReplyFacts, StoreError> {
+        let mut f = ReplyFacts::default();
+        for (column, list_of, to) in [("recipient", recipients, true), ("sender", senders, false)] {
+            let mut l: Vec<&String> = list_of.iter().collect();
+            l.sort();
+            l.dedup();
+            for chunk in l.chunks(CHUNK) {
+                let sql = format!(
+                    "SELECT {column} AS addr, template, MAX(sent_at) AS last FROM replies \
+                     WHERE {column} IN ({}) GROUP BY {column}, template",
+                    list(chunk.len(), 1)
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for a in chunk {
+                    q = q.bind(*a);
+                }
+                for r in q.fetch_all(&self.pool).await? {
+                    let addr: String = r.try_get("addr")?;
+                    let template: String = r.try_get("template")?;
+                    let last: i64 = r.try_get("last")?;
+                    if to {
+                        let any = f.any_to_recipient.entry(addr.clone()).or_default();
+                        *any = (*any).max(last);
+                        f.to_recipient.insert((addr, template), last);
+                    } else {
+                        f.from_sender.insert((addr, template), last);
+                    }
+                }
+            }
+        }
+        let hour_ago = now - 3_600_000;
+        for r in sqlx::query(
+            "SELECT recipient, recipient_domain, sender_domain FROM replies WHERE sent_at > $1",
+        )
+        .bind(hour_ago)
+        .fetch_all(&self.pool)
+        .await?
+        {
+            let rcpt: String = r.try_get("recipient")?;
+            let rd: Option<String> = r.try_get("recipient_domain")?;
+            let sd: Option<String> = r.try_get("sender_domain")?;
+            f.recipients_hour.insert(rcpt);
+            if let Some(d) = rd {
+                *f.recipient_domain_hour.entry(d).or_default() += 1;
+            }
+            if let Some(d) = sd {
+                *f.sender_domain_hour.entry(d).or_default() += 1;
+            }
+        }
+        Ok(f)
+    }
+
+    /// Writes everything a batch decided in one transaction. Fails with
+    /// [`StoreError::Conflict`] (and writes nothing) when a counter moved
+    /// since the facts were read: the caller decides the batch again.
+    pub async fn commit(&self, c: &Commit, now: i64) -> Result<(), StoreError> {
+        if c.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for w in &c.counters {
+            let done = match w.expected {
+                Some(old) => sqlx::query(
+                    "UPDATE counters SET value = $1 WHERE name = $2 AND value = $3",
+                )
+                .bind(w.value)
+                .bind(&w.name)
+                .bind(old)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected(),
+                None => sqlx::query(
+                    "INSERT INTO counters (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+                )
+                .bind(&w.name)
+                .bind(w.value)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected(),
+            };
+            if done != 1 {
+                tx.rollback().await?;
+                return Err(StoreError::Conflict(w.name.clone()));
+            }
+        }
+        for chunk in c.messages.chunks(CHUNK) {
+            let sql = format!(
+                "INSERT INTO messages (key, mailbox, message_id, sender, subject, received_at, updated_at, \
+                 state, verdict, folder, queue, rep, template, rule, ticket, reply_message_id, reply_raw, \
+                 last_error, attempts) VALUES {} \
+                 ON CONFLICT (key) DO UPDATE SET mailbox = excluded.mailbox, updated_at = excluded.updated_at, \
+                 state = excluded.state, verdict = excluded.verdict, folder = excluded.folder, \
+                 queue = excluded.queue, rep = excluded.rep, template = excluded.template, \
+                 rule = excluded.rule, ticket = COALESCE(excluded.ticket, messages.ticket), \
+                 reply_message_id = COALESCE(excluded.reply_message_id, messages.reply_message_id), \
+                 reply_raw = COALESCE(excluded.reply_raw, messages.reply_raw), \
+                 last_error = excluded.last_error, retry_at = NULL, \
+                 attempts = messages.attempts + excluded.attempts",
+                values(chunk.len(), 19)
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for m in chunk {
+                let state = m.state.unwrap_or(State::Decided);
+                q = q
+                    .bind(&m.key)
+                    .bind(&m.mailbox)
+                    .bind(&m.message_id)
+                    .bind(&m.sender)
+                    .bind(&m.subject)
+                    .bind(now)
+                    .bind(now)
+                    .bind(state.as_str())
+                    .bind(&m.verdict)
+                    .bind(&m.folder)
+                    .bind(&m.queue)
+                    .bind(&m.rep)
+                    .bind(&m.template)
+                    .bind(&m.rule)
+                    .bind(&m.ticket)
+                    .bind(&m.reply_message_id)
+                    .bind(&m.reply_raw)
+                    .bind(&m.last_error)
+                    .bind(i64::from(state == State::Sending));
+            }
+            q.execute(&mut *tx).await?;
+        }
+        for chunk in c.conversations.chunks(CHUNK) {
+            let sql = format!(
+                "INSERT INTO conversations (ticket, customer, subject, created_at, updated_at, \
+                 customer_messages, since_human, queue, rep, escalated) VALUES {} \
+                 ON CONFLICT (ticket) DO UPDATE SET \
+                 customer_messages = conversations.customer_messages + excluded.customer_messages, \
+                 since_human = conversations.since_human + excluded.customer_messages, \
+                 queue = COALESCE(excluded.queue, conversations.queue), \
+                 rep = COALESCE(excluded.rep, conversations.rep), \
+                 escalated = CASE WHEN excluded.escalated = 1 THEN 1 ELSE conversations.escalated END, \
+                 updated_at = excluded.updated_at",
+                values(chunk.len(), 10)
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for w in chunk {
+                q = q
+                    .bind(&w.ticket)
+                    .bind(w.customer.to_lowercase())
+                    .bind(&w.subject)
+                    .bind(now)
+                    .bind(now)
+                    .bind(w.messages)
+                    .bind(w.since_human_reset.unwrap_or(w.messages))
+                    .bind(&w.queue)
+                    .bind(&w.rep)
+                    .bind(i64::from(w.escalated));
+            }
+            q.execute(&mut *tx).await?;
+        }
+        // A person replied: the count restarts (rare, one statement each).
+        for w in c.conversations.iter() {
+            if let Some(n) = w.since_human_reset {
+                sqlx::query("UPDATE conversations SET since_human = $1 WHERE ticket = $2")
+                    .bind(n)
+                    .bind(&w.ticket)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        for chunk in c.thread_ids.chunks(CHUNK) {
+            let sql = format!(
+                "INSERT INTO thread_ids (message_id, ticket, auto_reply) VALUES {} \
+                 ON CONFLICT (message_id) DO NOTHING",
+                values(chunk.len(), 3)
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (id, t, auto) in chunk {
+                q = q.bind(id).bind(t).bind(i64::from(*auto));
+            }
+            q.execute(&mut *tx).await?;
+        }
+        for chunk in c.audit.chunks(CHUNK) {
+            let sql = format!(
+                "INSERT INTO audit (at, event, mailbox, message_key, message_id, sender, ticket, \
+                 queue, rep, detail, data) VALUES {}",
+                values(chunk.len(), 11)
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for e in chunk {
+                q = q
+                    .bind(e.at)
+                    .bind(&e.event)
+                    .bind(&e.mailbox)
+                    .bind(&e.message_key)
+                    .bind(&e.message_id)
+                    .bind(&e.sender)
+                    .bind(&e.ticket)
+                    .bind(&e.queue)
+                    .bind(&e.rep)
+                    .bind(&e.detail)
+                    .bind(&e.data);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Marks filed messages done (one statement per chunk). Only a message
+    /// in a state that leads to filing moves on (`WHERE state IN …`).
+    pub async fn finish(&self, keys: &[String], now: i64) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for chunk in keys.chunks(CHUNK) {
+            let sql = format!(
+                "UPDATE messages SET state = 'done', updated_at = $1 WHERE key IN ({}) \
+                 AND state IN ('decided', 'sent', 'archived', 'done')",
+                list(chunk.len(), 2)
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+            for k in chunk {
+                q = q.bind(k);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders() {
+        assert_eq!(list(3, 2), "$2, $3, $4");
+        assert_eq!(values(2, 2), "($1, $2), ($3, $4)");
+    }
+}
