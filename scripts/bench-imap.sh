@@ -20,6 +20,8 @@
 # The seeded mail is a mix drawn from the demo corpus (routine questions,
 # complaints, automatic mail, non-English...), each copy with a unique
 # Message-ID and sender so that per-sender reply limits do not mask work.
+# With COMPARE=R, then R interleaved rounds of imapfilter (server-side
+# SEARCH + MOVE rules) and switchboard route-only on the same N messages.
 # Requires root (the harness stores mail as the `mail` user) and python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -93,8 +95,9 @@ EOF
 write_config 200
 
 INBOX=$MAILDIR_ROOT/example.test/support
-mkdir -p "$INBOX/new" "$INBOX/cur" "$INBOX/tmp"
-echo "seeding $N messages into $INBOX/new ..." >&2
+seed_inbox() { # a fresh support mailbox holding N messages
+    rm -rf "$INBOX"
+    mkdir -p "$INBOX/new" "$INBOX/cur" "$INBOX/tmp"
 "$PY" - "$ROOT/examples/demo/Maildir/new" "$INBOX/new" "$N" <<'PY'
 import os, re, sys, time
 src, dst, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -116,7 +119,10 @@ for i in range(n):
     with open(os.path.join(dst, name), "wb") as f:
         f.write(head + sep + body)
 PY
-chown -R mail:mail "$MAILDIR_ROOT"
+    chown -R mail:mail "$MAILDIR_ROOT"
+}
+echo "seeding $N messages into $INBOX/new ..." >&2
+seed_inbox
 
 echo "backlog run: switchboard run --once over $N messages..." >&2
 cd "$WORK"
@@ -182,3 +188,41 @@ if not v:
 q = lambda p: v[min(len(v) - 1, int(p * len(v)))] * 1000
 print(f"latency: {len(v)}/{n} handled; p50 {q(0.5):.0f} ms, p90 {q(0.9):.0f} ms, p99 {q(0.99):.0f} ms, max {v[-1] * 1000:.0f} ms")
 PY
+
+# Optional: COMPARE=3 runs that many interleaved rounds of imapfilter (six
+# server-side SEARCH + MOVE rules, no bodies read, nothing recorded) and
+# switchboard route-only (auto_reply = false, fresh state) on the same N.
+ROUNDS=${COMPARE:-0}
+if [ "$ROUNDS" -gt 0 ]; then
+    kill "$DAEMON_PID" 2>/dev/null || true
+    wait "$DAEMON_PID" 2>/dev/null || true
+    DAEMON_PID=
+    command -v imapfilter >/dev/null || { echo "imapfilter not installed (apt-get install imapfilter)" >&2; exit 1; }
+    cat >"$WORK/imapfilter.lua" <<EOF2
+options.timeout = 120
+options.create = true
+options.starttls = false
+acct = IMAP { server = '127.0.0.1', port = $IMAP_PORT, username = 'support@example.test', password = 'secret' }
+for _, f in ipairs({ 'F', 'F/Billing', 'F/Automatic', 'F/Complaints', 'F/Legal', 'F/Orders', 'F/Support' }) do
+    acct:create_mailbox(f)
+end
+inbox = acct.INBOX
+inbox:contain_subject('refund'):move_messages(acct['F/Billing'])
+inbox:contain_from('noreply'):move_messages(acct['F/Automatic'])
+inbox:contain_subject('complaint'):move_messages(acct['F/Complaints'])
+inbox:contain_body('lawyer'):move_messages(acct['F/Legal'])
+inbox:contain_subject('order'):move_messages(acct['F/Orders'])
+inbox:select_all():move_messages(acct['F/Support'])
+EOF2
+    sed -i 's/^\[company\]/auto_reply = false\n\n[company]/' "$WORK/switchboard.toml"
+    for r in $(seq "$ROUNDS"); do
+        seed_inbox
+        /usr/bin/time -f "round $r imapfilter:  %e s, peak RSS %M KB" imapfilter -c "$WORK/imapfilter.lua" >/dev/null
+        seed_inbox
+        rm -f "$WORK"/state.db*
+        /usr/bin/time -o "$WORK/time" -f "round $r switchboard: %e s, peak RSS %M KB" \
+            "$BIN" run --once --config switchboard.toml 2>"$WORK/once.log" >/dev/null ||
+            { tail -5 "$WORK/once.log"; exit 1; }
+        cat "$WORK/time" >&2
+    done
+fi

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
-use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use lettre::{AsyncFileTransport, AsyncTransport, Tokio1Executor};
 use tokio::net::TcpStream;
@@ -98,11 +98,17 @@ impl Outbox {
     }
 }
 
+/// After the server could not be reached, sends that need a new
+/// connection are deferred without trying for this long.
+const UNREACHABLE_HOLD: Duration = Duration::from_secs(10);
+
 /// An SMTP server, with a pool of idle connections.
 #[derive(Clone)]
 pub struct SmtpOutbox {
     cfg: Arc<SmtpConfig>,
     idle: Arc<tokio::sync::Mutex<Vec<AsyncSmtpConnection>>>,
+    /// When (and why) the last attempt to reach the server failed.
+    unreachable: Arc<std::sync::Mutex<Option<(std::time::Instant, String)>>>,
     timeout: Duration,
     /// `host:port`, for messages.
     pub server: String,
@@ -187,6 +193,7 @@ impl SmtpOutbox {
         Ok(SmtpOutbox {
             cfg: Arc::new(s.clone()),
             idle: Arc::new(tokio::sync::Mutex::new(Vec::new())),
+            unreachable: Arc::new(std::sync::Mutex::new(None)),
             timeout: s.timeout,
             server: format!("{}:{}", s.host, s.port),
         })
@@ -305,8 +312,29 @@ impl SmtpOutbox {
     }
 
     async fn send(&self, m: &Outgoing) -> Result<(), SendError> {
+        // The server could not be reached a moment ago: the messages behind
+        // that one are deferred at once instead of each waiting out its
+        // own timeout (a batch of replies to a dead relay would otherwise
+        // take minutes).
+        if let Ok(down) = self.unreachable.lock()
+            && let Some((at, why)) = down.as_ref()
+            && at.elapsed() < UNREACHABLE_HOLD
+        {
+            return Err(SendError::Temporary(format!("not tried: {why}")));
+        }
         let mut phase = Phase::Connect;
         let result = tokio::time::timeout(self.timeout, self.send_inner(m, &mut phase)).await;
+        let connect_failed = match &result {
+            Ok(Err(SendError::Temporary(why))) if phase == Phase::Connect => Some(why.clone()),
+            Err(_) if phase == Phase::Connect => Some(format!(
+                "SMTP {} did not answer within {:?}",
+                self.server, self.timeout
+            )),
+            _ => None,
+        };
+        if let Ok(mut down) = self.unreachable.lock() {
+            *down = connect_failed.map(|why| (std::time::Instant::now(), why));
+        }
         match result {
             Ok(r) => r,
             Err(_) if phase == Phase::Content => Err(SendError::Ambiguous(format!(
@@ -336,8 +364,9 @@ impl SmtpOutbox {
                     conn.abort().await;
                 }
                 Err(e) => {
-                    conn.abort().await;
-                    return Err(self.classify(&e, *phase));
+                    let error = self.classify(&e, *phase);
+                    self.reset_or_abort(conn, &e, *phase).await;
+                    return Err(error);
                 }
             }
         }
@@ -360,10 +389,31 @@ impl SmtpOutbox {
                 Ok(())
             }
             Err(e) => {
-                conn.abort().await;
-                Err(self.classify(&e, *phase))
+                let error = self.classify(&e, *phase);
+                self.reset_or_abort(conn, &e, *phase).await;
+                Err(error)
             }
         }
+    }
+
+    /// After a failed transaction: when the server refused the envelope
+    /// (an unknown recipient, say), `RSET` makes the connection usable
+    /// for the next message; anything else closes it.
+    async fn reset_or_abort(
+        &self,
+        mut conn: AsyncSmtpConnection,
+        e: &lettre::transport::smtp::Error,
+        phase: Phase,
+    ) {
+        if phase == Phase::Envelope
+            && e.status().is_some()
+            && !conn.has_broken()
+            && conn.command(Rset).await.is_ok()
+        {
+            self.release(conn).await;
+            return;
+        }
+        conn.abort().await;
     }
 
     /// Reports a connection failure; an authentication failure is ours to

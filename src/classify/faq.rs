@@ -31,7 +31,9 @@
 //! clear question. An automatic answer needs the best entry to clear the
 //! threshold *and* lead the runner-up by the margin.
 
-use std::collections::HashMap;
+// A fast hasher: the maps are built from the FAQ and only looked up with
+// text from mail (no inserts), so hash flooding does not apply.
+use rustc_hash::FxHashMap as HashMap;
 
 use serde::Serialize;
 use unicode_normalization::UnicodeNormalization;
@@ -329,7 +331,7 @@ fn edit_distance(a: &str, b: &str, max: usize) -> usize {
 
 impl Speller {
     fn build<'a>(texts: impl Iterator<Item = &'a str>) -> Speller {
-        let mut counts: HashMap<String, u32> = HashMap::new();
+        let mut counts: HashMap<String, u32> = HashMap::default();
         for t in texts {
             for w in words(t) {
                 if w.chars().all(char::is_alphabetic) {
@@ -444,7 +446,7 @@ impl Vocab {
     /// feature once plus an id per occurrence.
     fn build(texts: &[&str], stem: &rust_stemmers::Stemmer) -> (Vocab, Vec<Sparse>) {
         let n = texts.len() as f64;
-        let mut ids: [HashMap<String, u32>; 2] = [HashMap::new(), HashMap::new()];
+        let mut ids: [HashMap<String, u32>; 2] = [HashMap::default(), HashMap::default()];
         let mut df: [Vec<u32>; 2] = [Vec::new(), Vec::new()];
         let mut docs: Vec<[Vec<u32>; 2]> = Vec::with_capacity(texts.len());
         for t in texts {
@@ -495,7 +497,7 @@ impl Vocab {
         let xs = docs
             .into_iter()
             .map(|doc| {
-                let mut tf: [HashMap<u32, u32>; 2] = [HashMap::new(), HashMap::new()];
+                let mut tf: [HashMap<u32, u32>; 2] = [HashMap::default(), HashMap::default()];
                 for (b, list) in doc.iter().enumerate() {
                     for id in list {
                         *tf[b].entry(remap[b][*id as usize]).or_default() += 1;
@@ -515,7 +517,7 @@ impl Vocab {
     /// feature: every n-gram is looked up from one reused buffer, so the
     /// memory a question needs is bounded by its distinct known features.
     fn vector_words(&self, ws: &[String], stem: &rust_stemmers::Stemmer) -> Sparse {
-        let mut tf: [HashMap<u32, u32>; 2] = [HashMap::new(), HashMap::new()];
+        let mut tf: [HashMap<u32, u32>; 2] = [HashMap::default(), HashMap::default()];
         let mut buf = String::new();
         let mut prev: Option<String> = None;
         let mut padded: Vec<char> = Vec::new();

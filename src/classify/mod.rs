@@ -67,13 +67,44 @@ pub fn question_text(m: &Message) -> String {
 }
 
 /// Classifies one message.
+///
+/// The FAQ is scored only when the outcome can depend on it: when a rule
+/// decides (route, escalate, ignore, park, a fixed template) before any
+/// rule that looks at the FAQ, the FAQ result is left empty with a
+/// reason saying so.
 pub fn classify(m: &Message, k: &Knowledge, ctx: &Context) -> Classification {
-    let faq = k.faq.query_question(&question::Question::from_message(m));
+    classify_scored(m, k, ctx, None)
+}
+
+/// [`classify`] with the FAQ result computed beforehand by [`score_faq`]
+/// (on another thread); `None` scores here when needed.
+pub fn classify_scored(
+    m: &Message,
+    k: &Knowledge,
+    ctx: &Context,
+    scored: Option<&FaqResult>,
+) -> Classification {
     let guard = loop_guard::inspect(m, &k.policy.our_addresses);
     let auth = auth::inspect(m, &k.policy.reply.trusted_authserv_ids);
     let follow_up = ctx.follow_up || answers_us(m, &k.policy.domain, &k.policy.reply.ticket_prefix);
     let ctx = Context { follow_up };
-    let facts = facts(m, &faq, &guard, &ctx);
+    let mut facts = facts(m, &FaqResult::default(), &guard, &ctx);
+    let faq = if rules::decided_without_faq(&k.rules, &facts) {
+        FaqResult {
+            reason: "not scored: a rule decided before any rule that looks at the FAQ".into(),
+            ..FaqResult::default()
+        }
+    } else {
+        let faq = match scored {
+            Some(f) => f.clone(),
+            None => k.faq.query_question(&question::Question::from_message(m)),
+        };
+        let best = faq.best();
+        facts.faq_id = best.map(|c| c.id.clone()).unwrap_or_default();
+        facts.faq_score = best.map_or(0.0, |c| c.score);
+        facts.faq_confident = faq.confident;
+        faq
+    };
     let rules = rules::run(&k.rules, &facts);
     Classification {
         faq,
@@ -82,6 +113,27 @@ pub fn classify(m: &Message, k: &Knowledge, ctx: &Context) -> Classification {
         rules,
         follow_up,
     }
+}
+
+/// The FAQ result for `m` when the rules' outcome can depend on it
+/// (whether or not the message turns out to be a follow-up), else
+/// `None`. The expensive part of classification, done ahead on the
+/// blocking pool.
+pub fn score_faq(m: &Message, k: &Knowledge) -> Option<FaqResult> {
+    let guard = loop_guard::inspect(m, &k.policy.our_addresses);
+    let answers = answers_us(m, &k.policy.domain, &k.policy.reply.ticket_prefix);
+    let mut f = facts(
+        m,
+        &FaqResult::default(),
+        &guard,
+        &Context { follow_up: answers },
+    );
+    let mut needed = !rules::decided_without_faq(&k.rules, &f);
+    if !needed && !answers {
+        f.follow_up = true;
+        needed = !rules::decided_without_faq(&k.rules, &f);
+    }
+    needed.then(|| k.faq.query_question(&question::Question::from_message(m)))
 }
 
 /// Whether a message answers us, judged from the message alone: it

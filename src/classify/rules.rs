@@ -172,6 +172,27 @@ pub fn describe(a: &RuleAction) -> String {
     }
 }
 
+/// Whether the rules reach a decision that does not depend on the FAQ:
+/// a terminal action other than `stop`, reached before any rule that
+/// looks at the FAQ result. Then scoring the FAQ can be skipped; the
+/// outcome of [`run`] is the same whatever the FAQ would have said.
+pub fn decided_without_faq(rules: &[Rule], f: &Facts) -> bool {
+    for r in rules {
+        if r.uses_faq() {
+            return false;
+        }
+        if !r.when.eval(f) {
+            continue;
+        }
+        match r.action {
+            Some(RuleAction::Stop) => return false,
+            Some(_) => return true,
+            None => {}
+        }
+    }
+    false
+}
+
 /// Runs the rules in order; the first terminal action wins.
 pub fn run(rules: &[Rule], f: &Facts) -> RuleOutcome {
     let mut out = RuleOutcome::default();
@@ -339,6 +360,39 @@ mod tests {
             r("[ { subject = { contains = \"refund\" } }, { has_attachment = true } ]"),
             Some("r".into())
         );
+    }
+
+    #[test]
+    fn the_faq_is_needed_only_when_the_outcome_can_depend_on_it() {
+        let rs = rules(
+            "[[rule]]\nname = \"tag\"\nwhen = { subject = { contains = \"urgent\" } }\nflag = [\"urgent\"]\n\n\
+             [[rule]]\nname = \"billing\"\nwhen = { body = { contains = \"charged\" } }\nroute = \"billing\"\n\n\
+             [[rule]]\nname = \"hold\"\nwhen = { body = { contains = \"hold on\" } }\nstop = true\n\n\
+             [[rule]]\nname = \"low\"\nwhen = { faq_score = { under = 0.2 } }\nroute = \"other\"\n\n\
+             [[rule]]\nname = \"late\"\nwhen = { body = { contains = \"twice\" } }\nroute = \"billing\"\n",
+        );
+        let with_body = |b: &str| {
+            Facts {
+                body: b.into(),
+                ..Facts::default()
+            }
+            .finish()
+        };
+        // Routed before any rule that looks at the FAQ.
+        assert!(decided_without_faq(&rs, &with_body("I was charged")));
+        // The FAQ rule comes first: its outcome depends on the score.
+        assert!(!decided_without_faq(&rs, &with_body("paid twice")));
+        assert!(!decided_without_faq(&rs, &with_body("nothing matches")));
+        // `stop` leaves the answer to the FAQ.
+        assert!(!decided_without_faq(&rs, &with_body("hold on")));
+        let faq_first = rules(
+            "[[rule]]\nname = \"answer\"\nwhen = { faq_confident = true }\nreply = \"faq\"\n\n\
+             [[rule]]\nname = \"billing\"\nwhen = { body = { contains = \"charged\" } }\nroute = \"billing\"\n",
+        );
+        assert!(!decided_without_faq(
+            &faq_first,
+            &with_body("I was charged")
+        ));
     }
 
     #[test]

@@ -9,14 +9,17 @@ pub mod health;
 use health::Health;
 
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, ImapConfig, MailboxConfig, MailboxKind};
+use crate::fetch::MsgRef;
 use crate::fetch::imap::{Imap, Wake};
 use crate::fetch::maildir::Maildir;
 use crate::fetch::{FetchError, MailSource};
 use crate::knowledge::Knowledge;
-use crate::pipeline::{MailboxInfo, Outcome, Pipeline, PipelineError};
+use crate::pipeline::{
+    Filing, MailboxInfo, Outcome, Pipeline, PipelineError, Prepared, prepare_batch,
+};
 
 /// Everything a mailbox task shares with the others.
 #[derive(Clone)]
@@ -37,41 +40,185 @@ impl Shared {
     }
 }
 
-/// Processes the messages that are pending right now, in batches.
-/// Returns what happened to each. Stops between batches on shutdown.
+/// Messages decided but not yet filed, at most: flags and moves for a
+/// backlog are sent this many messages at a time.
+const FILE_EVERY: usize = 2_000;
+/// …or after this long, so that representatives see a backlog's mail
+/// arrive in their folders steadily.
+const FILE_AFTER: Duration = Duration::from_secs(2);
+
+/// Processes the messages that are pending right now, in batches, and
+/// hands each outcome to `seen`. Stops between batches on shutdown.
+/// Returns how many messages were filed.
+pub async fn drain_once_with<S: MailSource>(
+    src: &mut S,
+    shared: &Shared,
+    mb: &MailboxInfo,
+    seen: &mut (dyn FnMut(Outcome) + Send),
+) -> Result<usize, PipelineError> {
+    let pending = src.pending().await?;
+    let mut filing = Filing::default();
+    let mut filed = 0;
+    let mut result = Ok(());
+    let mut chunks = Chunks::new(&pending, shared.batch_size);
+    // Pipelined: while batch n is parsed and scored on the blocking pool,
+    // batch n+1 is fetched and earlier batches are filed over IMAP.
+    let mut next = match chunks.next() {
+        Some(c) if !shared.stopping() => Some(fetch_prepare(src, shared, mb, c).await),
+        _ => None,
+    };
+    while let Some(current) = next.take() {
+        let (k, prepared) = match current {
+            Ok(p) => p,
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        };
+        let ahead = match chunks.next() {
+            Some(c) if !shared.stopping() => Some(fetch_prepare(src, shared, mb, c).await),
+            _ => None,
+        };
+        if (filing.len() >= FILE_EVERY || filing.age() >= FILE_AFTER)
+            && let Err(e) = filing.flush(&shared.pipeline, src).await
+        {
+            result = Err(e);
+            break;
+        }
+        let prepared = match prepared.await {
+            Ok(p) => p,
+            // Only when the runtime shuts down: the messages stay in the
+            // inbox.
+            Err(_) => break,
+        };
+        match shared
+            .pipeline
+            .process_prepared(src, mb, &k, prepared, &mut filing)
+            .await
+        {
+            Ok(outcomes) => {
+                for o in outcomes {
+                    filed += usize::from(o.folder.is_some());
+                    seen(o);
+                }
+            }
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+        next = ahead;
+    }
+    // What was decided is filed even when a later batch failed (a broken
+    // connection fails this too; the messages are then filed on resume).
+    let flushed = filing.flush(&shared.pipeline, src).await;
+    result?;
+    flushed?;
+    Ok(filed)
+}
+
+/// The batches of a pass: the first as configured, so that a message
+/// that arrives alone is handled at once; in a backlog, twice that (at
+/// most 1,000), which halves the per-batch round trips and statements.
+struct Chunks<'a> {
+    rest: &'a [MsgRef],
+    size: usize,
+    max: usize,
+}
+
+impl<'a> Chunks<'a> {
+    fn new(pending: &'a [MsgRef], batch_size: usize) -> Self {
+        let size = batch_size.max(1);
+        Chunks {
+            rest: pending,
+            size,
+            max: (size * 2).min(1_000).max(size),
+        }
+    }
+}
+
+impl<'a> Iterator for Chunks<'a> {
+    type Item = &'a [MsgRef];
+
+    fn next(&mut self) -> Option<&'a [MsgRef]> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let (chunk, rest) = self.rest.split_at(self.size.min(self.rest.len()));
+        self.rest = rest;
+        self.size = self.max;
+        Some(chunk)
+    }
+}
+
+/// Fetches a chunk and starts parsing and scoring it (with the knowledge
+/// of this moment) on the blocking pool.
+async fn fetch_prepare<S: MailSource>(
+    src: &mut S,
+    shared: &Shared,
+    mb: &MailboxInfo,
+    chunk: &[MsgRef],
+) -> Result<(Arc<Knowledge>, tokio::task::JoinHandle<Prepared>), PipelineError> {
+    let k = shared.knowledge.borrow().clone();
+    let t = std::time::Instant::now();
+    let batch = src.fetch(chunk, shared.max_size).await?;
+    debug!(mailbox = %mb.name, messages = batch.len(), fetch_ms = t.elapsed().as_millis() as u64, "fetched");
+    Ok((k.clone(), tokio::spawn(prepare_batch(batch, k))))
+}
+
+/// [`drain_once_with`], collecting the outcomes.
 pub async fn drain_once<S: MailSource>(
     src: &mut S,
     shared: &Shared,
     mb: &MailboxInfo,
 ) -> Result<Vec<Outcome>, PipelineError> {
-    let pending = src.pending().await?;
     let mut out = Vec::new();
-    for chunk in pending.chunks(shared.batch_size.max(1)) {
-        if shared.stopping() {
-            break;
-        }
-        // A batch keeps the snapshot it started with.
-        let k = shared.knowledge.borrow().clone();
-        let batch = src.fetch(chunk, shared.max_size).await?;
-        out.extend(shared.pipeline.process(src, mb, &k, batch).await?);
-    }
+    drain_once_with(src, shared, mb, &mut |o| out.push(o)).await?;
     Ok(out)
 }
 
 /// Drains until a pass files nothing more (new mail may arrive while a
-/// backlog is processed).
+/// backlog is processed), handing each outcome to `seen`.
+pub async fn drain_with<S: MailSource>(
+    src: &mut S,
+    shared: &Shared,
+    mb: &MailboxInfo,
+    seen: &mut (dyn FnMut(Outcome) + Send),
+) -> Result<(), PipelineError> {
+    loop {
+        let filed = drain_once_with(src, shared, mb, seen).await?;
+        if filed == 0 || shared.stopping() {
+            return Ok(());
+        }
+    }
+}
+
+/// [`drain_with`], collecting the outcomes.
 pub async fn drain<S: MailSource>(
     src: &mut S,
     shared: &Shared,
     mb: &MailboxInfo,
 ) -> Result<Vec<Outcome>, PipelineError> {
     let mut all = Vec::new();
-    loop {
-        let pass = drain_once(src, shared, mb).await?;
-        let filed = pass.iter().filter(|o| o.folder.is_some()).count();
-        all.extend(pass);
-        if filed == 0 || shared.stopping() {
-            return Ok(all);
+    drain_with(src, shared, mb, &mut |o| all.push(o)).await?;
+    Ok(all)
+}
+
+/// What a pass did, for health and the daemon's loop.
+#[derive(Debug, Default)]
+struct Tally {
+    checked: u64,
+    filed: u64,
+    deferred: bool,
+}
+
+impl Tally {
+    fn see(&mut self, h: &Health, o: &Outcome) {
+        self.checked += 1;
+        self.filed += u64::from(o.folder.is_some());
+        self.deferred |= o.verdict == "deferred";
+        if o.replied {
+            h.reply_sent();
         }
     }
 }
@@ -97,12 +244,13 @@ pub async fn run_maildir(
     let info = mailbox_info(&mb);
     let mut handled = 0;
     loop {
-        match drain(&mut src, &shared, &info).await {
-            Ok(o) => {
-                let n = o.iter().filter(|o| o.folder.is_some()).count();
-                handled += n;
-                record(&shared.health, &mb.name, &o);
-            }
+        let mut tally = Tally::default();
+        let health = shared.health.clone();
+        let r = drain_with(&mut src, &shared, &info, &mut |o| tally.see(&health, &o)).await;
+        handled += tally.filed as usize;
+        shared.health.checked(&mb.name, tally.checked, tally.filed);
+        match r {
+            Ok(()) => {}
             Err(e) => {
                 shared
                     .health
@@ -216,11 +364,14 @@ pub async fn run_imap(
         uid_validity = imap.uid_validity;
         loop {
             let mut idle_for = IDLE_PERIOD;
-            match drain(&mut imap, &shared, &info).await {
-                Ok(o) => {
-                    handled += o.iter().filter(|o| o.folder.is_some()).count();
-                    record(&shared.health, &mb.name, &o);
-                    if o.iter().any(|o| o.verdict == "deferred") {
+            let mut tally = Tally::default();
+            let health = shared.health.clone();
+            let r = drain_with(&mut imap, &shared, &info, &mut |o| tally.see(&health, &o)).await;
+            handled += tally.filed as usize;
+            shared.health.checked(&mb.name, tally.checked, tally.filed);
+            match r {
+                Ok(()) => {
+                    if tally.deferred {
                         // Come back for deferred replies even without new mail.
                         idle_for = retry.0.max(Duration::from_secs(1));
                     }
@@ -272,16 +423,6 @@ pub async fn run_imap(
 }
 
 /// Records a successful check in the health state and metrics.
-fn record(h: &Health, mailbox: &str, outcomes: &[Outcome]) {
-    let filed = outcomes.iter().filter(|o| o.folder.is_some()).count() as u64;
-    for o in outcomes {
-        if o.replied {
-            h.reply_sent();
-        }
-    }
-    h.checked(mailbox, outcomes.len() as u64, filed);
-}
-
 /// What a run did: messages filed, and mailboxes that failed.
 #[derive(Debug, Clone, Default)]
 pub struct RunSummary {

@@ -218,14 +218,23 @@ fn history(
     h
 }
 
-/// Decides one message. `resumed_ticket` is the ticket an earlier attempt
-/// gave it (a retried reply keeps its conversation).
+/// What is known about a message before it is decided.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Prior<'a> {
+    /// The ticket an earlier attempt gave it (a retried reply keeps its
+    /// conversation).
+    pub ticket: Option<&'a str>,
+    /// Its FAQ result, scored ahead ([`classify::score_faq`]).
+    pub scored: Option<&'a crate::classify::FaqResult>,
+}
+
+/// Decides one message.
 pub fn plan(
     m: &Message,
     k: &Knowledge,
     facts: &Facts,
     ledger: &mut Ledger,
-    resumed_ticket: Option<String>,
+    prior: Prior<'_>,
     mailbox_folders: &crate::config::Folders,
     now: i64,
 ) -> Planned {
@@ -248,12 +257,13 @@ pub fn plan(
             });
     }
     let existing = ticket.as_deref().and_then(|t| ledger.thread(facts, t));
-    let c: Classification = classify::classify(
+    let c: Classification = classify::classify_scored(
         m,
         k,
         &Context {
             follow_up: ticket.is_some(),
         },
+        prior.scored,
     );
     let proposed = decide::proposed_reply(&c, k);
     let recipient = decide::reply_address(m, k.policy.reply.address, &k.policy.our_addresses)
@@ -288,7 +298,7 @@ pub fn plan(
             Verdict::Reply { .. } | Verdict::Route { .. } | Verdict::Escalate { .. }
         )
     {
-        ticket = Some(match resumed_ticket {
+        ticket = Some(match prior.ticket.map(str::to_string) {
             Some(t) => t,
             None => {
                 ledger.tickets_taken += 1;

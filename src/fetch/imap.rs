@@ -89,6 +89,9 @@ pub struct Caps {
     pub idle: bool,
     pub mv: bool,
     pub uidplus: bool,
+    /// MULTIAPPEND (RFC 3502) and LITERAL+ (RFC 7888): several messages
+    /// stored by one command without waiting for continuations.
+    pub multiappend: bool,
 }
 
 /// Why waiting for new mail ended.
@@ -209,6 +212,11 @@ impl async_imap::Authenticator for XOAuth2 {
 }
 
 /// Encodes a folder name in IMAP's modified UTF-7 (RFC 3501 §5.1.3).
+/// A folder name as an IMAP quoted string.
+fn quote_folder(name: &str) -> String {
+    format!("\"{}\"", name.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
 pub fn encode_folder(name: &str) -> String {
     let mut out = String::new();
     let mut pending: Vec<u16> = Vec::new();
@@ -407,6 +415,7 @@ impl Imap {
             idle: caps.has_str("IDLE"),
             mv: caps.has_str("MOVE") && cfg.use_move,
             uidplus: caps.has_str("UIDPLUS"),
+            multiappend: caps.has_str("MULTIAPPEND") && caps.has_str("LITERAL+"),
         };
         let delimiter = {
             let names: Vec<_> = tokio::time::timeout(t, async {
@@ -759,6 +768,43 @@ impl MailSource for Imap {
         Self::timed(t, s.select(&inbox)).await?;
         self.drain_unsolicited();
         found
+    }
+
+    async fn append_all(
+        &mut self,
+        folder: &str,
+        raws: &[&[u8]],
+        flags: &[Flag],
+    ) -> Result<(), FetchError> {
+        // One command carries the messages as non-synchronising literals;
+        // the command text must be UTF-8 for the client library, which our
+        // own replies are. Otherwise (or without the extensions), one by one.
+        let texts: Option<Vec<&str>> = raws.iter().map(|r| std::str::from_utf8(r).ok()).collect();
+        let Some(texts) = texts.filter(|_| self.caps.multiappend && raws.len() > 1) else {
+            for raw in raws {
+                self.append(folder, raw, flags).await?;
+            }
+            return Ok(());
+        };
+        let dest = self.ensure_folder(folder).await?;
+        let f = format!("({})", flag_list(flags));
+        // Commands of a bounded size (servers limit a command's length).
+        let mut start = 0;
+        while start < texts.len() {
+            let mut cmd = format!("APPEND {}", quote_folder(&dest));
+            let mut end = start;
+            while end < texts.len() && (end == start || cmd.len() + texts[end].len() < 8 << 20) {
+                cmd.push_str(&format!(" {f} {{{}+}}\r\n", texts[end].len()));
+                cmd.push_str(texts[end]);
+                end += 1;
+            }
+            let t = self.cfg.timeout.max(Duration::from_secs(60));
+            let s = self.session()?;
+            Self::timed(t, s.run_command_and_check_ok(&cmd)).await?;
+            start = end;
+        }
+        self.drain_unsolicited();
+        Ok(())
     }
 
     async fn append(&mut self, folder: &str, raw: &[u8], flags: &[Flag]) -> Result<(), FetchError> {

@@ -164,4 +164,24 @@ pub trait MailSource: Send {
         raw: &[u8],
         flags: &[Flag],
     ) -> impl Future<Output = Result<(), FetchError>> + Send;
+
+    /// Stores copies of several messages in one folder, all with the same
+    /// flags: in one command where the server allows it (IMAP
+    /// MULTIAPPEND with non-synchronising literals), else one by one.
+    fn append_all(
+        &mut self,
+        folder: &str,
+        raws: &[&[u8]],
+        flags: &[Flag],
+    ) -> impl Future<Output = Result<(), FetchError>> + Send
+    where
+        Self: Send,
+    {
+        async move {
+            for raw in raws {
+                self.append(folder, raw, flags).await?;
+            }
+            Ok(())
+        }
+    }
 }

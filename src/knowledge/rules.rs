@@ -91,6 +91,28 @@ pub enum Condition {
     Bool(BoolField, bool),
 }
 
+impl Condition {
+    /// Whether the condition looks at the FAQ result (`faq_id`,
+    /// `faq_score`, `faq_confident`).
+    pub fn uses_faq(&self) -> bool {
+        match self {
+            Condition::True => false,
+            Condition::All(c) | Condition::Any(c) => c.iter().any(Condition::uses_faq),
+            Condition::Not(c) => c.uses_faq(),
+            Condition::Text(field, _) => matches!(field, TextField::FaqId),
+            Condition::Number(field, _, _) => matches!(field, NumField::FaqScore),
+            Condition::Bool(field, _) => matches!(field, BoolField::FaqConfident),
+        }
+    }
+}
+
+impl Rule {
+    /// Whether evaluating this rule needs the FAQ result.
+    pub fn uses_faq(&self) -> bool {
+        self.when.uses_faq() || matches!(self.action, Some(RuleAction::Reply(ReplyWith::Faq)))
+    }
+}
+
 /// Text fields a condition can test. Each yields one or more values; a
 /// test holds when it holds for any of them.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,6 +8,11 @@
 //! 3. Flags: one `UID STORE` per distinct flag set.
 //! 4. Filing: one `UID MOVE` per destination folder.
 //! 5. The filed messages are marked done in one transaction.
+//!
+//! Steps 3–5 are gathered over several batches of a backlog ([`Filing`]):
+//! the decisions are committed and the replies sent batch by batch, the
+//! moves happen a few thousand messages (or a couple of seconds) at a
+//! time.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -31,12 +36,18 @@ pub(super) async fn act<S: MailSource>(
     mb: &MailboxInfo,
     k: &Arc<Knowledge>,
     mut work: Vec<Work>,
+    filing: &mut Filing,
 ) -> Result<Vec<Outcome>, PipelineError> {
+    let t = std::time::Instant::now();
     send_replies(p, mb, k, &mut work).await?;
+    let sent = t.elapsed();
     store_copies(p, src, mb, &work).await?;
-    set_flags(src, &work).await?;
-    let filed = file(src, &work).await?;
-    p.store.finish(&filed, p.now()).await?;
+    tracing::debug!(
+        mailbox = %mb.name,
+        send_ms = sent.as_millis() as u64,
+        copy_ms = (t.elapsed() - sent).as_millis() as u64,
+        "answered"
+    );
     Ok(work
         .into_iter()
         .map(|w| {
@@ -46,9 +57,101 @@ pub(super) async fn act<S: MailSource>(
                 "decision" => w.outcome.verdict.clone()
             )
             .increment(1);
+            filing.add(&w);
             w.outcome
         })
         .collect())
+}
+
+/// Messages decided (and answered) but not filed yet: flags and moves are
+/// gathered over several batches, because a server's cost per `UID MOVE`
+/// grows with the size of the inbox. Each entry's state is already
+/// committed, so a crash before [`Filing::flush`] leaves the messages in
+/// the inbox to be filed on resume.
+#[derive(Debug, Default)]
+pub struct Filing {
+    /// (flags, messages) to flag, by the flags' names.
+    flags: BTreeMap<Vec<String>, (Vec<Flag>, Vec<MsgRef>)>,
+    /// Messages to move, by destination folder.
+    moves: BTreeMap<String, Vec<MsgRef>>,
+    /// Keys of the messages to mark done once moved.
+    keys: Vec<String>,
+    /// When the oldest entry was added.
+    since: Option<std::time::Instant>,
+}
+
+impl Filing {
+    fn add(&mut self, w: &Work) {
+        let flags: Vec<Flag> = match &w.step {
+            Step::Reply(s) if w.outcome.replied => s.flags.clone(),
+            Step::Resume { .. } => vec![Flag::Answered],
+            Step::File { flags, .. } => flags.clone(),
+            _ => Vec::new(),
+        };
+        if !flags.is_empty() {
+            let mut names: Vec<String> = flags.iter().map(|f| format!("{f:?}")).collect();
+            names.sort();
+            self.flags
+                .entry(names)
+                .or_insert_with(|| (flags, Vec::new()))
+                .1
+                .push(w.item.id.clone());
+        }
+        let folder = match &w.step {
+            Step::Reply(s) => s.folder.as_str(),
+            Step::File { folder, .. } | Step::Resume { folder, .. } => folder.as_str(),
+            Step::Leave => return,
+        };
+        self.moves
+            .entry(folder.to_string())
+            .or_default()
+            .push(w.item.id.clone());
+        self.keys.push(w.item.key.clone());
+        self.since.get_or_insert_with(std::time::Instant::now);
+    }
+
+    /// Messages waiting to be filed.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// How long the oldest waiting message has waited.
+    pub fn age(&self) -> std::time::Duration {
+        self.since.map(|t| t.elapsed()).unwrap_or_default()
+    }
+
+    /// Flags (one `UID STORE` per flag set), files (one `UID MOVE` per
+    /// folder) and marks the messages done (one transaction).
+    pub async fn flush<S: MailSource>(
+        &mut self,
+        p: &Pipeline,
+        src: &mut S,
+    ) -> Result<(), PipelineError> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        let t = std::time::Instant::now();
+        let Filing {
+            flags, moves, keys, ..
+        } = std::mem::take(self);
+        for (_, (flags, ids)) in flags {
+            src.add_flags(&ids, &flags).await?;
+        }
+        for (folder, ids) in moves {
+            src.move_to(&folder, &ids).await?;
+        }
+        p.store.finish(&keys, p.now()).await?;
+        tracing::debug!(
+            messages = keys.len(),
+            file_ms = t.elapsed().as_millis() as u64,
+            "filed"
+        );
+        Ok(())
+    }
 }
 
 /// Sends every reply of the batch and records the outcome of each.
@@ -238,74 +341,33 @@ async fn store_copies<S: MailSource>(
     mb: &MailboxInfo,
     work: &[Work],
 ) -> Result<(), PipelineError> {
+    // The batch's new replies in one command where the server allows.
+    let fresh: Vec<&[u8]> = work
+        .iter()
+        .filter_map(|w| match &w.step {
+            Step::Reply(s) if w.outcome.replied => Some(s.out.raw.as_slice()),
+            _ => None,
+        })
+        .collect();
+    if !fresh.is_empty() {
+        src.append_all(&mb.folders.sent, &fresh, &[Flag::Seen])
+            .await?;
+    }
     for w in work {
-        match &w.step {
-            Step::Reply(s) if w.outcome.replied => {
-                src.append(&mb.folders.sent, &s.out.raw, &[Flag::Seen])
-                    .await?;
+        if let Step::Resume {
+            reply_id,
+            append: true,
+            ..
+        } = &w.step
+        {
+            let there = match reply_id {
+                Some(id) => src.has_message(&mb.folders.sent, id).await?,
+                None => false,
+            };
+            if !there && let Some(raw) = p.store.reply_raw(&w.item.key).await? {
+                src.append(&mb.folders.sent, &raw, &[Flag::Seen]).await?;
             }
-            Step::Resume {
-                reply_id,
-                append: true,
-                ..
-            } => {
-                let there = match reply_id {
-                    Some(id) => src.has_message(&mb.folders.sent, id).await?,
-                    None => false,
-                };
-                if !there && let Some(raw) = p.store.reply_raw(&w.item.key).await? {
-                    src.append(&mb.folders.sent, &raw, &[Flag::Seen]).await?;
-                }
-            }
-            _ => {}
         }
     }
     Ok(())
-}
-
-/// Flags: one command per distinct set of flags.
-async fn set_flags<S: MailSource>(src: &mut S, work: &[Work]) -> Result<(), PipelineError> {
-    let mut groups: BTreeMap<Vec<String>, (Vec<Flag>, Vec<MsgRef>)> = BTreeMap::new();
-    for w in work {
-        let flags: Vec<Flag> = match &w.step {
-            Step::Reply(s) if w.outcome.replied => s.flags.clone(),
-            Step::Resume { .. } => vec![Flag::Answered],
-            Step::File { flags, .. } => flags.clone(),
-            _ => Vec::new(),
-        };
-        if flags.is_empty() {
-            continue;
-        }
-        let mut names: Vec<String> = flags.iter().map(|f| format!("{f:?}")).collect();
-        names.sort();
-        groups
-            .entry(names)
-            .or_insert_with(|| (flags, Vec::new()))
-            .1
-            .push(w.item.id.clone());
-    }
-    for (_, (flags, ids)) in groups {
-        src.add_flags(&ids, &flags).await?;
-    }
-    Ok(())
-}
-
-/// Files the messages: one move per destination folder. Returns the keys
-/// of the filed messages.
-async fn file<S: MailSource>(src: &mut S, work: &[Work]) -> Result<Vec<String>, PipelineError> {
-    let mut moves: BTreeMap<&str, Vec<MsgRef>> = BTreeMap::new();
-    let mut keys = Vec::new();
-    for w in work {
-        let folder = match &w.step {
-            Step::Reply(s) => s.folder.as_str(),
-            Step::File { folder, .. } | Step::Resume { folder, .. } => folder.as_str(),
-            Step::Leave => continue,
-        };
-        moves.entry(folder).or_default().push(w.item.id.clone());
-        keys.push(w.item.key.clone());
-    }
-    for (folder, ids) in moves {
-        src.move_to(folder, &ids).await?;
-    }
-    Ok(keys)
 }

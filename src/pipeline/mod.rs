@@ -2,15 +2,26 @@
 //! batch of messages from one mailbox. [`Pipeline::process`] reads like
 //! the diagram:
 //!
-//! 1. **parse** the batch (on the blocking pool: it is CPU work);
+//! 1. **parse** the batch and score it against the FAQ where a decision
+//!    can depend on it ([`prepare_batch`], on the blocking pool, split
+//!    over the cores: it is the CPU work);
 //! 2. **gather the facts** its decisions depend on, in a few queries
 //!    ([`facts`]);
 //! 3. **decide** every message purely ([`crate::decide::plan`]);
 //! 4. **commit** every decision, conversation, assignment, counter and
 //!    audit record in one transaction, before any side effect;
-//! 5. **act** ([`act`]): send the replies (recording each), store their
-//!    copies, set flags (one command per flag set), file the messages
-//!    (one move per folder), and mark them done in one more transaction.
+//! 5. **act** ([`act`]): send the replies (a few at a time, recorded in
+//!    one transaction) and store their copies (one `APPEND` for the
+//!    batch where the server has MULTIAPPEND and LITERAL+);
+//! 6. **file** ([`Filing`]): set flags (one command per flag set), file
+//!    the messages (one move per folder) and mark them done in one more
+//!    transaction — gathered over the batches of a backlog, a couple of
+//!    thousand messages or two seconds at a time, because a server's cost
+//!    per `UID MOVE` grows with the size of the inbox.
+//!
+//! The daemon ([`crate::daemon::drain_once_with`]) overlaps the stages:
+//! while one batch is parsed and scored, the next is fetched and earlier
+//! ones are filed.
 //!
 //! # Crash safety
 //!
@@ -37,6 +48,8 @@
 
 mod act;
 mod facts;
+
+pub use act::Filing;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -160,7 +173,7 @@ pub fn dry_run_sized(
                 k,
                 &plan::Facts::default(),
                 &mut Ledger::default(),
-                None,
+                plan::Prior::default(),
                 &k.policy.folders,
                 crate::util::now_ms(),
             );
@@ -245,6 +258,8 @@ struct Item {
     /// Identity in the store: the Message-ID, or a hash.
     key: String,
     parsed: Result<Message, String>,
+    /// The FAQ result, scored ahead when the decision can depend on it.
+    faq: Option<crate::classify::FaqResult>,
 }
 
 impl Item {
@@ -308,39 +323,77 @@ struct Work {
     outcome: Outcome,
 }
 
-/// Parses a batch on the blocking pool.
-async fn parse_batch(batch: Vec<Fetched>, k: &Arc<Knowledge>) -> Vec<Item> {
-    let k = k.clone();
-    let work = move || {
-        batch
-            .into_iter()
-            .map(|f| match f.unreadable {
-                Some(why) => Item {
-                    key: format!(
-                        "unreadable:{}",
-                        crate::util::sha256_hex(format!("{}", f.id).as_bytes())
-                    ),
-                    id: f.id,
-                    parsed: Err(why),
-                },
-                None => match parse::parse(&f.raw, &parse_options(&k, Some(f.size))) {
-                    Ok(m) => Item {
-                        key: m.dedupe_key(&f.raw),
-                        id: f.id,
-                        parsed: Ok(m),
-                    },
-                    Err(e) => Item {
-                        key: format!("sha256:{}", crate::util::sha256_hex(&f.raw)),
-                        id: f.id,
-                        parsed: Err(format!("cannot parse the message: {e}")),
-                    },
-                },
+/// A batch parsed and scored, ready for [`Pipeline::process_prepared`].
+pub struct Prepared {
+    items: Vec<Item>,
+    took: std::time::Duration,
+}
+
+/// Parses a batch and scores it against the FAQ on the blocking pool,
+/// split over the available cores. The CPU-bound stage: the daemon runs
+/// it for the next batch while the current one is committed and filed.
+pub async fn prepare_batch(batch: Vec<Fetched>, k: Arc<Knowledge>) -> Prepared {
+    let started = std::time::Instant::now();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .clamp(1, 4);
+    let per = batch.len().div_ceil(threads).max(16);
+    let mut parts = Vec::new();
+    let mut rest = batch;
+    while !rest.is_empty() {
+        let tail = rest.split_off(per.min(rest.len()));
+        parts.push(std::mem::replace(&mut rest, tail));
+    }
+    let tasks: Vec<_> = parts
+        .into_iter()
+        .map(|part| {
+            let k = k.clone();
+            tokio::task::spawn_blocking(move || {
+                part.into_iter()
+                    .map(|f| prepare(f, &k))
+                    .collect::<Vec<Item>>()
             })
-            .collect::<Vec<Item>>()
-    };
-    // The blocking pool is gone only when the runtime shuts down; the
-    // messages then stay in the inbox for the next run.
-    tokio::task::spawn_blocking(work).await.unwrap_or_default()
+        })
+        .collect();
+    let mut items = Vec::new();
+    for t in tasks {
+        // The blocking pool is gone only when the runtime shuts down; the
+        // messages then stay in the inbox for the next run.
+        items.extend(t.await.unwrap_or_default());
+    }
+    Prepared {
+        items,
+        took: started.elapsed(),
+    }
+}
+
+/// Parses one message and scores it against the FAQ when needed.
+fn prepare(f: Fetched, k: &Knowledge) -> Item {
+    match f.unreadable {
+        Some(why) => Item {
+            key: format!(
+                "unreadable:{}",
+                crate::util::sha256_hex(format!("{}", f.id).as_bytes())
+            ),
+            id: f.id,
+            parsed: Err(why),
+            faq: None,
+        },
+        None => match parse::parse(&f.raw, &parse_options(k, Some(f.size))) {
+            Ok(m) => Item {
+                key: m.dedupe_key(&f.raw),
+                faq: crate::classify::score_faq(&m, k),
+                id: f.id,
+                parsed: Ok(m),
+            },
+            Err(e) => Item {
+                key: format!("sha256:{}", crate::util::sha256_hex(&f.raw)),
+                id: f.id,
+                parsed: Err(format!("cannot parse the message: {e}")),
+                faq: None,
+            },
+        },
+    }
 }
 
 impl Pipeline {
@@ -359,26 +412,54 @@ impl Pipeline {
         (self.clock)()
     }
 
-    /// Processes one batch of fetched messages from `src`.
+    /// Processes one batch of fetched messages from `src`: parse, gather
+    /// facts, decide, commit, send the replies and store their copies.
+    /// Flagging and filing are added to `filing`, for the caller to
+    /// [`Filing::flush`].
     pub async fn process<S: MailSource>(
         &self,
         src: &mut S,
         mb: &MailboxInfo,
         k: &Arc<Knowledge>,
         batch: Vec<Fetched>,
+        filing: &mut Filing,
     ) -> Result<Vec<Outcome>, PipelineError> {
-        let items = parse_batch(batch, k).await;
+        let prepared = prepare_batch(batch, k.clone()).await;
+        self.process_prepared(src, mb, k, prepared, filing).await
+    }
+
+    /// [`Pipeline::process`] for a batch parsed and scored ahead with
+    /// [`prepare_batch`] (with the same knowledge `k`).
+    pub async fn process_prepared<S: MailSource>(
+        &self,
+        src: &mut S,
+        mb: &MailboxInfo,
+        k: &Arc<Knowledge>,
+        prepared: Prepared,
+        filing: &mut Filing,
+    ) -> Result<Vec<Outcome>, PipelineError> {
+        let Prepared {
+            items,
+            took: parsed,
+        } = prepared;
         let mut attempt = 0;
-        let (work, commit) = loop {
+        let (work, commit, gathered, decided, committed) = loop {
             let now = self.now();
+            let t = std::time::Instant::now();
             let facts = facts::gather(&self.store, src, k, &items, now).await?;
+            let gathered = t.elapsed();
+            let t = std::time::Instant::now();
             let (work, commit) = decide_batch(&items, k, mb, &facts, now);
-            match self.store.commit(&commit, now).await {
+            let decided = t.elapsed();
+            let t = std::time::Instant::now();
+            let result = self.store.commit(&commit, now).await;
+            let committed = t.elapsed();
+            match result {
                 // Another instance took a ticket number or turn meanwhile:
                 // decide again with fresh facts.
                 Err(StoreError::Conflict(_)) if attempt < 5 => attempt += 1,
                 Err(e) => return Err(e.into()),
-                Ok(()) => break (work, commit),
+                Ok(()) => break (work, commit, gathered, decided, committed),
             }
         };
         let work: Vec<Work> = work
@@ -391,7 +472,20 @@ impl Pipeline {
             })
             .collect();
         drop(commit);
-        act::act(self, src, mb, k, work).await
+        let t = std::time::Instant::now();
+        let n = work.len();
+        let out = act::act(self, src, mb, k, work, filing).await;
+        tracing::debug!(
+            mailbox = %mb.name,
+            messages = n,
+            parse_ms = parsed.as_millis() as u64,
+            facts_ms = gathered.as_millis() as u64,
+            decide_ms = decided.as_millis() as u64,
+            commit_ms = committed.as_millis() as u64,
+            act_ms = t.elapsed().as_millis() as u64,
+            "batch"
+        );
+        out
     }
 }
 
@@ -493,7 +587,10 @@ fn decide_batch(
             k,
             &f.decide,
             &mut ledger,
-            resumed_ticket,
+            plan::Prior {
+                ticket: resumed_ticket.as_deref(),
+                scored: item.faq.as_ref(),
+            },
             &mb.folders,
             now,
         );

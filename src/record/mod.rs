@@ -160,6 +160,9 @@ pub struct Conversation {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
+    /// Whether the database is SQLite (statements use `?` there, see
+    /// `batch::positional`).
+    sqlite: bool,
 }
 
 static MIGRATE_SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -209,7 +212,7 @@ impl Store {
         } else {
             MIGRATE_POSTGRES.run(&pool).await?;
         }
-        Ok(Store { pool })
+        Ok(Store { pool, sqlite })
     }
 
     pub async fn close(&self) {
