@@ -2,6 +2,7 @@
 
 mod check;
 mod demo;
+mod docs;
 mod eval;
 mod run;
 mod status;
@@ -92,6 +93,13 @@ pub enum Command {
     /// last successful check, backlog, last error; the last reload; the
     /// load of each queue. Exit 0 healthy, 1 degraded, 3 not running.
     Status(status::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish,
+    /// powershell), e.g. `switchboard completions bash >
+    /// /etc/bash_completion.d/switchboard`.
+    Completions(docs::CompletionsArgs),
+    /// Write the manual pages (switchboard.1 and one per subcommand) into
+    /// a directory, or print the main page.
+    Man(docs::ManArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -190,6 +198,8 @@ pub fn main() -> ExitCode {
             Command::Log(a) => team::log(a).await,
             Command::Stats(a) => team::stats(a).await,
             Command::Status(a) => status::run(a).await,
+            Command::Completions(a) => docs::completions(a),
+            Command::Man(a) => docs::man(a),
         }
     });
     match result {

@@ -224,6 +224,8 @@ async fn send_replies(
                 ));
             }
             Err(SendError::Temporary(e)) => {
+                metrics::counter!("switchboard_reply_failures_total", "outcome" => "deferred")
+                    .increment(1);
                 let attempts = s.attempts.max(1) as u32;
                 let delay = p
                     .retry_initial
@@ -248,6 +250,8 @@ async fn send_replies(
                 *step = Step::Leave;
             }
             Err(SendError::Permanent(e)) => {
+                metrics::counter!("switchboard_reply_failures_total", "outcome" => "refused")
+                    .increment(1);
                 let note = format!("the reply was refused ({e}); a person answers instead");
                 let folder = to_person(p, mb, k, &s.decision, &item.key, &note, now).await?;
                 p.store
@@ -265,6 +269,8 @@ async fn send_replies(
                 };
             }
             Err(SendError::Ambiguous(e)) => {
+                metrics::counter!("switchboard_reply_failures_total", "outcome" => "uncertain")
+                    .increment(1);
                 // The server may have accepted the reply: count it as sent
                 // for every limit, never send it again, let a person check.
                 let note = format!(

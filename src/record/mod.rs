@@ -165,8 +165,65 @@ pub struct Store {
     sqlite: bool,
 }
 
-static MIGRATE_SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
-static MIGRATE_POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+/// The schema migrations, embedded in the binary: (version, description,
+/// SQL) for SQLite and for PostgreSQL.
+const MIGRATIONS_SQLITE: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "team",
+        include_str!("../../migrations/sqlite/0002_team.sql"),
+    ),
+    (
+        3,
+        "reply keys",
+        include_str!("../../migrations/sqlite/0003_reply_keys.sql"),
+    ),
+];
+const MIGRATIONS_POSTGRES: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "team",
+        include_str!("../../migrations/postgres/0002_team.sql"),
+    ),
+    (
+        3,
+        "reply keys",
+        include_str!("../../migrations/postgres/0003_reply_keys.sql"),
+    ),
+];
+
+/// A migrator over embedded migrations (what sqlx's `migrate!` macro
+/// builds, without compiling the macro crates and both drivers twice).
+fn migrator(list: &'static [(i64, &'static str, &'static str)]) -> sqlx::migrate::Migrator {
+    use sqlx::SqlSafeStr;
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    Migrator {
+        migrations: std::borrow::Cow::Owned(
+            list.iter()
+                .map(|(version, description, sql)| {
+                    Migration::new(
+                        *version,
+                        std::borrow::Cow::Borrowed(*description),
+                        MigrationType::Simple,
+                        sql.into_sql_str(),
+                        false,
+                    )
+                })
+                .collect(),
+        ),
+        ..Migrator::DEFAULT
+    }
+}
 
 impl Store {
     /// Opens (creating if needed) and migrates the store at `url`.
@@ -207,11 +264,13 @@ impl Store {
             .connect_with(opts)
             .await
             .map_err(|source| StoreError::Open { url: shown, source })?;
-        if sqlite {
-            MIGRATE_SQLITE.run(&pool).await?;
+        migrator(if sqlite {
+            MIGRATIONS_SQLITE
         } else {
-            MIGRATE_POSTGRES.run(&pool).await?;
-        }
+            MIGRATIONS_POSTGRES
+        })
+        .run(&pool)
+        .await?;
         Ok(Store { pool, sqlite })
     }
 

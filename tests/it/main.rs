@@ -8,6 +8,7 @@ mod diagnostics;
 mod golden;
 mod loop_guard;
 mod mailserver;
+mod monitoring;
 mod no_panic;
 mod ops;
 mod pipeline;
