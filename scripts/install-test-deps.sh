@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install the mail servers used by the integration tests (Debian 12):
+# Install the servers used by the integration tests (Debian 12):
 #   dovecot-imapd, dovecot-lmtpd (Dovecot 2.3) and postfix (Postfix 3.7),
+#   postgresql (15: tests/harness/postgres.sh runs private clusters),
 # and systemd for systemd-analyze (scripts/check-deploy.sh checks the unit in
 # deploy/; no systemd needs to be running).
 #
@@ -14,7 +15,7 @@
 # again here, so that no system daemon occupies ports 25/143/993.
 set -euo pipefail
 
-PACKAGES=(dovecot-imapd dovecot-lmtpd postfix openssl systemd)
+PACKAGES=(dovecot-imapd dovecot-lmtpd postfix openssl systemd postgresql)
 PATH="$PATH:/usr/sbin:/sbin"
 
 have_all() {
@@ -22,7 +23,8 @@ have_all() {
         command -v postfix >/dev/null 2>&1 &&
         command -v doveadm >/dev/null 2>&1 &&
         command -v openssl >/dev/null 2>&1 &&
-        command -v systemd-analyze >/dev/null 2>&1
+        command -v systemd-analyze >/dev/null 2>&1 &&
+        compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null
 }
 
 if have_all; then
@@ -87,8 +89,11 @@ fi
 if [ -x /etc/init.d/dovecot ]; then
     "${SUDO[@]}" /etc/init.d/dovecot stop >/dev/null 2>&1 || true
 fi
+if [ -x /etc/init.d/postgresql ]; then
+    "${SUDO[@]}" /etc/init.d/postgresql stop >/dev/null 2>&1 || true
+fi
 
 if ! have_all; then
-    echo "install-test-deps: packages installed but dovecot/postfix/doveadm/systemd-analyze not found on PATH" >&2
+    echo "install-test-deps: packages installed but dovecot/postfix/doveadm/systemd-analyze/initdb not found" >&2
     exit 1
 fi

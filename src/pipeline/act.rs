@@ -226,6 +226,7 @@ async fn send_replies(
             Err(SendError::Temporary(e)) => {
                 metrics::counter!("switchboard_reply_failures_total", "outcome" => "deferred")
                     .increment(1);
+                p.store.release_reply(&s.out.message_id).await?;
                 let attempts = s.attempts.max(1) as u32;
                 let delay = p
                     .retry_initial
@@ -252,6 +253,7 @@ async fn send_replies(
             Err(SendError::Permanent(e)) => {
                 metrics::counter!("switchboard_reply_failures_total", "outcome" => "refused")
                     .increment(1);
+                p.store.release_reply(&s.out.message_id).await?;
                 let note = format!("the reply was refused ({e}); a person answers instead");
                 let folder = to_person(p, mb, k, &s.decision, &item.key, &note, now).await?;
                 p.store

@@ -18,6 +18,9 @@ pub struct BatchFacts {
     pub decide: plan::Facts,
 }
 
+/// The counter every batch with replies moves (see [`gather`]).
+pub const REPLIES_COUNTER: &str = "replies";
+
 /// Reads everything the batch's decisions depend on.
 pub async fn gather<S: MailSource>(
     store: &Store,
@@ -41,7 +44,12 @@ pub async fn gather<S: MailSource>(
         }
         senders.push(plan::sender_key(m));
     }
-    let mut counters = vec!["ticket".to_string()];
+    // "replies" moves with every batch that intends to send a reply, so
+    // that two batches deciding replies at the same time (two mailboxes,
+    // two instances) cannot both pass the rate limits: the second one's
+    // commit fails its compare-and-set and it decides again, seeing the
+    // first one's replies.
+    let mut counters = vec!["ticket".to_string(), REPLIES_COUNTER.to_string()];
     // Every queue that hands out turns (the assignment moves its position).
     counters.extend(
         k.queues

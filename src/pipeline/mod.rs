@@ -640,6 +640,14 @@ fn decide_batch(
                 write.reply_message_id = Some(out.message_id.clone());
                 write.reply_raw = Some(String::from_utf8_lossy(&out.raw).into_owned());
                 let attempts = row.map_or(0, |r| r.attempts) + 1;
+                commit.reservations.push(crate::record::Reservation {
+                    key: item.key.clone(),
+                    reply_id: out.message_id.clone(),
+                    recipient: to.addr.clone(),
+                    sender: sender.clone(),
+                    template: template.clone(),
+                    ticket: p.ticket.clone(),
+                });
                 Step::Reply(Box::new(Sending {
                     template: template.clone(),
                     to: to.addr.clone(),
@@ -817,6 +825,15 @@ fn ledger_into_commit(ledger: &Ledger, f: &facts::BatchFacts, commit: &mut Commi
             name: "ticket".into(),
             expected: f.decide.last_ticket,
             value: last + ledger.tickets_taken,
+        });
+    }
+    if !commit.reservations.is_empty() {
+        let name = facts::REPLIES_COUNTER;
+        let expected = f.stored.counters.get(name).copied();
+        commit.counters.push(crate::record::CounterWrite {
+            name: name.into(),
+            expected,
+            value: expected.unwrap_or(0) + 1,
         });
     }
     let mut rot: Vec<(&String, &u64)> = ledger.rotation.iter().collect();

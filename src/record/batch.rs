@@ -165,6 +165,10 @@ pub struct CounterWrite {
 #[derive(Debug, Clone, Default)]
 pub struct Commit {
     pub messages: Vec<MessageWrite>,
+    /// Replies about to be sent: recorded in the reply log with the
+    /// decision, so that the rate limits of any other batch count them
+    /// (released again if the send fails).
+    pub reservations: Vec<Reservation>,
     pub conversations: Vec<ConversationWrite>,
     /// (Message-ID, ticket, is our automatic reply)
     pub thread_ids: Vec<(String, String, bool)>,
@@ -175,11 +179,24 @@ pub struct Commit {
 impl Commit {
     pub fn is_empty(&self) -> bool {
         self.messages.is_empty()
+            && self.reservations.is_empty()
             && self.conversations.is_empty()
             && self.thread_ids.is_empty()
             && self.counters.is_empty()
             && self.audit.is_empty()
     }
+}
+
+/// An automatic reply about to be sent.
+#[derive(Debug, Clone)]
+pub struct Reservation {
+    pub key: String,
+    pub reply_id: String,
+    /// The address mailed and the From address answered.
+    pub recipient: String,
+    pub sender: String,
+    pub template: String,
+    pub ticket: Option<String>,
 }
 
 /// An automatic reply the transport accepted.
@@ -202,6 +219,16 @@ fn domain_of(addr: &str) -> String {
 }
 
 impl Store {
+    /// Takes back the reservation of a reply that was not sent (deferred or
+    /// refused): it no longer counts for the rate limits.
+    pub async fn release_reply(&self, reply_id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM replies WHERE message_id = $1")
+            .bind(reply_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Records replies the transport accepted (state `sending` → `sent`,
     /// the reply log the rate limits read, the reply's Message-ID in its
     /// conversation), in one transaction.
@@ -514,6 +541,27 @@ impl Store {
                     .bind(&m.reply_raw)
                     .bind(&m.last_error)
                     .bind(i64::from(state == State::Sending));
+            }
+            q.execute(&mut *tx).await?;
+        }
+        for chunk in c.reservations.chunks(CHUNK) {
+            let sql = format!(
+                "INSERT INTO replies (message_id, message_key, recipient, template, ticket, sent_at, \
+                 sender, sender_domain, recipient_domain) VALUES {} ON CONFLICT (message_id) DO NOTHING",
+                values(chunk.len(), 9)
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(self.sql(sql)));
+            for r in chunk {
+                q = q
+                    .bind(&r.reply_id)
+                    .bind(&r.key)
+                    .bind(r.recipient.to_lowercase())
+                    .bind(&r.template)
+                    .bind(&r.ticket)
+                    .bind(now)
+                    .bind(r.sender.to_lowercase())
+                    .bind(domain_of(&r.sender))
+                    .bind(domain_of(&r.recipient));
             }
             q.execute(&mut *tx).await?;
         }

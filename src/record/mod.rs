@@ -20,7 +20,8 @@ use crate::decide::History;
 
 pub mod batch;
 pub use batch::{
-    Commit, ConversationWrite, CounterWrite, MessageWrite, ReplyFacts, SentReply, StoredFacts,
+    Commit, ConversationWrite, CounterWrite, MessageWrite, ReplyFacts, Reservation, SentReply,
+    StoredFacts,
 };
 
 /// Errors of the state store.

@@ -12,6 +12,7 @@ mod monitoring;
 mod no_panic;
 mod ops;
 mod pipeline;
+mod postgres;
 mod quality;
 mod safety;
 mod team;

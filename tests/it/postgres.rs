@@ -1,0 +1,230 @@
+//! The state store on a real PostgreSQL (a private cluster started by
+//! tests/harness/postgres.sh): the same decisions as on SQLite, and one
+//! store shared by mailboxes working at the same time.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use switchboard::act::outbox::Outbox;
+use switchboard::config::{Config, MailboxKind};
+use switchboard::daemon::{Shared, drain};
+use switchboard::fetch::maildir::Maildir;
+use switchboard::knowledge::Knowledge;
+use switchboard::pipeline::{Outcome, Pipeline};
+use switchboard::record::Store;
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/harness/postgres.sh");
+
+/// A private PostgreSQL cluster on a loopback port, stopped on drop.
+pub struct Postgres {
+    pub url: String,
+    dir: tempfile::TempDir,
+}
+
+impl Postgres {
+    pub fn start() -> Postgres {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix("sb-pg-")
+            .tempdir_in("/tmp")
+            .unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let _ = std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755));
+        let mut pg = Postgres {
+            url: String::new(),
+            dir,
+        };
+        pg.script("start");
+        let env = std::fs::read_to_string(pg.dir.path().join("pg.env")).unwrap_or_default();
+        let url = env
+            .lines()
+            .find_map(|l| l.strip_prefix("PG_URL="))
+            .unwrap_or_else(|| panic!("no PG_URL in pg.env"))
+            .to_string();
+        pg.url = url;
+        pg
+    }
+
+    fn script(&self, cmd: &str) {
+        let out = Command::new("bash")
+            .arg(SCRIPT)
+            .arg(cmd)
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {SCRIPT}: {e}"));
+        assert!(
+            out.status.success(),
+            "postgres.sh {cmd} failed (run scripts/install-test-deps.sh first):\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(SCRIPT)
+            .arg("stop")
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .output();
+    }
+}
+
+/// The demo extracted into `dir`, its knowledge, and a pipeline on the
+/// store at `url` (the demo's own SQLite file when `None`).
+async fn demo(dir: &Path, url: Option<&str>) -> (Shared, Maildir, PathBuf, Config) {
+    let config = switchboard::demo::extract(dir).unwrap_or_else(|e| panic!("{e}"));
+    let (mut cfg, _) = Config::load(&config).unwrap_or_else(|d| panic!("{d}"));
+    if let Some(url) = url {
+        cfg.store.url = url.to_string();
+    }
+    let (k, _) = Knowledge::load(&cfg).unwrap_or_else(|d| panic!("{d}"));
+    let store = Store::open(&cfg.store.url)
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", cfg.store.url));
+    let outbox = Outbox::open(&cfg.outbound)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (kt, kr) = tokio::sync::watch::channel(k);
+    let (st, sr) = tokio::sync::watch::channel(false);
+    // The senders stay alive for the test (a closed channel reads as
+    // shutdown).
+    std::mem::forget((kt, st));
+    let shared = Shared {
+        pipeline: Pipeline {
+            store,
+            outbox,
+            retry_initial: cfg.daemon.retry_initial,
+            retry_max: cfg.daemon.retry_max,
+            clock: switchboard::pipeline::system_clock(),
+        },
+        knowledge: kr,
+        shutdown: sr,
+        max_size: cfg.limits.max_message_size,
+        batch_size: 7,
+        health: Default::default(),
+    };
+    let MailboxKind::Maildir { path } = &cfg.mailboxes[0].kind else {
+        panic!("demo mailbox is a maildir");
+    };
+    let md = Maildir::open(path).unwrap_or_else(|e| panic!("{e}"));
+    (shared, md, path.clone(), cfg)
+}
+
+/// (Message-ID, decision, folder) of each outcome, sorted.
+fn summary(outcomes: &[Outcome]) -> Vec<(String, String, String)> {
+    let mut v: Vec<_> = outcomes
+        .iter()
+        .map(|o| {
+            (
+                o.message_id.clone().unwrap_or_default(),
+                o.verdict.clone(),
+                o.folder.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_store_decides_like_sqlite() {
+    let pg = Postgres::start();
+    let a = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let b = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (lite, mut lite_md, _, cfg) = demo(a.path(), None).await;
+    assert!(cfg.store.url.starts_with("sqlite:"));
+    let (post, mut post_md, _, _) = demo(b.path(), Some(&pg.url)).await;
+    let info = switchboard::daemon::mailbox_info(&cfg.mailboxes[0]);
+    let on_sqlite = drain(&mut lite_md, &lite, &info)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let on_postgres = drain(&mut post_md, &post, &info)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(on_postgres.len(), switchboard::demo::message_count());
+    assert_eq!(summary(&on_postgres), summary(&on_sqlite));
+    let tickets = |o: &[Outcome]| {
+        let mut t: Vec<_> = o.iter().filter_map(|o| o.ticket.clone()).collect();
+        t.sort();
+        t
+    };
+    assert_eq!(tickets(&on_postgres), tickets(&on_sqlite));
+    assert!(post_md.list("INBOX").is_empty());
+    // The record is there and a second pass does nothing.
+    let again = drain(&mut post_md, &post, &info)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(again.is_empty(), "second pass on PostgreSQL: {again:?}");
+    let events = post
+        .pipeline
+        .store
+        .audit_query(&switchboard::record::AuditQuery::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        events.len() >= on_postgres.len(),
+        "{} audit events",
+        events.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_mailboxes_share_one_postgresql_store() {
+    let pg = Postgres::start();
+    let a = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let b = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (sa, mut ma, _, cfg) = demo(a.path(), Some(&pg.url)).await;
+    let (sb, mut mb, path_b, _) = demo(b.path(), Some(&pg.url)).await;
+    // Mailbox b holds different messages from the same customers: new
+    // Message-IDs and one more header line.
+    for entry in std::fs::read_dir(path_b.join("new"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .flatten()
+    {
+        let raw = std::fs::read(entry.path()).unwrap_or_else(|e| panic!("{e}"));
+        let text = String::from_utf8_lossy(&raw).replace("Message-ID: <", "Message-ID: <b-");
+        std::fs::write(entry.path(), format!("X-Copy: b\n{text}"))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let info = switchboard::daemon::mailbox_info(&cfg.mailboxes[0]);
+    let (ra, rb) = tokio::join!(drain(&mut ma, &sa, &info), drain(&mut mb, &sb, &info));
+    let ra = ra.unwrap_or_else(|e| panic!("{e}"));
+    let rb = rb.unwrap_or_else(|e| panic!("{e}"));
+    let n = switchboard::demo::message_count();
+    assert_eq!((ra.len(), rb.len()), (n, n));
+    assert!(ma.list("INBOX").is_empty() && mb.list("INBOX").is_empty());
+    // Ticket numbers come from one counter: never the same twice.
+    let mut tickets: Vec<String> = ra
+        .iter()
+        .chain(&rb)
+        .filter_map(|o| o.ticket.clone())
+        .collect();
+    let total = tickets.len();
+    tickets.sort();
+    tickets.dedup();
+    assert_eq!(tickets.len(), total, "a ticket number was handed out twice");
+    assert!(total >= n, "only {total} tickets");
+    // No customer got the same answer twice although both mailboxes
+    // decided at the same time (per-sender limit: one a day).
+    let twice: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT recipient, template, COUNT(*) FROM replies GROUP BY recipient, template \
+         HAVING COUNT(*) > 1",
+    )
+    .fetch_all(sa.pipeline.store.pool())
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(twice.is_empty(), "answered twice: {twice:?}");
+    let replies = |o: &[Outcome]| o.iter().filter(|o| o.verdict == "reply").count();
+    assert!(
+        replies(&ra) + replies(&rb) >= 10,
+        "too few replies to test anything"
+    );
+    eprintln!(
+        "two mailboxes on one PostgreSQL store: {} + {} replies, {total} tickets",
+        replies(&ra),
+        replies(&rb)
+    );
+}
