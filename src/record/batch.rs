@@ -187,6 +187,35 @@ impl Commit {
     }
 }
 
+/// One row of the reply log.
+struct LogRow<'a> {
+    reply_id: &'a str,
+    key: &'a str,
+    recipient: &'a str,
+    sender: &'a str,
+    template: &'a str,
+    ticket: Option<&'a str>,
+}
+
+macro_rules! log_row_from {
+    ($t:ty) => {
+        impl<'a> From<&'a $t> for LogRow<'a> {
+            fn from(r: &'a $t) -> Self {
+                LogRow {
+                    reply_id: &r.reply_id,
+                    key: &r.key,
+                    recipient: &r.recipient,
+                    sender: &r.sender,
+                    template: &r.template,
+                    ticket: r.ticket.as_deref(),
+                }
+            }
+        }
+    };
+}
+log_row_from!(Reservation);
+log_row_from!(SentReply);
+
 /// An automatic reply about to be sent.
 #[derive(Debug, Clone)]
 pub struct Reservation {
@@ -219,6 +248,39 @@ fn domain_of(addr: &str) -> String {
 }
 
 impl Store {
+    /// Enters replies in the reply log the rate limits read (once per
+    /// reply Message-ID).
+    async fn log_replies(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        rows: &[LogRow<'_>],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "INSERT INTO replies (message_id, message_key, recipient, template, ticket, sent_at, \
+             sender, sender_domain, recipient_domain) VALUES {} ON CONFLICT (message_id) DO NOTHING",
+            values(rows.len(), 9)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(self.sql(sql)));
+        for r in rows {
+            q = q
+                .bind(r.reply_id)
+                .bind(r.key)
+                .bind(r.recipient.to_lowercase())
+                .bind(r.template)
+                .bind(r.ticket)
+                .bind(now)
+                .bind(r.sender.to_lowercase())
+                .bind(domain_of(r.sender))
+                .bind(domain_of(r.recipient));
+        }
+        q.execute(conn).await?;
+        Ok(())
+    }
+
     /// Takes back the reservation of a reply that was not sent (deferred or
     /// refused): it no longer counts for the rate limits.
     pub async fn release_reply(&self, reply_id: &str) -> Result<(), StoreError> {
@@ -247,25 +309,8 @@ impl Store {
                 q = q.bind(&r.key);
             }
             q.execute(&mut *tx).await?;
-            let sql = format!(
-                "INSERT INTO replies (message_id, message_key, recipient, template, ticket, sent_at, \
-                 sender, sender_domain, recipient_domain) VALUES {} ON CONFLICT (message_id) DO NOTHING",
-                values(chunk.len(), 9)
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(self.sql(sql)));
-            for r in chunk {
-                q = q
-                    .bind(&r.reply_id)
-                    .bind(&r.key)
-                    .bind(r.recipient.to_lowercase())
-                    .bind(&r.template)
-                    .bind(&r.ticket)
-                    .bind(now)
-                    .bind(r.sender.to_lowercase())
-                    .bind(domain_of(&r.sender))
-                    .bind(domain_of(&r.recipient));
-            }
-            q.execute(&mut *tx).await?;
+            let rows: Vec<LogRow> = chunk.iter().map(LogRow::from).collect();
+            self.log_replies(&mut tx, &rows, now).await?;
             let linked: Vec<&SentReply> = chunk.iter().filter(|r| r.ticket.is_some()).collect();
             if !linked.is_empty() {
                 let sql = format!(
@@ -545,25 +590,8 @@ impl Store {
             q.execute(&mut *tx).await?;
         }
         for chunk in c.reservations.chunks(CHUNK) {
-            let sql = format!(
-                "INSERT INTO replies (message_id, message_key, recipient, template, ticket, sent_at, \
-                 sender, sender_domain, recipient_domain) VALUES {} ON CONFLICT (message_id) DO NOTHING",
-                values(chunk.len(), 9)
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(self.sql(sql)));
-            for r in chunk {
-                q = q
-                    .bind(&r.reply_id)
-                    .bind(&r.key)
-                    .bind(r.recipient.to_lowercase())
-                    .bind(&r.template)
-                    .bind(&r.ticket)
-                    .bind(now)
-                    .bind(r.sender.to_lowercase())
-                    .bind(domain_of(&r.sender))
-                    .bind(domain_of(&r.recipient));
-            }
-            q.execute(&mut *tx).await?;
+            let rows: Vec<LogRow> = chunk.iter().map(LogRow::from).collect();
+            self.log_replies(&mut tx, &rows, now).await?;
         }
         for chunk in c.conversations.chunks(CHUNK) {
             let sql = format!(

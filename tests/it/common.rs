@@ -140,3 +140,52 @@ pub fn message(extra_headers: &str, subject: &str, body: &str) -> Vec<u8> {
     s.push_str(&body.replace('\n', "\r\n"));
     s.into_bytes()
 }
+
+/// The demo extracted into `dir`, its knowledge, and a pipeline on the
+/// store at `url` (the demo's own SQLite file when `None`).
+pub async fn demo_pipeline(
+    dir: &Path,
+    url: Option<&str>,
+) -> (
+    switchboard::daemon::Shared,
+    switchboard::fetch::maildir::Maildir,
+    std::path::PathBuf,
+    switchboard::config::Config,
+) {
+    let config = switchboard::demo::extract(dir).unwrap_or_else(|e| panic!("{e}"));
+    let (mut cfg, _) = Config::load(&config).unwrap_or_else(|d| panic!("{d}"));
+    if let Some(url) = url {
+        cfg.store.url = url.to_string();
+    }
+    let (k, _) = Knowledge::load(&cfg).unwrap_or_else(|d| panic!("{d}"));
+    let store = switchboard::record::Store::open(&cfg.store.url)
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", cfg.store.url));
+    let outbox = switchboard::act::outbox::Outbox::open(&cfg.outbound)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (kt, kr) = tokio::sync::watch::channel(k);
+    let (st, sr) = tokio::sync::watch::channel(false);
+    // The senders stay alive for the test (a closed channel reads as
+    // shutdown).
+    std::mem::forget((kt, st));
+    let shared = switchboard::daemon::Shared {
+        pipeline: switchboard::pipeline::Pipeline {
+            store,
+            outbox,
+            retry_initial: cfg.daemon.retry_initial,
+            retry_max: cfg.daemon.retry_max,
+            clock: switchboard::pipeline::system_clock(),
+        },
+        knowledge: kr,
+        shutdown: sr,
+        max_size: cfg.limits.max_message_size,
+        batch_size: 7,
+        health: Default::default(),
+    };
+    let switchboard::config::MailboxKind::Maildir { path } = &cfg.mailboxes[0].kind else {
+        panic!("demo mailbox is a maildir");
+    };
+    let md = switchboard::fetch::maildir::Maildir::open(path).unwrap_or_else(|e| panic!("{e}"));
+    (shared, md, path.clone(), cfg)
+}

@@ -1,45 +1,12 @@
 //! The bundled demo runs end to end and files every message somewhere.
 
-use switchboard::act::outbox::Outbox;
-use switchboard::config::{Config, MailboxKind};
-use switchboard::daemon::{Shared, drain};
-use switchboard::fetch::maildir::Maildir;
-use switchboard::knowledge::Knowledge;
-use switchboard::pipeline::Pipeline;
-use switchboard::record::Store;
+use switchboard::daemon::drain;
 
 #[tokio::test]
 async fn demo_files_every_message_exactly_once() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let config = switchboard::demo::extract(dir.path()).unwrap_or_else(|e| panic!("{e}"));
-    let (cfg, _) = Config::load(&config).unwrap_or_else(|d| panic!("{d}"));
-    let (k, _) = Knowledge::load(&cfg).unwrap_or_else(|d| panic!("{d}"));
-    let store = Store::open(&cfg.store.url)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let outbox = Outbox::open(&cfg.outbound)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let (_kt, kr) = tokio::sync::watch::channel(k);
-    let (_st, sr) = tokio::sync::watch::channel(false);
-    let shared = Shared {
-        pipeline: Pipeline {
-            store,
-            outbox,
-            retry_initial: cfg.daemon.retry_initial,
-            retry_max: cfg.daemon.retry_max,
-            clock: switchboard::pipeline::system_clock(),
-        },
-        knowledge: kr,
-        shutdown: sr,
-        max_size: cfg.limits.max_message_size,
-        batch_size: 7,
-        health: Default::default(),
-    };
-    let MailboxKind::Maildir { path } = &cfg.mailboxes[0].kind else {
-        panic!("demo mailbox is a maildir");
-    };
-    let mut md = Maildir::open(path).unwrap_or_else(|e| panic!("{e}"));
+    let (shared, mut md, path, cfg) = crate::common::demo_pipeline(dir.path(), None).await;
+    let path = &path;
     let info = switchboard::daemon::mailbox_info(&cfg.mailboxes[0]);
     let total = switchboard::demo::message_count();
     assert!(total >= 30, "the demo has {total} messages");

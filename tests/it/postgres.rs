@@ -2,16 +2,12 @@
 //! tests/harness/postgres.sh): the same decisions as on SQLite, and one
 //! store shared by mailboxes working at the same time.
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use switchboard::act::outbox::Outbox;
-use switchboard::config::{Config, MailboxKind};
-use switchboard::daemon::{Shared, drain};
-use switchboard::fetch::maildir::Maildir;
-use switchboard::knowledge::Knowledge;
-use switchboard::pipeline::{Outcome, Pipeline};
-use switchboard::record::Store;
+use switchboard::daemon::drain;
+use switchboard::pipeline::Outcome;
+
+use crate::common;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/harness/postgres.sh");
 
@@ -72,47 +68,6 @@ impl Drop for Postgres {
     }
 }
 
-/// The demo extracted into `dir`, its knowledge, and a pipeline on the
-/// store at `url` (the demo's own SQLite file when `None`).
-async fn demo(dir: &Path, url: Option<&str>) -> (Shared, Maildir, PathBuf, Config) {
-    let config = switchboard::demo::extract(dir).unwrap_or_else(|e| panic!("{e}"));
-    let (mut cfg, _) = Config::load(&config).unwrap_or_else(|d| panic!("{d}"));
-    if let Some(url) = url {
-        cfg.store.url = url.to_string();
-    }
-    let (k, _) = Knowledge::load(&cfg).unwrap_or_else(|d| panic!("{d}"));
-    let store = Store::open(&cfg.store.url)
-        .await
-        .unwrap_or_else(|e| panic!("{}: {e}", cfg.store.url));
-    let outbox = Outbox::open(&cfg.outbound)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let (kt, kr) = tokio::sync::watch::channel(k);
-    let (st, sr) = tokio::sync::watch::channel(false);
-    // The senders stay alive for the test (a closed channel reads as
-    // shutdown).
-    std::mem::forget((kt, st));
-    let shared = Shared {
-        pipeline: Pipeline {
-            store,
-            outbox,
-            retry_initial: cfg.daemon.retry_initial,
-            retry_max: cfg.daemon.retry_max,
-            clock: switchboard::pipeline::system_clock(),
-        },
-        knowledge: kr,
-        shutdown: sr,
-        max_size: cfg.limits.max_message_size,
-        batch_size: 7,
-        health: Default::default(),
-    };
-    let MailboxKind::Maildir { path } = &cfg.mailboxes[0].kind else {
-        panic!("demo mailbox is a maildir");
-    };
-    let md = Maildir::open(path).unwrap_or_else(|e| panic!("{e}"));
-    (shared, md, path.clone(), cfg)
-}
-
 /// (Message-ID, decision, folder) of each outcome, sorted.
 fn summary(outcomes: &[Outcome]) -> Vec<(String, String, String)> {
     let mut v: Vec<_> = outcomes
@@ -134,9 +89,9 @@ async fn postgresql_store_decides_like_sqlite() {
     let pg = Postgres::start();
     let a = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let b = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let (lite, mut lite_md, _, cfg) = demo(a.path(), None).await;
+    let (lite, mut lite_md, _, cfg) = common::demo_pipeline(a.path(), None).await;
     assert!(cfg.store.url.starts_with("sqlite:"));
-    let (post, mut post_md, _, _) = demo(b.path(), Some(&pg.url)).await;
+    let (post, mut post_md, _, _) = common::demo_pipeline(b.path(), Some(&pg.url)).await;
     let info = switchboard::daemon::mailbox_info(&cfg.mailboxes[0]);
     let on_sqlite = drain(&mut lite_md, &lite, &info)
         .await
@@ -176,8 +131,8 @@ async fn two_mailboxes_share_one_postgresql_store() {
     let pg = Postgres::start();
     let a = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let b = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let (sa, mut ma, _, cfg) = demo(a.path(), Some(&pg.url)).await;
-    let (sb, mut mb, path_b, _) = demo(b.path(), Some(&pg.url)).await;
+    let (sa, mut ma, _, cfg) = common::demo_pipeline(a.path(), Some(&pg.url)).await;
+    let (sb, mut mb, path_b, _) = common::demo_pipeline(b.path(), Some(&pg.url)).await;
     // Mailbox b holds different messages from the same customers: new
     // Message-IDs and one more header line.
     for entry in std::fs::read_dir(path_b.join("new"))
