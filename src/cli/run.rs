@@ -63,6 +63,17 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    // One daemon per SQLite file; held until the process ends.
+    let _instance = match switchboard::record::lock::sqlite_file(&cfg.store.url) {
+        Some(db) => match switchboard::record::lock::InstanceLock::acquire(&db) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                error!("{e}");
+                return Ok(ExitCode::from(1));
+            }
+        },
+        None => None,
+    };
     let store = Store::open(&cfg.store.url).await?;
     let outbox = Outbox::open(&cfg.outbound)
         .await

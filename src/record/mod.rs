@@ -19,6 +19,7 @@ use sqlx::{AnyPool, Row};
 use crate::decide::History;
 
 pub mod batch;
+pub mod lock;
 pub use batch::{
     Commit, ConversationWrite, CounterWrite, MessageWrite, ReplyFacts, Reservation, SentReply,
     StoredFacts,

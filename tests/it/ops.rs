@@ -253,3 +253,56 @@ async fn sd_notify_metrics_status_and_reloads() {
         notes.all()
     );
 }
+
+/// A second daemon on the same SQLite store is refused, naming the first;
+/// once the first has stopped, the store is free again.
+#[test]
+fn second_daemon_on_one_sqlite_store_is_refused() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = switchboard::demo::extract(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let mut first = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The first one holds the lock once it has written its holder line.
+    let lock = dir.path().join("examples/demo/state/switchboard.db.lock");
+    let start = Instant::now();
+    while std::fs::read_to_string(&lock).map_or(true, |t| !t.contains("pid=")) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no lock file {}",
+            lock.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let second = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["run", "--once", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _ = first.kill();
+    let _ = first.wait();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("another switchboard daemon") && err.contains(&format!("pid={}", first.id())),
+        "{err}"
+    );
+    // The kernel released the lock with the first process.
+    let again = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["run", "--once", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}
