@@ -183,3 +183,122 @@ async fn two_mailboxes_share_one_postgresql_store() {
         replies(&rb)
     );
 }
+
+/// Messages in the top level of a Maildir (its inbox).
+fn inbox_count(maildir: &std::path::Path) -> usize {
+    ["new", "cur"]
+        .iter()
+        .map(|d| {
+            std::fs::read_dir(maildir.join(d)).map_or(0, |r| {
+                r.flatten()
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    .count()
+            })
+        })
+        .sum()
+}
+
+#[test]
+fn daemon_keeps_working_through_a_postgresql_restart() {
+    use std::time::{Duration, Instant};
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = switchboard::demo::extract(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let text = std::fs::read_to_string(&config).unwrap_or_else(|e| panic!("{e}"));
+    assert!(text.contains("url = \"sqlite://state/switchboard.db\""));
+    let text = text.replace(
+        "url = \"sqlite://state/switchboard.db\"",
+        &format!("url = \"{}\"", pg.url),
+    );
+    std::fs::write(&config, text).unwrap_or_else(|e| panic!("{e}"));
+    let maildir = config
+        .parent()
+        .unwrap_or_else(|| panic!("config dir"))
+        .join("Maildir");
+    let originals: Vec<Vec<u8>> = std::fs::read_dir(maildir.join("new"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| std::fs::read(e.path()).unwrap_or_default())
+        .collect();
+    let n = originals.len();
+    let log =
+        std::fs::File::create(dir.path().join("daemon.log")).unwrap_or_else(|e| panic!("{e}"));
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let wait_empty = |what: &str| {
+        let start = Instant::now();
+        while inbox_count(&maildir) > 0 {
+            if start.elapsed() > Duration::from_secs(60) {
+                let left: Vec<_> = ["new", "cur"]
+                    .iter()
+                    .flat_map(|d| {
+                        std::fs::read_dir(maildir.join(d))
+                            .into_iter()
+                            .flatten()
+                            .flatten()
+                    })
+                    .map(|e| e.path())
+                    .collect();
+                let log: Vec<String> = daemon_log(dir.path())
+                    .lines()
+                    .filter(|l| !l.contains(" INFO decided"))
+                    .map(str::to_string)
+                    .collect();
+                panic!("{what}: left {left:?}\n{}", log.join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_empty("first round");
+    // PostgreSQL crashes and comes back; new mail arrives meanwhile.
+    pg.script("restart");
+    let id = regex::Regex::new(r"(?im)^message-id:\s*<").unwrap_or_else(|e| panic!("{e}"));
+    for (i, raw) in originals.iter().enumerate() {
+        let text = id
+            .replace_all(&String::from_utf8_lossy(raw), "Message-ID: <r2-")
+            .into_owned();
+        let name = maildir.join("new").join(format!("1800000000.R2M{i}.test"));
+        std::fs::write(&name, format!("X-Round: 2\n{text}")).unwrap_or_else(|e| panic!("{e}"));
+    }
+    wait_empty("after the PostgreSQL restart");
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(daemon.id().to_string())
+        .status();
+    let status = daemon.wait().unwrap_or_else(|e| panic!("{e}"));
+    assert!(status.success(), "{status:?}\n{}", daemon_log(dir.path()));
+    // Everything is recorded as done in the store.
+    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
+    let done: i64 = rt.block_on(async {
+        let store = switchboard::record::Store::open(&pg.url)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, COUNT(*) FROM messages GROUP BY state")
+                .fetch_all(store.pool())
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            rows.iter().all(|r| r.0 == "done"),
+            "messages not finished after the restart: {rows:?}"
+        );
+        rows.iter().map(|r| r.1).sum::<i64>()
+    });
+    assert_eq!(
+        done as usize,
+        2 * n,
+        "every message recorded as done, none lost in the restart\n{}",
+        daemon_log(dir.path())
+    );
+}
+
+fn daemon_log(dir: &std::path::Path) -> String {
+    std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default()
+}
