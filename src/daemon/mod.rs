@@ -88,9 +88,11 @@ pub async fn drain_once_with<S: MailSource>(
         }
         let prepared = match prepared.await {
             Ok(p) => p,
-            // Only when the runtime shuts down: the messages stay in the
-            // inbox.
-            Err(_) => break,
+            // The messages stay in the inbox for the next pass.
+            Err(e) => {
+                error!(mailbox = %mb.name, "preparing a batch failed: {e}");
+                break;
+            }
         };
         match shared
             .pipeline
@@ -110,9 +112,15 @@ pub async fn drain_once_with<S: MailSource>(
         }
         next = ahead;
     }
-    // What was decided is filed even when a later batch failed (a broken
-    // connection fails this too; the messages are then filed on resume).
-    let flushed = filing.flush(&shared.pipeline, src).await;
+    // What was decided is filed even when a later batch failed, unless
+    // the mail source failed: a timed-out command may leave the
+    // connection mid-command, so nothing more is sent on it (the messages
+    // are filed on resume, from their recorded state).
+    let flushed = if matches!(result, Err(PipelineError::Source(_))) {
+        Ok(())
+    } else {
+        filing.flush(&shared.pipeline, src).await
+    };
     result?;
     flushed?;
     Ok(filed)

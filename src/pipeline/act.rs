@@ -7,7 +7,7 @@
 //! 2. Copies of the replies go to the Sent folder.
 //! 3. Flags: one `UID STORE` per distinct flag set.
 //! 4. Filing: one `UID MOVE` per destination folder.
-//! 5. The filed messages are marked done in one transaction.
+//! 5. The filed messages are marked done, one transaction per folder.
 //!
 //! Steps 3–5 are gathered over several batches of a backlog ([`Filing`]):
 //! the decisions are committed and the replies sent batch by batch, the
@@ -72,10 +72,11 @@ pub(super) async fn act<S: MailSource>(
 pub struct Filing {
     /// (flags, messages) to flag, by the flags' names.
     flags: BTreeMap<Vec<String>, (Vec<Flag>, Vec<MsgRef>)>,
-    /// Messages to move, by destination folder.
-    moves: BTreeMap<String, Vec<MsgRef>>,
-    /// Keys of the messages to mark done once moved.
-    keys: Vec<String>,
+    /// Messages to move (and their keys, to mark done once moved), by
+    /// destination folder.
+    moves: BTreeMap<String, (Vec<MsgRef>, Vec<String>)>,
+    /// How many messages wait.
+    count: usize,
     /// When the oldest entry was added.
     since: Option<std::time::Instant>,
 }
@@ -102,21 +103,20 @@ impl Filing {
             Step::File { folder, .. } | Step::Resume { folder, .. } => folder.as_str(),
             Step::Leave => return,
         };
-        self.moves
-            .entry(folder.to_string())
-            .or_default()
-            .push(w.item.id.clone());
-        self.keys.push(w.item.key.clone());
+        let (ids, keys) = self.moves.entry(folder.to_string()).or_default();
+        ids.push(w.item.id.clone());
+        keys.push(w.item.key.clone());
+        self.count += 1;
         self.since.get_or_insert_with(std::time::Instant::now);
     }
 
     /// Messages waiting to be filed.
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.count
     }
 
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.count == 0
     }
 
     /// How long the oldest waiting message has waited.
@@ -125,7 +125,7 @@ impl Filing {
     }
 
     /// Flags (one `UID STORE` per flag set), files (one `UID MOVE` per
-    /// folder) and marks the messages done (one transaction).
+    /// folder) and marks each folder's messages done (one transaction each).
     pub async fn flush<S: MailSource>(
         &mut self,
         p: &Pipeline,
@@ -136,17 +136,22 @@ impl Filing {
         }
         let t = std::time::Instant::now();
         let Filing {
-            flags, moves, keys, ..
+            flags,
+            moves,
+            count,
+            ..
         } = std::mem::take(self);
         for (_, (flags, ids)) in flags {
             src.add_flags(&ids, &flags).await?;
         }
-        for (folder, ids) in moves {
+        // Each folder's messages are marked done right after their move:
+        // a later failure must not leave moved messages looking unfiled.
+        for (folder, (ids, keys)) in moves {
             src.move_to(&folder, &ids).await?;
+            p.store.finish(&keys, p.now()).await?;
         }
-        p.store.finish(&keys, p.now()).await?;
         tracing::debug!(
-            messages = keys.len(),
+            messages = count,
             file_ms = t.elapsed().as_millis() as u64,
             "filed"
         );

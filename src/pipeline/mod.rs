@@ -14,8 +14,8 @@
 //!    one transaction) and store their copies (one `APPEND` for the
 //!    batch where the server has MULTIAPPEND and LITERAL+);
 //! 6. **file** ([`Filing`]): set flags (one command per flag set), file
-//!    the messages (one move per folder) and mark them done in one more
-//!    transaction — gathered over the batches of a backlog, a couple of
+//!    the messages (one move per folder) and mark each folder's messages
+//!    done in one transaction — gathered over the batches of a backlog, a couple of
 //!    thousand messages or two seconds at a time, because a server's cost
 //!    per `UID MOVE` grows with the size of the inbox.
 //!
@@ -359,7 +359,12 @@ pub async fn prepare_batch(batch: Vec<Fetched>, k: Arc<Knowledge>) -> Prepared {
     for t in tasks {
         // The blocking pool is gone only when the runtime shuts down; the
         // messages then stay in the inbox for the next run.
-        items.extend(t.await.unwrap_or_default());
+        match t.await {
+            Ok(part) => items.extend(part),
+            Err(e) => {
+                tracing::error!("parsing a batch failed: {e}; its messages stay in the inbox")
+            }
+        }
     }
     Prepared {
         items,
@@ -380,12 +385,30 @@ fn prepare(f: Fetched, k: &Knowledge) -> Item {
             faq: None,
         },
         None => match parse::parse(&f.raw, &parse_options(k, Some(f.size))) {
-            Ok(m) => Item {
-                key: m.dedupe_key(&f.raw),
-                faq: crate::classify::score_faq(&m, k),
-                id: f.id,
-                parsed: Ok(m),
-            },
+            Ok(m) => {
+                let key = m.dedupe_key(&f.raw);
+                // A bug in scoring must cost this message (parked, with
+                // the reason), not its batch.
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    crate::classify::score_faq(&m, k)
+                })) {
+                    Ok(faq) => Item {
+                        key,
+                        faq,
+                        id: f.id,
+                        parsed: Ok(m),
+                    },
+                    Err(_) => {
+                        tracing::error!(id = %f.id, "internal error while scoring against the FAQ; parking the message");
+                        Item {
+                            key,
+                            faq: None,
+                            id: f.id,
+                            parsed: Err("internal error while classifying the message".into()),
+                        }
+                    }
+                }
+            }
             Err(e) => Item {
                 key: format!("sha256:{}", crate::util::sha256_hex(&f.raw)),
                 id: f.id,

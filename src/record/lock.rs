@@ -33,12 +33,26 @@ pub struct InstanceLock {
 impl InstanceLock {
     /// Takes the lock of the database `db`, or says who holds it.
     pub fn acquire(db: &Path) -> Result<InstanceLock, String> {
+        // One lock per database file however its path is spelled (a
+        // symlinked or relative directory).
+        if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let db = match (db.parent(), db.file_name()) {
+            (Some(dir), Some(file)) => {
+                let dir = if dir.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    dir
+                };
+                std::fs::canonicalize(dir).map_or_else(|_| db.to_path_buf(), |d| d.join(file))
+            }
+            _ => db.to_path_buf(),
+        };
+        let db = db.as_path();
         let mut name = db.as_os_str().to_owned();
         name.push(".lock");
         let path = PathBuf::from(name);
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            let _ = std::fs::create_dir_all(dir);
-        }
         let mut file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -49,6 +63,10 @@ impl InstanceLock {
         // SAFETY: flock on a file descriptor we own; no memory is involved.
         let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if r != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(format!("cannot lock {}: {err}", path.display()));
+            }
             let mut holder = String::new();
             let _ = file.read_to_string(&mut holder);
             let holder = holder.split_whitespace().collect::<Vec<_>>().join(" ");
