@@ -98,6 +98,10 @@ impl Outbox {
     }
 }
 
+/// How long a `RSET` after a refused envelope may take before the
+/// connection is dropped instead (the refusal itself is already known).
+const RSET_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// After the server could not be reached, sends that need a new
 /// connection are deferred without trying for this long.
 const UNREACHABLE_HOLD: Duration = Duration::from_secs(10);
@@ -408,7 +412,9 @@ impl SmtpOutbox {
         if phase == Phase::Envelope
             && e.status().is_some()
             && !conn.has_broken()
-            && conn.command(Rset).await.is_ok()
+            && tokio::time::timeout(RSET_TIMEOUT, conn.command(Rset))
+                .await
+                .is_ok_and(|r| r.is_ok())
         {
             self.release(conn).await;
             return;
