@@ -24,8 +24,12 @@ export PATH="$PATH:$HOME/.cargo/bin:/usr/sbin:/sbin"
 if ! command -v lintian >/dev/null || ! command -v promtool >/dev/null; then
     SUDO=()
     [ "$(id -u)" -ne 0 ] && SUDO=(sudo)
-    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        lintian prometheus >/dev/null
+    install_tools() {
+        "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            lintian prometheus >/dev/null
+    }
+    # Stale or missing package lists: update once and retry.
+    install_tools || { "${SUDO[@]}" apt-get update -qq >/dev/null && install_tools; }
     # The package's own Prometheus service is not wanted here.
     "${SUDO[@]}" sh -c 'service prometheus stop || pkill -x prometheus' >/dev/null 2>&1 || true
 fi
