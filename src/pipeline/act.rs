@@ -172,7 +172,7 @@ async fn send_replies(
     if todo.is_empty() {
         return Ok(());
     }
-    let results: Vec<(usize, Result<(), SendError>)> = {
+    let mut results: Vec<(usize, Result<(), SendError>)> = {
         let outbox = &p.outbox;
         let work = &*work;
         futures::stream::iter(todo)
@@ -187,9 +187,18 @@ async fn send_replies(
             .collect()
             .await
     };
+    // The accepted replies first, and recorded before any failure is
+    // handled: a store error while handling a failure must not leave
+    // replies that went out looking unconfirmed.
+    results.sort_by_key(|(_, r)| r.is_err());
     let mut sent = Vec::new();
     let now = p.now();
     for (i, result) in results {
+        if result.is_err() && !sent.is_empty() {
+            p.store
+                .replies_sent(&std::mem::take(&mut sent), now)
+                .await?;
+        }
         let Work {
             item,
             step,
