@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it:
-#   1. installs what the integration tests need (Dovecot and Postfix from
-#      Debian's packages; they are started privately on loopback by the
-#      tests themselves, never as system services),
+#   1. installs what the integration tests need (Dovecot, Postfix and
+#      PostgreSQL from Debian's packages; they are started privately on
+#      loopback by the tests themselves, never as system services),
 #   2. checks formatting and lints, and the systemd unit in deploy/,
 #   3. runs unit, integration and benchmark-smoke tests.
 set -euo pipefail
