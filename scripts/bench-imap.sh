@@ -39,7 +39,7 @@ DIR=$(mktemp -d /tmp/sbbench.XXXXXX)
 chmod 0755 "$DIR"
 cleanup() {
     [ -n "${DAEMON_PID:-}" ] && kill "$DAEMON_PID" 2>/dev/null || true
-    tests/harness/mailservers.sh stop "$DIR" >/dev/null 2>&1 || true
+    "$ROOT/tests/harness/mailservers.sh" stop "$DIR" >/dev/null 2>&1 || true
     rm -rf "$DIR"
 }
 trap cleanup EXIT
