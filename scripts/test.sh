@@ -4,7 +4,8 @@
 #      PostgreSQL from Debian's packages; they are started privately on
 #      loopback by the tests themselves, never as system services),
 #   2. checks formatting and lints, and the systemd unit in deploy/,
-#   3. runs unit, integration and benchmark-smoke tests.
+#   3. runs unit, integration and benchmark-smoke tests,
+#   4. builds the Debian package and checks it (scripts/build-deb.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,3 +20,5 @@ echo "== scripts/check-deploy.sh"
 echo "== cargo test"
 cargo test --all-targets
 cargo test --doc --quiet
+echo "== scripts/build-deb.sh"
+./scripts/build-deb.sh

@@ -22,21 +22,9 @@ pub struct Thread {
     pub since_human: i64,
 }
 
-/// Earlier automatic replies, for the rate limits.
-#[derive(Debug, Clone, Default)]
-pub struct ReplyHistory {
-    /// (recipient, template) → last sent (ms).
-    pub to_recipient: HashMap<(String, String), i64>,
-    /// (From address answered, template) → last sent (ms).
-    pub from_sender: HashMap<(String, String), i64>,
-    /// Recipient → last automatic reply of any kind (ms).
-    pub any_to_recipient: HashMap<String, i64>,
-    /// Replies in the last hour per recipient / sender domain.
-    pub recipient_domain_hour: HashMap<String, u32>,
-    pub sender_domain_hour: HashMap<String, u32>,
-    /// Distinct recipients in the last hour.
-    pub recipients_hour: HashSet<String>,
-}
+/// Earlier automatic replies, for the rate limits: as the store reads
+/// them (in-flight replies included).
+pub use crate::record::ReplyFacts as ReplyHistory;
 
 /// Everything a batch's decisions depend on, read before deciding.
 #[derive(Debug, Clone, Default)]

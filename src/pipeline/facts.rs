@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use super::{Item, PipelineError};
 use crate::decide::assign::TeamFacts;
-use crate::decide::plan::{self, ReplyHistory, Thread};
+use crate::decide::plan::{self, Thread};
 use crate::fetch::MailSource;
 use crate::knowledge::{Knowledge, Strategy};
 use crate::record::{Store, StoredFacts};
@@ -59,14 +59,7 @@ pub async fn gather<S: MailSource>(
     );
     let stored = store.facts(&keys, &ids, &tags, &counters).await?;
     let r = store.reply_facts(&recipients, &senders, now).await?;
-    let replies = ReplyHistory {
-        to_recipient: r.to_recipient,
-        from_sender: r.from_sender,
-        any_to_recipient: r.any_to_recipient,
-        recipient_domain_hour: r.recipient_domain_hour,
-        sender_domain_hour: r.sender_domain_hour,
-        recipients_hour: r.recipients_hour,
-    };
+    let replies = r;
     let mut team = TeamFacts {
         now,
         away: stored

@@ -281,6 +281,39 @@ impl Store {
         Ok(())
     }
 
+    /// Appends audit records, one statement for all of them.
+    async fn insert_audit(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        events: &[&AuditEvent],
+    ) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "INSERT INTO audit (at, event, mailbox, message_key, message_id, sender, ticket, \
+             queue, rep, detail, data) VALUES {}",
+            values(events.len(), 11)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(self.sql(sql)));
+        for e in events {
+            q = q
+                .bind(e.at)
+                .bind(&e.event)
+                .bind(&e.mailbox)
+                .bind(&e.message_key)
+                .bind(&e.message_id)
+                .bind(&e.sender)
+                .bind(&e.ticket)
+                .bind(&e.queue)
+                .bind(&e.rep)
+                .bind(&e.detail)
+                .bind(&e.data);
+        }
+        q.execute(conn).await?;
+        Ok(())
+    }
+
     /// Takes back the reservation of a reply that was not sent (deferred or
     /// refused): it no longer counts for the rate limits.
     pub async fn release_reply(&self, reply_id: &str) -> Result<(), StoreError> {
@@ -324,28 +357,8 @@ impl Store {
                 }
                 q.execute(&mut *tx).await?;
             }
-            let sql = format!(
-                "INSERT INTO audit (at, event, mailbox, message_key, message_id, sender, ticket, \
-                 queue, rep, detail, data) VALUES {}",
-                values(chunk.len(), 11)
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(self.sql(sql)));
-            for r in chunk {
-                let e = &r.audit;
-                q = q
-                    .bind(e.at)
-                    .bind(&e.event)
-                    .bind(&e.mailbox)
-                    .bind(&e.message_key)
-                    .bind(&e.message_id)
-                    .bind(&e.sender)
-                    .bind(&e.ticket)
-                    .bind(&e.queue)
-                    .bind(&e.rep)
-                    .bind(&e.detail)
-                    .bind(&e.data);
-            }
-            q.execute(&mut *tx).await?;
+            let events: Vec<&AuditEvent> = chunk.iter().map(|r| &r.audit).collect();
+            self.insert_audit(&mut tx, &events).await?;
         }
         let mut per_ticket: HashMap<&str, i64> = HashMap::new();
         for r in sent {
@@ -645,27 +658,8 @@ impl Store {
             q.execute(&mut *tx).await?;
         }
         for chunk in c.audit.chunks(CHUNK) {
-            let sql = format!(
-                "INSERT INTO audit (at, event, mailbox, message_key, message_id, sender, ticket, \
-                 queue, rep, detail, data) VALUES {}",
-                values(chunk.len(), 11)
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(self.sql(sql)));
-            for e in chunk {
-                q = q
-                    .bind(e.at)
-                    .bind(&e.event)
-                    .bind(&e.mailbox)
-                    .bind(&e.message_key)
-                    .bind(&e.message_id)
-                    .bind(&e.sender)
-                    .bind(&e.ticket)
-                    .bind(&e.queue)
-                    .bind(&e.rep)
-                    .bind(&e.detail)
-                    .bind(&e.data);
-            }
-            q.execute(&mut *tx).await?;
+            let events: Vec<&AuditEvent> = chunk.iter().collect();
+            self.insert_audit(&mut tx, &events).await?;
         }
         tx.commit().await?;
         Ok(())
