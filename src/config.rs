@@ -248,6 +248,13 @@ pub struct DaemonConfig {
     pub retry_initial: Duration,
     /// Maximum delay between retries / reconnects.
     pub retry_max: Duration,
+    /// This instance's name in the store's lease table and in
+    /// `switchboard status` (default: the host name).
+    pub instance: Option<String>,
+    /// How long a mailbox lease lasts without a heartbeat: an instance
+    /// that dies loses its mailboxes after this long and another instance
+    /// takes them over. Heartbeats come every third of it.
+    pub lease_ttl: Duration,
 }
 
 impl Config {
@@ -651,6 +658,8 @@ fn read_daemon(ctx: &Ctx, t: Option<Table<'_>>) -> DaemonConfig {
         watch: true,
         retry_initial: Duration::from_secs(5),
         retry_max: Duration::from_secs(300),
+        instance: None,
+        lease_ttl: Duration::from_secs(15),
     };
     let Some(mut t) = t else {
         return d;
@@ -672,6 +681,28 @@ fn read_daemon(ctx: &Ctx, t: Option<Table<'_>>) -> DaemonConfig {
     }
     if let Some(r) = t.duration("retry_max") {
         d.retry_max = r.value.max(d.retry_initial);
+    }
+    if let Some(n) = t.string("instance") {
+        let v = n.value.trim();
+        if v.is_empty() || v.len() > 64 || v.chars().any(|c| c.is_control() || c == '/') {
+            ctx.error(
+                n.span,
+                "`instance` must be a short name (1 to 64 characters, no `/`), e.g. \"node-a\"",
+            );
+        } else {
+            d.instance = Some(v.to_string());
+        }
+    }
+    if let Some(l) = t.duration("lease_ttl") {
+        if l.value < Duration::from_secs(3) || l.value > Duration::from_secs(600) {
+            ctx.error(
+                l.span,
+                "`lease_ttl` must be between \"3s\" and \"10m\" (default \"15s\"): \
+                 a killed instance's mailboxes are taken over after this long",
+            );
+        } else {
+            d.lease_ttl = l.value;
+        }
     }
     t.finish();
     d

@@ -25,6 +25,17 @@ pub struct MailboxHealth {
     pub reconnects: u64,
     pub last_error: Option<String>,
     pub last_error_at: Option<i64>,
+    /// This instance holds the mailbox's lease (with several instances on
+    /// one store, the others work the mailboxes it does not hold).
+    #[serde(default = "yes")]
+    pub held: bool,
+    /// Since when this instance holds it (ms).
+    #[serde(default)]
+    pub held_since: Option<i64>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The last reload.
@@ -49,6 +60,13 @@ pub struct Snapshot {
     /// Set when the daemon stopped (ms).
     #[serde(default)]
     pub stopped: Option<i64>,
+    /// This instance's name among the instances sharing the store.
+    #[serde(default)]
+    pub instance: String,
+    /// The first round of lease claims is done (until then, which
+    /// mailboxes this instance works is not known).
+    #[serde(default)]
+    pub leases_settled: bool,
 }
 
 /// Shared, cheap to clone.
@@ -169,26 +187,62 @@ impl Health {
         self.with(|s| s.stopped = Some(now_ms()));
     }
 
-    /// Whether every mailbox has connected at least once.
+    /// The first round of lease claims is done; `instance` is this
+    /// instance's name.
+    pub fn leases_settled(&self, instance: &str) {
+        self.with(|s| {
+            s.leases_settled = true;
+            s.instance = instance.to_string();
+        });
+    }
+
+    /// The lease on `mailbox` was acquired (`true`) or given up.
+    pub fn lease(&self, mailbox: &str, instance: &str, held: bool) {
+        self.with(|s| {
+            let m = s.mailboxes.entry(mailbox.into()).or_default();
+            m.held = held;
+            m.held_since = held.then(now_ms);
+            if !held {
+                m.connected = false;
+            }
+        });
+        metrics::gauge!("switchboard_mailbox_lease_held", "mailbox" => mailbox.to_string(), "instance" => instance.to_string())
+            .set(if held { 1.0 } else { 0.0 });
+        if !held {
+            metrics::gauge!("switchboard_mailbox_connected", "mailbox" => mailbox.to_string())
+                .set(0.0);
+        }
+    }
+
+    /// Whether every mailbox this instance holds has connected at least
+    /// once.
     pub fn all_connected_once(&self) -> bool {
-        self.with(|s| s.mailboxes.values().all(|m| m.ever_connected))
+        self.with(|s| s.leases_settled && s.mailboxes.values().all(|m| !m.held || m.ever_connected))
     }
 
     /// One line for systemd's `STATUS=`.
     pub fn status_line(&self) -> String {
         self.with(|s| {
-            let total = s.mailboxes.len();
-            let up = s.mailboxes.values().filter(|m| m.connected).count();
+            let total = s.mailboxes.values().filter(|m| m.held).count();
+            let elsewhere = s.mailboxes.len() - total;
+            let up = s
+                .mailboxes
+                .values()
+                .filter(|m| m.held && m.connected)
+                .count();
             let handled: u64 = s.mailboxes.values().map(|m| m.handled).sum();
             let backlog: u64 = s.mailboxes.values().map(|m| m.backlog).sum();
             let mut line = format!(
                 "{up}/{total} mailboxes up; {handled} handled, {} auto-replies, backlog {backlog}",
                 s.replies_sent
             );
+            if elsewhere > 0 {
+                line.push_str(&format!("; {elsewhere} held by other instances"));
+            }
             let down: Vec<String> = s
                 .mailboxes
                 .iter()
-                .filter(|(_, m)| !m.connected)
+                .filter(|(_, m)| m.held && !m.connected)
                 .map(|(n, m)| match &m.last_error {
                     Some(e) => format!("{n}: {}", crate::util::ellipsize(e, 80)),
                     None => format!("{n}: connecting"),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod health;
+pub mod lease;
 use health::Health;
 
 use tokio::sync::watch;
@@ -20,6 +21,7 @@ use crate::knowledge::Knowledge;
 use crate::pipeline::{
     Filing, MailboxInfo, Outcome, Pipeline, PipelineError, Prepared, prepare_batch,
 };
+use crate::record::StoreError;
 
 /// Everything a mailbox task shares with the others.
 #[derive(Clone)]
@@ -272,6 +274,10 @@ pub async fn run_maildir(
         shared.health.checked(&mb.name, tally.checked, tally.filed);
         match r {
             Ok(()) => {}
+            Err(PipelineError::Store(e @ StoreError::Fenced(_))) => {
+                warn!(mailbox = %mb.name, "{e}");
+                return Ok(handled);
+            }
             Err(e) => {
                 shared
                     .health
@@ -406,6 +412,11 @@ pub async fn run_imap(
                     }
                     break;
                 }
+                Err(PipelineError::Store(e @ StoreError::Fenced(_))) => {
+                    warn!(mailbox = %mb.name, "{e}");
+                    imap.logout().await;
+                    return Ok(handled);
+                }
                 Err(PipelineError::Store(e)) => {
                     shared
                         .health
@@ -451,62 +462,147 @@ pub struct RunSummary {
     pub failed: Vec<String>,
 }
 
-/// Runs every configured mailbox until shutdown (or once through the
-/// backlog with `once`).
+/// Runs the configured mailboxes this instance holds the lease of, until
+/// shutdown (or once through the backlog with `once`): the lease manager
+/// ([`lease::Leases`]) beats every third of `[daemon] lease_ttl` and
+/// starts, stops and hands over mailbox tasks as leases come and go.
 pub async fn run(
     cfg: Config,
     knowledge: watch::Receiver<Arc<Knowledge>>,
     pipeline: Pipeline,
-    shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
     once: bool,
     health: Health,
 ) -> anyhow::Result<RunSummary> {
     let shared = Shared {
         pipeline,
         knowledge,
-        shutdown,
+        shutdown: shutdown.clone(),
         max_size: cfg.limits.max_message_size,
         batch_size: 100,
-        health,
+        health: health.clone(),
     };
+    let configs: std::collections::HashMap<String, MailboxConfig> = cfg
+        .mailboxes
+        .iter()
+        .map(|m| (m.name.clone(), m.clone()))
+        .collect();
+    let mut leases = lease::Leases::start(
+        &shared.pipeline.store,
+        cfg.daemon.instance.as_deref(),
+        cfg.mailboxes.iter().map(|m| m.name.clone()).collect(),
+        cfg.daemon.lease_ttl,
+        health.clone(),
+    )
+    .await?;
+    let retry = (cfg.daemon.retry_initial, cfg.daemon.retry_max);
     let mut tasks = tokio::task::JoinSet::new();
-    for mb in cfg.mailboxes.clone() {
-        let shared = shared.clone();
-        match mb.kind.clone() {
-            MailboxKind::Maildir { path } => {
-                tasks.spawn(async move {
-                    let name = mb.name.clone();
-                    (
-                        name,
-                        run_maildir(mb, path, shared, once, Duration::from_secs(2)).await,
-                    )
-                });
-            }
-            MailboxKind::Imap(icfg) => {
-                let retry = (cfg.daemon.retry_initial, cfg.daemon.retry_max);
-                tasks.spawn(async move {
-                    let name = mb.name.clone();
-                    (name, run_imap(mb, icfg, shared, once, retry).await)
-                });
-            }
-        }
-    }
+    // Per running mailbox: the switch that stops its task.
+    let mut running: std::collections::HashMap<String, watch::Sender<bool>> =
+        std::collections::HashMap::new();
     let mut summary = RunSummary::default();
-    while let Some(r) = tasks.join_next().await {
-        match r {
-            Ok((name, Ok(n))) => {
-                info!(mailbox = %name, filed = n, "mailbox stopped");
-                summary.filed += n;
+    let mut beat = tokio::time::interval(leases.every());
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut first = true;
+    let mut stopping = *shutdown.borrow();
+    loop {
+        tokio::select! {
+            _ = beat.tick() => {
+                for change in leases.beat(once, stopping).await {
+                    match change {
+                        lease::Change::Acquired(fence) => {
+                            let Some(mb) = configs.get(&fence.mailbox).cloned() else { continue };
+                            let (tx, rx) = watch::channel(stopping);
+                            let mut mine = shared.clone();
+                            mine.shutdown = rx;
+                            mine.pipeline.store = mine.pipeline.store.fenced(fence);
+                            running.insert(mb.name.clone(), tx);
+                            spawn_mailbox(&mut tasks, mb, mine, once, retry);
+                        }
+                        lease::Change::Lost(m) | lease::Change::HandOver(m) => {
+                            if let Some(tx) = running.get(&m) {
+                                let _ = tx.send(true);
+                            }
+                        }
+                    }
+                }
+                if first {
+                    first = false;
+                    health.leases_settled(&leases.instance().name);
+                    let skipped = cfg.mailboxes.len() - leases.held();
+                    if skipped > 0 {
+                        info!(instance = %leases.instance().name, held = leases.held(), "{skipped} mailbox(es) are worked by other instances");
+                    }
+                }
+                if (once || stopping) && running.is_empty() {
+                    break;
+                }
             }
-            Ok((name, Err(e))) => {
-                error!(mailbox = %name, "mailbox failed: {e}");
-                summary.failed.push(name);
+            Some(r) = tasks.join_next(), if !tasks.is_empty() => {
+                let name = match r {
+                    Ok((name, Ok(n))) => {
+                        info!(mailbox = %name, filed = n, "mailbox stopped");
+                        summary.filed += n;
+                        Some(name)
+                    }
+                    Ok((name, Err(e))) => {
+                        error!(mailbox = %name, "mailbox failed: {e}");
+                        summary.failed.push(name.clone());
+                        Some(name)
+                    }
+                    Err(e) => {
+                        error!("mailbox task panicked: {e}");
+                        summary.failed.push("(unknown)".into());
+                        None
+                    }
+                };
+                if let Some(name) = name {
+                    running.remove(&name);
+                    leases.finished(&name).await;
+                }
+                if (once || stopping) && running.is_empty() {
+                    break;
+                }
             }
-            Err(e) => {
-                error!("mailbox task panicked: {e}");
-                summary.failed.push("(unknown)".into());
+            r = shutdown.changed(), if !stopping => {
+                stopping = r.is_err() || *shutdown.borrow();
+                if stopping {
+                    for tx in running.values() {
+                        let _ = tx.send(true);
+                    }
+                    if running.is_empty() {
+                        break;
+                    }
+                }
             }
         }
     }
+    leases.shutdown().await;
     Ok(summary)
+}
+
+fn spawn_mailbox(
+    tasks: &mut tokio::task::JoinSet<(String, Result<usize, FetchError>)>,
+    mb: MailboxConfig,
+    shared: Shared,
+    once: bool,
+    retry: (Duration, Duration),
+) {
+    match mb.kind.clone() {
+        MailboxKind::Maildir { path } => {
+            tasks.spawn(async move {
+                let name = mb.name.clone();
+                (
+                    name,
+                    run_maildir(mb, path, shared, once, Duration::from_secs(2)).await,
+                )
+            });
+        }
+        MailboxKind::Imap(icfg) => {
+            tasks.spawn(async move {
+                let name = mb.name.clone();
+                (name, run_imap(mb, icfg, shared, once, retry).await)
+            });
+        }
+    }
 }

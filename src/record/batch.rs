@@ -70,7 +70,7 @@ pub(crate) fn positional(sql: &str) -> Option<String> {
 
 impl Store {
     /// The statement text for this store's database (see [`positional`]).
-    fn sql(&self, sql: String) -> String {
+    pub(super) fn sql(&self, sql: String) -> String {
         if self.sqlite {
             positional(&sql).unwrap_or(sql)
         } else {
@@ -317,10 +317,12 @@ impl Store {
     /// Takes back the reservation of a reply that was not sent (deferred or
     /// refused): it no longer counts for the rate limits.
     pub async fn release_reply(&self, reply_id: &str) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
         sqlx::query("DELETE FROM replies WHERE message_id = $1")
             .bind(reply_id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -331,7 +333,7 @@ impl Store {
         if sent.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         for chunk in sent.chunks(CHUNK) {
             let sql = format!(
                 "UPDATE messages SET state = 'sent', updated_at = $1 WHERE state = 'sending' AND key IN ({})",
@@ -535,7 +537,7 @@ impl Store {
         if c.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         for w in &c.counters {
             let done = match w.expected {
                 Some(old) => sqlx::query(
@@ -671,7 +673,7 @@ impl Store {
         if keys.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         for chunk in keys.chunks(CHUNK) {
             let sql = format!(
                 "UPDATE messages SET state = 'done', updated_at = $1 WHERE key IN ({}) \

@@ -19,6 +19,7 @@ use sqlx::{AnyPool, Row};
 use crate::decide::History;
 
 pub mod batch;
+pub mod lease;
 pub mod lock;
 pub use batch::{
     Commit, ConversationWrite, CounterWrite, MessageWrite, ReplyFacts, Reservation, SentReply,
@@ -39,6 +40,10 @@ pub enum StoreError {
     /// instance used the same ticket number or round-robin turn).
     #[error("state store: counter {0} changed concurrently")]
     Conflict(String),
+    /// This instance no longer holds the mailbox's lease: another one
+    /// took it over, and nothing more is written for it from here.
+    #[error("the lease on mailbox {0} was taken over by another instance; stopping work on it")]
+    Fenced(String),
     #[error("state store: unknown message state {0:?} (written by a newer version?)")]
     UnknownState(String),
 }
@@ -165,6 +170,8 @@ pub struct Store {
     /// Whether the database is SQLite (statements use `?` there, see
     /// `batch::positional`).
     sqlite: bool,
+    /// Writes for a mailbox check this lease (see [`lease`]).
+    fence: Option<std::sync::Arc<lease::Fence>>,
 }
 
 /// The schema migrations, embedded in the binary: (version, description,
@@ -185,6 +192,11 @@ const MIGRATIONS_SQLITE: &[(i64, &str, &str)] = &[
         "reply keys",
         include_str!("../../migrations/sqlite/0003_reply_keys.sql"),
     ),
+    (
+        4,
+        "leases",
+        include_str!("../../migrations/sqlite/0004_leases.sql"),
+    ),
 ];
 const MIGRATIONS_POSTGRES: &[(i64, &str, &str)] = &[
     (
@@ -201,6 +213,11 @@ const MIGRATIONS_POSTGRES: &[(i64, &str, &str)] = &[
         3,
         "reply keys",
         include_str!("../../migrations/postgres/0003_reply_keys.sql"),
+    ),
+    (
+        4,
+        "leases",
+        include_str!("../../migrations/postgres/0004_leases.sql"),
     ),
 ];
 
@@ -273,7 +290,11 @@ impl Store {
         })
         .run(&pool)
         .await?;
-        Ok(Store { pool, sqlite })
+        Ok(Store {
+            pool,
+            sqlite,
+            fence: None,
+        })
     }
 
     pub async fn close(&self) {
@@ -431,9 +452,10 @@ impl Store {
         note: &str,
         now: i64,
     ) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "UPDATE messages SET state = 'decided', verdict = $1, folder = $2, queue = $3, \
-             last_error = $4, updated_at = $5 WHERE key = $6",
+             last_error = $4, updated_at = $5 WHERE key = $6 AND state <> 'done'",
         )
         .bind(verdict)
         .bind(folder)
@@ -441,8 +463,9 @@ impl Store {
         .bind(note)
         .bind(now)
         .bind(key)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -455,16 +478,18 @@ impl Store {
         error: &str,
         now: i64,
     ) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "UPDATE messages SET state = 'deferred', retry_at = $1, last_error = $2, updated_at = $3 \
-             WHERE key = $4",
+             WHERE key = $4 AND state <> 'done'",
         )
         .bind(retry_at)
         .bind(error)
         .bind(now)
         .bind(key)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -791,6 +816,7 @@ impl Store {
 
     /// Appends to the audit log.
     pub async fn audit(&self, e: &AuditEvent) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "INSERT INTO audit (at, event, mailbox, message_key, message_id, sender, ticket, queue, rep, detail, data) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
@@ -806,8 +832,9 @@ impl Store {
         .bind(&e.rep)
         .bind(&e.detail)
         .bind(&e.data)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
