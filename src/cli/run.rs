@@ -25,6 +25,11 @@ pub struct Args {
     /// Process the backlog of every mailbox, then exit.
     #[arg(long)]
     pub once: bool,
+    /// This instance's name among the instances sharing a store (shown by
+    /// `switchboard status`); overrides `[daemon] instance`, whose default
+    /// is the host name.
+    #[arg(long, env = "SWITCHBOARD_INSTANCE", value_name = "NAME")]
+    pub instance: Option<String>,
 }
 
 /// How long to wait for every mailbox's first connection before telling
@@ -37,9 +42,16 @@ const STATUS_EVERY: Duration = Duration::from_secs(10);
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     super::init_logging("info");
     let path = a.config.path();
-    let Some((cfg, k, warnings)) = super::load_all(&path) else {
+    let Some((mut cfg, k, warnings)) = super::load_all(&path) else {
         return Ok(ExitCode::from(2));
     };
+    if let Some(name) = a.instance.as_deref().map(str::trim) {
+        if name.is_empty() || name.len() > 64 || name.contains('/') {
+            error!("--instance must be a short name (1 to 64 characters, no `/`)");
+            return Ok(ExitCode::from(2));
+        }
+        cfg.daemon.instance = Some(name.to_string());
+    }
     for w in warnings.iter() {
         warn!("{w}");
     }

@@ -23,6 +23,11 @@ pub struct Servers {
 
 impl Servers {
     pub fn start() -> Servers {
+        Servers::start_with(&[])
+    }
+
+    /// Starts the servers with these IMAP users (none: the default set).
+    pub fn start_with(users: &[&str]) -> Servers {
         use std::os::unix::fs::PermissionsExt;
         let tmp = tempfile::Builder::new()
             .prefix("sb-")
@@ -34,6 +39,7 @@ impl Servers {
             .arg(SCRIPT)
             .arg("start")
             .arg(&dir)
+            .args(users)
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("cannot run {SCRIPT}: {e}"));

@@ -6,6 +6,7 @@ mod decide;
 mod demo;
 mod diagnostics;
 mod golden;
+mod leases;
 mod loop_guard;
 mod mailserver;
 mod monitoring;

@@ -40,7 +40,7 @@ impl Postgres {
         pg
     }
 
-    fn script(&self, cmd: &str) {
+    pub fn script(&self, cmd: &str) {
         let out = Command::new("bash")
             .arg(SCRIPT)
             .arg(cmd)
