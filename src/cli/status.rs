@@ -99,7 +99,13 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             "MAILBOX", "STATE", "LAST CHECK", "BACKLOG", "HANDLED"
         );
         for (name, m) in &snap.mailboxes {
-            let state = if m.connected { "connected" } else { "DOWN" };
+            let state = if !m.held {
+                "elsewhere"
+            } else if m.connected {
+                "connected"
+            } else {
+                "DOWN"
+            };
             let last = m
                 .last_check
                 .map(format_ms)
@@ -113,6 +119,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
                 m.backlog, m.handled
             );
         }
+        print_leases(&cfg.store.url).await;
         if let (false, Some(k)) = (a.offline, &k) {
             let folders: Vec<String> = k
                 .queues
@@ -149,7 +156,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let bad = snap.mailboxes.values().any(|m| !m.connected)
+    let bad = snap.mailboxes.values().any(|m| m.held && !m.connected)
         || snap.last_reload.as_ref().is_some_and(|r| !r.ok);
     Ok(if stale {
         ExitCode::from(3)
@@ -158,4 +165,65 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Which instance works which mailbox, from the store's lease table.
+async fn print_leases(url: &str) {
+    let store = match switchboard::record::Store::open(url).await {
+        Ok(s) => s,
+        Err(e) => {
+            println!("\n(leases unavailable: {e})");
+            return;
+        }
+    };
+    let (leases, instances) = match (store.leases().await, store.instances().await) {
+        (Ok(l), Ok(i)) => (l, i),
+        (Err(e), _) | (_, Err(e)) => {
+            println!("\n(leases unavailable: {e})");
+            store.close().await;
+            return;
+        }
+    };
+    store.close().await;
+    println!();
+    println!(
+        "{:<16} {:<28} {:<22} {:>8}  EXPIRES",
+        "LEASE", "HELD BY", "SINCE", "TOKEN"
+    );
+    for l in &leases {
+        let who = match (&l.holder_name, l.holder_pid) {
+            (Some(n), Some(p)) => format!("{n} (pid {p})"),
+            _ => l.holder.clone(),
+        };
+        if l.live() {
+            println!(
+                "{:<16} {:<28} {:<22} {:>8}  in {}s",
+                l.mailbox,
+                who,
+                format_ms(l.acquired_at),
+                l.token,
+                (l.expires_at - l.now).max(0) / 1000
+            );
+        } else {
+            println!(
+                "{:<16} {:<28} {:<22} {:>8}  free (released or expired)",
+                l.mailbox, "-", "-", l.token
+            );
+        }
+    }
+    let now = leases.first().map_or_else(now_ms, |l| l.now);
+    let live: Vec<String> = instances
+        .iter()
+        .map(|i| {
+            format!(
+                "{} (pid {}, seen {}s ago)",
+                i.instance.name,
+                i.instance.pid,
+                (now - i.seen_at).max(0) / 1000
+            )
+        })
+        .collect();
+    if !live.is_empty() {
+        println!("instances: {}", live.join(", "));
+    }
 }

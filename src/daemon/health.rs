@@ -211,6 +211,8 @@ impl Health {
         if !held {
             metrics::gauge!("switchboard_mailbox_connected", "mailbox" => mailbox.to_string())
                 .set(0.0);
+            metrics::gauge!("switchboard_mailbox_backlog", "mailbox" => mailbox.to_string())
+                .set(0.0);
         }
     }
 

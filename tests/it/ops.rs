@@ -122,7 +122,11 @@ async fn sd_notify_metrics_status_and_reloads() {
     let sock = sock_path.display().to_string();
     let mut daemon = Daemon::spawn_with(
         &config,
-        &[("NOTIFY_SOCKET", &sock), ("WATCHDOG_USEC", "1000000")],
+        &[
+            ("NOTIFY_SOCKET", &sock),
+            ("WATCHDOG_USEC", "1000000"),
+            ("SWITCHBOARD_INSTANCE", "ops-node"),
+        ],
     );
 
     // READY=1 once the mailbox is connected, with a STATUS= line.
@@ -160,6 +164,8 @@ async fn sd_notify_metrics_status_and_reloads() {
         "switchboard_mailbox_last_check_timestamp_seconds{mailbox=\"support\"}",
         "switchboard_classify_seconds_bucket",
         "switchboard_config_last_reload_successful 1",
+        "switchboard_mailbox_lease_held{mailbox=\"support\",instance=\"ops-node\"} 1",
+        "switchboard_lease_changes_total{mailbox=\"support\",change=\"acquired\"} 1",
     ] {
         assert!(m.contains(needle), "missing {needle} in\n{m}");
     }
@@ -175,6 +181,17 @@ async fn sd_notify_metrics_status_and_reloads() {
         "{out}"
     );
     assert!(!out.contains("secret"), "{out}");
+    // The lease table: this instance holds the mailbox.
+    let lease = out
+        .lines()
+        .skip_while(|l| !l.starts_with("LEASE"))
+        .nth(1)
+        .unwrap_or_default();
+    assert!(
+        lease.starts_with("support") && lease.contains("ops-node (pid ") && lease.contains("in "),
+        "{out}"
+    );
+    assert!(out.contains("instances: ops-node (pid "), "{out}");
 
     // SIGHUP: RELOADING=1 with MONOTONIC_USEC, then READY=1.
     let before = notes.all().len();
