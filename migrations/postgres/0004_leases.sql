@@ -18,3 +18,6 @@ CREATE TABLE instances (
     started_at BIGINT NOT NULL,
     seen_at BIGINT NOT NULL
 );
+-- Messages between decision and filing (few at any time): a mailbox's
+-- task settles those filed just before a crash (record::batch::settle_filed).
+CREATE INDEX messages_open ON messages (state, mailbox, updated_at);

@@ -201,19 +201,33 @@ pub async fn drain_once<S: MailSource>(
 }
 
 /// Drains until a pass files nothing more (new mail may arrive while a
-/// backlog is processed), handing each outcome to `seen`.
+/// backlog is processed), handing each outcome to `seen`. After a
+/// complete drain, messages recorded as on their way to a folder that
+/// were not in the inbox any more are recorded as filed
+/// ([`crate::record::Store::settle_filed`]): a crash between a move and
+/// its record leaves no stale state behind.
 pub async fn drain_with<S: MailSource>(
     src: &mut S,
     shared: &Shared,
     mb: &MailboxInfo,
     seen: &mut (dyn FnMut(Outcome) + Send),
 ) -> Result<(), PipelineError> {
+    let started = shared.pipeline.now();
     loop {
         let filed = drain_once_with(src, shared, mb, seen).await?;
-        if filed == 0 || shared.stopping() {
+        if shared.stopping() {
             return Ok(());
         }
+        if filed == 0 {
+            break;
+        }
     }
+    let p = &shared.pipeline;
+    let n = p.store.settle_filed(&mb.name, started, p.now()).await?;
+    if n > 0 {
+        info!(mailbox = %mb.name, messages = n, "filed before an interruption but not recorded: recorded as filed now");
+    }
+    Ok(())
 }
 
 /// [`drain_with`], collecting the outcomes.

@@ -431,7 +431,7 @@ impl Pipeline {
         }
     }
 
-    fn now(&self) -> i64 {
+    pub fn now(&self) -> i64 {
         (self.clock)()
     }
 

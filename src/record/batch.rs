@@ -667,6 +667,34 @@ impl Store {
         Ok(())
     }
 
+    /// After a complete pass over a mailbox's inbox: messages of the
+    /// mailbox still recorded as on their way to a folder (`decided`,
+    /// `sent`, `archived`) since before the pass were not in the inbox any
+    /// more, so they were filed: by a move that went through just before
+    /// a crash (or a store outage) kept it from being recorded. They are
+    /// marked done, with a note. Returns how many.
+    pub async fn settle_filed(
+        &self,
+        mailbox: &str,
+        before: i64,
+        now: i64,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let n = sqlx::query(
+            "UPDATE messages SET state = 'done', updated_at = $1, \
+             last_error = 'no longer in the inbox after an interruption: recorded as filed' \
+             WHERE state IN ('decided', 'sent', 'archived') AND mailbox = $2 AND updated_at < $3",
+        )
+        .bind(now)
+        .bind(mailbox)
+        .bind(before)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n)
+    }
+
     /// Marks filed messages done (one statement per chunk). Only a message
     /// in a state that leads to filing moves on (`WHERE state IN …`).
     pub async fn finish(&self, keys: &[String], now: i64) -> Result<(), StoreError> {

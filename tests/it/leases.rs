@@ -172,9 +172,15 @@ async fn concurrent_claims_on_postgresql_have_one_winner() {
 }
 
 const MAILBOXES: usize = 6;
-/// The chaos run's lease time (short, to keep the test quick; the
-/// default is 15 s).
-const TTL: Duration = Duration::from_secs(6);
+/// The chaos run's lease time: short, to keep the test quick (the
+/// default is 15 s; `CHAOS_LEASE_TTL=15` measures fail-over with it).
+fn chaos_ttl() -> Duration {
+    let secs = std::env::var("CHAOS_LEASE_TTL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    Duration::from_secs(secs)
+}
 
 /// One kind of customer mail per message number: an answerable question,
 /// a quote request (round robin over three people) or a complaint.
@@ -406,6 +412,7 @@ fn kill_instance(d: &mut Daemon, alive: &Mutex<HashSet<u32>>) {
 #[test]
 fn three_instances_six_mailboxes_survive_kills_and_a_postgresql_restart() {
     use rand::{Rng, SeedableRng};
+    let ttl = chaos_ttl();
     let pg = Postgres::start();
     let users: Vec<String> = (1..=MAILBOXES)
         .map(|i| format!("s{i}@example.test"))
@@ -433,7 +440,7 @@ fn three_instances_six_mailboxes_survive_kills_and_a_postgresql_restart() {
         )
         .replace(
             "retry_max = \"3s\"",
-            &format!("retry_max = \"3s\"\nlease_ttl = \"{}s\"", TTL.as_secs()),
+            &format!("retry_max = \"3s\"\nlease_ttl = \"{}s\"", ttl.as_secs()),
         );
     std::fs::write(&config, text).unwrap_or_else(|e| panic!("{e}"));
 
@@ -548,7 +555,7 @@ fn three_instances_six_mailboxes_survive_kills_and_a_postgresql_restart() {
         if round % 2 == 0 {
             std::thread::sleep(Duration::from_millis(rng.random_range(500..2500)));
         } else {
-            std::thread::sleep(TTL + Duration::from_secs(3));
+            std::thread::sleep(ttl + Duration::from_secs(3));
         }
         nodes[victim] = spawn_instance(&config, names[victim], &alive);
         std::thread::sleep(Duration::from_secs(2));
@@ -726,11 +733,11 @@ fn three_instances_six_mailboxes_survive_kills_and_a_postgresql_restart() {
         gaps.len()
     );
     assert!(
-        worst <= TTL + TTL / 3 + Duration::from_secs(3),
-        "a mailbox went unworked for {worst:?} (lease time {TTL:?}): {gaps:?}\n{logs}"
+        worst <= ttl + ttl / 3 + Duration::from_secs(3),
+        "a mailbox went unworked for {worst:?} (lease time {ttl:?}): {gaps:?}\n{logs}"
     );
     assert!(
-        handover <= TTL / 3 + Duration::from_secs(2),
+        handover <= ttl / 3 + Duration::from_secs(2),
         "a clean stop must hand its mailboxes over at once, took {handover:?}"
     );
 }
