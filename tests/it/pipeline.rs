@@ -10,7 +10,7 @@ use switchboard::daemon::{Shared, drain, mailbox_info};
 use switchboard::fetch::maildir::Maildir;
 use switchboard::knowledge::Knowledge;
 use switchboard::pipeline::{Outcome, Pipeline};
-use switchboard::record::{NewMessage, Store};
+use switchboard::record::{Commit, MessageWrite, State, Store};
 
 use crate::common::{Setup, message, write};
 
@@ -131,6 +131,26 @@ async fn auto_reply_is_sent_threaded_and_filed() {
     }
 }
 
+/// Records a reply decision for `key` in `state`, as a crash at that
+/// point leaves it.
+async fn crashed_in(store: &Store, key: &str, state: State, reply_id: &str, raw: &str) {
+    let c = Commit {
+        messages: vec![MessageWrite {
+            key: key.into(),
+            mailbox: "support".into(),
+            state: Some(state),
+            verdict: "reply".into(),
+            folder: "Answered".into(),
+            template: Some("faq/opening-hours".into()),
+            reply_message_id: Some(reply_id.into()),
+            reply_raw: Some(raw.into()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    store.commit(&c, 1).await.unwrap_or_else(|e| panic!("{e}"));
+}
+
 #[tokio::test]
 async fn crash_while_sending_never_sends_twice() {
     let mut env = Env::new().await;
@@ -143,25 +163,7 @@ async fn crash_while_sending_never_sends_twice() {
             .nth(1)
             .and_then(|s| s.split('>').next())
             .unwrap_or_default();
-    env.store
-        .record_decision(
-            &NewMessage {
-                key: &key,
-                mailbox: "support",
-                verdict: "reply",
-                folder: "Answered",
-                template: Some("faq/opening-hours"),
-                decision: "{}",
-                ..Default::default()
-            },
-            1,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    env.store
-        .reply_intent(&key, "r@shop.example", b"raw", 2)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    crashed_in(&env.store, &key, State::Sending, "r@shop.example", "raw").await;
     let out = env.run(env.outbox().await, Duration::from_secs(1)).await;
     assert_eq!(out.len(), 1);
     assert_eq!(
@@ -190,44 +192,15 @@ async fn crash_after_sending_files_without_resending() {
             .and_then(|s| s.split('>').next())
             .unwrap_or_default()
     );
-    env.store
-        .record_decision(
-            &NewMessage {
-                key: &key,
-                mailbox: "support",
-                verdict: "reply",
-                folder: "Answered",
-                template: Some("faq/opening-hours"),
-                decision: "{}",
-                ..Default::default()
-            },
-            1,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    env.store
-        .reply_intent(
-            &key,
-            "r2@shop.example",
-            b"Subject: the reply\r\n\r\nbody\r\n",
-            2,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    env.store
-        .reply_sent(
-            &key,
-            "r2@shop.example",
-            &switchboard::record::SentTo {
-                recipient: "jane@customer.example",
-                sender: "jane@customer.example",
-            },
-            "faq/opening-hours",
-            None,
-            3,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    // A crash after the reply was accepted and recorded, before filing.
+    crashed_in(
+        &env.store,
+        &key,
+        State::Sent,
+        "r2@shop.example",
+        "Subject: the reply\r\n\r\nbody\r\n",
+    )
+    .await;
     env.run(env.outbox().await, Duration::from_secs(1)).await;
     assert_eq!(env.sent_files(), 0);
     assert_eq!(env.md.list("Answered").len(), 1);
