@@ -52,6 +52,8 @@ pub struct Config {
     /// Languages the detector may answer, as whatlang values.
     pub languages: Vec<whatlang::Lang>,
     pub daemon: DaemonConfig,
+    /// `[[lookup]]` tables of switchboard.toml (more may be in the rules).
+    pub lookups: Vec<crate::lookup::LookupDef>,
 }
 
 /// How auto-replies are addressed and marked.
@@ -412,6 +414,11 @@ fn read_config(ctx: &Ctx, path: &Path, base: &Path) -> Option<Config> {
     let daemon = read_daemon(ctx, t.table("daemon", "[daemon]"));
     let outbound = read_outbound(ctx, t.table("outbound", "[outbound]"), base);
 
+    let lookups: Vec<crate::lookup::LookupDef> = t
+        .tables("lookup")
+        .into_iter()
+        .filter_map(|lt| crate::lookup::read_lookup(lt, base))
+        .collect();
     let mut mailboxes = Vec::new();
     let mut names = BTreeMap::new();
     for mt in t.tables("mailbox") {
@@ -460,6 +467,7 @@ fn read_config(ctx: &Ctx, path: &Path, base: &Path) -> Option<Config> {
         store,
         languages,
         daemon,
+        lookups,
     })
 }
 

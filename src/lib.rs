@@ -29,6 +29,7 @@ pub mod diag;
 pub mod eval;
 pub mod fetch;
 pub mod knowledge;
+pub mod lookup;
 pub mod parse;
 pub mod pipeline;
 pub mod record;

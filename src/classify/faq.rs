@@ -1619,6 +1619,7 @@ mod tests {
             threshold: None,
             location: loc.clone(),
             template_location: loc,
+            needs: Vec::new(),
         }
     }
 

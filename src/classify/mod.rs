@@ -27,6 +27,9 @@ pub use rules::{Facts, RuleHit, RuleOutcome};
 pub struct Context {
     /// The message answers a conversation switchboard already handled.
     pub follow_up: bool,
+    /// What the lookups found for the message.
+    #[serde(skip)]
+    pub lookups: crate::lookup::LookupFacts,
 }
 
 /// Everything classification found out.
@@ -41,6 +44,13 @@ pub struct Classification {
     /// The message continues a conversation (known to the store, or
     /// answering one of our Message-IDs, or tagged with our ticket prefix).
     pub follow_up: bool,
+    /// What the lookups found (fields, not values).
+    #[serde(default, skip_serializing_if = "lookups_empty")]
+    pub lookups: crate::lookup::LookupFacts,
+}
+
+fn lookups_empty(l: &crate::lookup::LookupFacts) -> bool {
+    l.results.is_empty()
 }
 
 impl Classification {
@@ -87,7 +97,10 @@ pub fn classify_scored(
     let guard = loop_guard::inspect(m, &k.policy.our_addresses);
     let auth = auth::inspect(m, &k.policy.reply.trusted_authserv_ids);
     let follow_up = ctx.follow_up || answers_us(m, &k.policy.domain, &k.policy.reply.ticket_prefix);
-    let ctx = Context { follow_up };
+    let ctx = Context {
+        follow_up,
+        lookups: ctx.lookups.clone(),
+    };
     let mut facts = facts(m, &FaqResult::default(), &guard, &ctx);
     let faq = if rules::decided_without_faq(&k.rules, &facts) {
         FaqResult {
@@ -112,6 +125,7 @@ pub fn classify_scored(
         auth,
         rules,
         follow_up,
+        lookups: ctx.lookups,
     }
 }
 
@@ -126,7 +140,10 @@ pub fn score_faq(m: &Message, k: &Knowledge) -> Option<FaqResult> {
         m,
         &FaqResult::default(),
         &guard,
-        &Context { follow_up: answers },
+        &Context {
+            follow_up: answers,
+            ..Context::default()
+        },
     );
     let mut needed = !rules::decided_without_faq(&k.rules, &f);
     if !needed && !answers {
@@ -178,6 +195,7 @@ pub fn facts(m: &Message, faq: &FaqResult, guard: &[Finding], ctx: &Context) -> 
         auto_generated: guard.iter().any(Finding::is_automatic),
         follow_up: ctx.follow_up,
         malformed: !m.malformed.is_empty(),
+        lookups: ctx.lookups.clone(),
         ..Facts::default()
     }
     .finish()

@@ -6,7 +6,8 @@ use serde::Serialize;
 
 use crate::diag::Location;
 use crate::knowledge::rules::{
-    BoolField, Condition, NumField, NumOp, ReplyWith, Rule, RuleAction, TextField, TextOp, TextTest,
+    BoolField, Condition, LookupTest, NumField, NumOp, ReplyWith, Rule, RuleAction, TextField,
+    TextOp, TextTest,
 };
 
 /// Everything a condition can look at, computed once per message.
@@ -30,6 +31,8 @@ pub struct Facts {
     pub auto_generated: bool,
     pub follow_up: bool,
     pub malformed: bool,
+    /// What the lookups found (empty until they ran).
+    pub lookups: crate::lookup::LookupFacts,
     pub(crate) lower: Lower,
 }
 
@@ -129,6 +132,25 @@ impl Condition {
                 };
                 v == *want
             }
+            Condition::Lookup { name, test } => {
+                let data = f.lookups.data(name);
+                match test {
+                    LookupTest::Found(want) => data.is_some() == *want,
+                    LookupTest::Field(path, tt) => {
+                        let text = match data.and_then(|d| crate::lookup::field(d, path)) {
+                            Some(serde_json::Value::String(s)) => s.clone(),
+                            Some(serde_json::Value::Number(n)) => n.to_string(),
+                            Some(serde_json::Value::Bool(b)) => b.to_string(),
+                            _ => return false,
+                        };
+                        if tt.case_sensitive {
+                            tt.holds(&text)
+                        } else {
+                            tt.holds(&text.to_lowercase())
+                        }
+                    }
+                }
+            }
         }
     }
 }
@@ -156,6 +178,10 @@ pub struct RuleOutcome {
     pub action: Option<(String, RuleAction)>,
     /// Flags collected from matching rules.
     pub flags: Vec<String>,
+    /// A matching rule needed a lookup that gave no usable answer: the
+    /// message goes to a person, for this reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lookup_failed: Option<String>,
 }
 
 /// Describes an action in rule syntax.
@@ -178,7 +204,9 @@ pub fn describe(a: &RuleAction) -> String {
 /// outcome of [`run`] is the same whatever the FAQ would have said.
 pub fn decided_without_faq(rules: &[Rule], f: &Facts) -> bool {
     for r in rules {
-        if r.uses_faq() {
+        // Lookups run after this check: a rule that depends on them
+        // cannot be judged yet.
+        if r.uses_faq() || r.uses_lookups() {
             return false;
         }
         if !r.when.eval(f) {
@@ -211,6 +239,20 @@ pub fn run(rules: &[Rule], f: &Facts) -> RuleOutcome {
             action: r.action.as_ref().map(describe),
             skipped: None,
         };
+        match f.lookups.unmet(&r.needs) {
+            None => {}
+            Some(None) => {
+                hit.skipped = Some(format!("needs {}: not in the message", r.needs.join(", ")));
+                out.hits.push(hit);
+                continue;
+            }
+            Some(Some(why)) => {
+                hit.skipped = Some(why.clone());
+                out.hits.push(hit);
+                out.lookup_failed = Some(format!("rule {:?} needs {why}", r.name));
+                break;
+            }
+        }
         match &r.action {
             Some(RuleAction::Reply(ReplyWith::Faq)) if !f.faq_confident => {
                 hit.skipped = Some("no confident FAQ match".into());

@@ -21,6 +21,10 @@ pub struct Args {
     /// Show all evidence and a preview of the reply.
     #[arg(long)]
     pub explain: bool,
+    /// Do not run the `[[lookup]]`s (no requests to the shop's systems):
+    /// decide as if no value was found in the messages.
+    #[arg(long)]
+    pub no_lookups: bool,
     /// .eml files, directories of them, or Maildirs (new/ and cur/).
     #[arg(required = true, value_name = "FILE.eml|DIR|MAILDIR")]
     pub inputs: Vec<PathBuf>,
@@ -98,6 +102,18 @@ pub fn json_line(
         "flags": d.flags,
         "reasons": d.reasons,
         "guard": d.evidence.guard.iter().map(|g| g.describe()).collect::<Vec<_>>(),
+        "lookups": d.evidence.lookups.results.iter().map(|r| json!({
+            "name": r.name,
+            "value": r.value,
+            "state": r.outcome.describe(),
+            "fields": match &r.outcome {
+                switchboard::lookup::Outcome::Found { data } => data.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()).unwrap_or_default(),
+                _ => Vec::new(),
+            },
+            "source": r.source,
+            "cached": r.cached,
+            "ms": (r.millis * 100.0).round() / 100.0,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -111,7 +127,7 @@ fn verdict_text(v: &Verdict) -> String {
     }
 }
 
-fn explain(m: Option<&Message>, d: &Decision, k: &Knowledge) -> String {
+fn explain(m: Option<&Message>, d: &Decision, k: &Knowledge, lookups_run: bool) -> String {
     let mut s = String::new();
     let ev = &d.evidence;
     if let Some(m) = m {
@@ -192,6 +208,37 @@ fn explain(m: Option<&Message>, d: &Decision, k: &Knowledge) -> String {
         ));
     }
     s.push_str(&format!("    → {}\n", ev.faq.reason));
+    if !k.lookups.is_empty() {
+        s.push_str("  lookups:\n");
+        if !lookups_run {
+            s.push_str("    not run (--no-lookups)\n");
+        } else if ev.lookups.results.is_empty() {
+            s.push_str("    none: no value for any lookup in the message (or automatic mail)\n");
+        }
+        for r in &ev.lookups.results {
+            let fields = match &r.outcome {
+                switchboard::lookup::Outcome::Found { data } => data
+                    .as_object()
+                    .map(|o| {
+                        format!(
+                            " (fields: {})",
+                            o.keys().cloned().collect::<Vec<_>>().join(", ")
+                        )
+                    })
+                    .unwrap_or_default(),
+                _ => String::new(),
+            };
+            s.push_str(&format!(
+                "    {} {:?} → {}{fields} from {} in {:.1} ms{}\n",
+                r.name,
+                r.value,
+                r.outcome.describe(),
+                r.source,
+                r.millis,
+                if r.cached { " (cached)" } else { "" }
+            ));
+        }
+    }
     s.push_str("  loop guard:\n");
     if ev.guard.is_empty() {
         s.push_str("    nothing automatic found\n");
@@ -243,7 +290,11 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
                 continue;
             }
         };
-        let (m, d) = pipeline::dry_run_sized(&raw, Some(size), &k);
+        let (m, d) = if a.no_lookups {
+            pipeline::dry_run_sized(&raw, Some(size), &k)
+        } else {
+            pipeline::dry_run_looked_up(&raw, Some(size), &k).await
+        };
         if a.json {
             let mut line = json_line(&file, m.as_ref(), &d, &k);
             if a.explain {
@@ -253,7 +304,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         } else {
             println!("{}: {}", file.display(), verdict_text(&d.verdict));
             if a.explain {
-                print!("{}", explain(m.as_ref(), &d, &k));
+                print!("{}", explain(m.as_ref(), &d, &k, !a.no_lookups));
             } else if let Some(r) = d.reasons.last() {
                 println!("  why: {r}");
             }

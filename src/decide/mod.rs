@@ -221,6 +221,19 @@ pub fn decide(m: &Message, c: Classification, k: &Knowledge, h: &History, now_ms
         }
         None => d.reasons.push("no rule decided".into()),
     }
+    // A rule needed a lookup that gave no usable answer: never a reply
+    // without the data (nor a half-filled one).
+    if let Some(why) = &c.rules.lookup_failed {
+        d.suppressed = Some("lookup");
+        d.reasons.push(format!(
+            "{why}; a person answers instead (queue {})",
+            p.default_queue
+        ));
+        d.verdict = Verdict::Route {
+            queue: p.default_queue.clone(),
+        };
+        return d;
+    }
 
     let automatic: Vec<&Finding> = c.guard.iter().filter(|f| f.is_automatic()).collect();
     let Some((template, faq)) = proposed_reply(&c, k) else {
@@ -305,6 +318,43 @@ pub fn decide(m: &Message, c: Classification, k: &Knowledge, h: &History, now_ms
             "this continues an existing conversation".into(),
         );
         return d;
+    }
+    // Someone else's record (a mistyped or guessed number): no data in
+    // any reply.
+    if let Some(r) = c.lookups.not_owner() {
+        to_human(
+            &mut d,
+            "lookup_owner",
+            format!(
+                "lookup {}: the record belongs to someone else than the sender (a mistyped or guessed number); no data is sent",
+                r.name
+            ),
+        );
+        return d;
+    }
+    if let Some(e) = faq.as_deref().and_then(|id| k.faq.entry(id))
+        && !e.needs.is_empty()
+    {
+        let needs: Vec<String> = e.needs.iter().map(|n| n.0.clone()).collect();
+        match c.lookups.unmet(&needs) {
+            None => {}
+            Some(None) => {
+                to_human(
+                    &mut d,
+                    "lookup",
+                    format!(
+                        "FAQ entry {} needs {}: not found in the message",
+                        e.id,
+                        needs.join(", ")
+                    ),
+                );
+                return d;
+            }
+            Some(Some(why)) => {
+                to_human(&mut d, "lookup", format!("FAQ entry {} needs {why}", e.id));
+                return d;
+            }
+        }
     }
     let to = match reply_address(m, p.reply.address, &p.our_addresses) {
         Ok(a) => a,
@@ -490,6 +540,7 @@ pub fn park(reason: impl Into<String>) -> Decision {
         suggested_template: None,
         suppressed: None,
         evidence: Classification {
+            lookups: Default::default(),
             faq: Default::default(),
             guard: Vec::new(),
             auth: Default::default(),

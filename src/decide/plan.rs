@@ -214,6 +214,8 @@ pub struct Prior<'a> {
     pub ticket: Option<&'a str>,
     /// Its FAQ result, scored ahead ([`classify::score_faq`]).
     pub scored: Option<&'a crate::classify::FaqResult>,
+    /// What the lookups found for it.
+    pub lookups: Option<&'a crate::lookup::LookupFacts>,
 }
 
 /// Decides one message.
@@ -250,6 +252,7 @@ pub fn plan(
         k,
         &Context {
             follow_up: ticket.is_some(),
+            lookups: prior.lookups.cloned().unwrap_or_default(),
         },
         prior.scored,
     );

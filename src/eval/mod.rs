@@ -544,6 +544,7 @@ pub fn entries_from(data: &[&Labelled]) -> Vec<FaqEntry> {
             threshold: None,
             location: loc.clone(),
             template_location: loc.clone(),
+            needs: Vec::new(),
         })
         .collect()
 }

@@ -104,6 +104,9 @@ pub struct FaqEntry {
     pub location: Location,
     /// Where the `template` key is, for "missing template" errors.
     pub template_location: Location,
+    /// Lookups the answer needs (`needs = ["order"]`): without their
+    /// answer for this sender, a person answers instead.
+    pub needs: Vec<(String, Location)>,
 }
 
 /// Reads one `[[entry]]` table.
@@ -133,6 +136,15 @@ pub fn read_entry(mut t: Table<'_>) -> Option<FaqEntry> {
     let keywords = t.strings("keywords").unwrap_or_default();
     let examples = t.strings("examples").unwrap_or_default();
     let threshold = t.float("threshold");
+    let needs: Vec<(String, Location)> = t
+        .strings("needs")
+        .unwrap_or_default()
+        .into_iter()
+        .map(|n| {
+            let at = ctx.location(&n.span);
+            (n.value, at)
+        })
+        .collect();
     if let Some(th) = &threshold
         && !(0.0..=1.0).contains(&th.value)
     {
@@ -164,5 +176,6 @@ pub fn read_entry(mut t: Table<'_>) -> Option<FaqEntry> {
         examples: examples.into_iter().map(|e| e.value).collect(),
         threshold: threshold.map(|t| t.value),
         location: ctx.location(&start),
+        needs,
     })
 }

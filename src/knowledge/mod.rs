@@ -72,6 +72,9 @@ pub struct Knowledge {
     pub faq: FaqIndex,
     pub templates: Templates,
     pub policy: Policy,
+    /// The `[[lookup]]`s that a rule, FAQ entry or template uses, ready
+    /// to run (connections and caches live as long as the snapshot).
+    pub lookups: Vec<Arc<crate::lookup::Lookup>>,
     /// Hash of every file the snapshot was built from.
     pub fingerprint: String,
 }
@@ -93,6 +96,12 @@ impl Knowledge {
         let mut refs = Vec::new();
         let mut queues: BTreeMap<String, Queue> = BTreeMap::new();
         let mut rep_list: Vec<Rep> = Vec::new();
+        let base = cfg
+            .path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let mut lookup_defs: Vec<crate::lookup::LookupDef> = cfg.lookups.clone();
         for path in toml_files(&cfg.rules_dir, &mut diags, "rules") {
             let Some(src) = Source::read(&path, &mut diags) else {
                 continue;
@@ -120,6 +129,11 @@ impl Knowledge {
             for rt in t.tables("rep") {
                 if let Some(r) = team::read_rep(rt) {
                     rep_list.push(r);
+                }
+            }
+            for lt in t.tables("lookup") {
+                if let Some(l) = crate::lookup::read_lookup(lt, &base) {
+                    lookup_defs.push(l);
                 }
             }
             t.finish();
@@ -200,10 +214,25 @@ impl Knowledge {
             }
         }
 
+        // Lookups: unique names.
+        let mut lookup_fields: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut lookup_at: BTreeMap<String, Location> = BTreeMap::new();
+        for l in &lookup_defs {
+            if let Some(prev) = lookup_at.get(&l.name) {
+                diags.error_at(
+                    &l.location,
+                    format!("lookup {:?} is already defined at {prev}", l.name),
+                );
+            } else {
+                lookup_at.insert(l.name.clone(), l.location.clone());
+                lookup_fields.insert(l.name.clone(), l.fields.clone());
+            }
+        }
+
         // Templates.
         let company: BTreeSet<String> = cfg.company.keys().cloned().collect();
         let templates = if cfg.templates_dir.is_dir() {
-            Templates::load(&cfg.templates_dir, &company, &mut diags)
+            Templates::load(&cfg.templates_dir, &company, &lookup_fields, &mut diags)
         } else {
             diags.push(Diagnostic::file(
                 &cfg.path,
@@ -215,6 +244,7 @@ impl Knowledge {
             Templates::load(
                 Path::new("/nonexistent-templates"),
                 &company,
+                &lookup_fields,
                 &mut Diagnostics::new(),
             )
         };
@@ -261,6 +291,18 @@ impl Knowledge {
                     };
                     diags.error_at(&r.location, msg);
                 }
+                rules::RefKind::Lookup if !lookup_at.contains_key(&r.name) => {
+                    let hint = crate::diag::suggest(&r.name, lookup_at.keys().map(String::as_str))
+                        .map(|s| format!("; did you mean {s:?}?"))
+                        .unwrap_or_default();
+                    diags.error_at(
+                        &r.location,
+                        format!(
+                            "lookup {:?} is not defined: add a [[lookup]] with name = {:?}{hint}",
+                            r.name, r.name
+                        ),
+                    );
+                }
                 rules::RefKind::Queue if !queues.contains_key(&r.name) => {
                     let hint = crate::diag::suggest(&r.name, queues.keys().map(String::as_str))
                         .map(|s| format!("; did you mean {s:?}?"))
@@ -277,6 +319,14 @@ impl Knowledge {
             }
         }
         for e in &entries {
+            for (n, at) in &e.needs {
+                if !lookup_at.contains_key(n) {
+                    diags.error_at(
+                        at,
+                        format!("lookup {n:?} is not defined: add a [[lookup]] with name = {n:?}"),
+                    );
+                }
+            }
             if !templates.contains(&e.template) {
                 diags.error_at(
                     &e.template_location,
@@ -301,6 +351,33 @@ impl Knowledge {
             );
         }
 
+        // Lookups nothing uses are not run.
+        let mut used: BTreeSet<String> = templates.lookups.values().flatten().cloned().collect();
+        used.extend(
+            refs.iter()
+                .filter(|r| r.kind == rules::RefKind::Lookup)
+                .map(|r| r.name.clone()),
+        );
+        used.extend(
+            entries
+                .iter()
+                .flat_map(|e| e.needs.iter().map(|n| n.0.clone())),
+        );
+        let mut lookups = Vec::new();
+        for l in lookup_defs {
+            if !used.contains(&l.name) {
+                diags.push(Diagnostic {
+                    location: l.location.clone(),
+                    severity: crate::diag::Severity::Warning,
+                    message: format!(
+                        "lookup {:?} is not used by any rule, FAQ entry (`needs`) or template: it is not run",
+                        l.name
+                    ),
+                });
+            } else if lookup_at.get(&l.name) == Some(&l.location) {
+                lookups.push(Arc::new(crate::lookup::Lookup::new(l)));
+            }
+        }
         if diags.has_errors() {
             return Err(diags);
         }
@@ -358,6 +435,7 @@ impl Knowledge {
                 faq,
                 templates,
                 policy: Policy::from_config(cfg),
+                lookups,
                 fingerprint: hasher.finish(),
             }),
             diags,

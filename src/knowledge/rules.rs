@@ -35,6 +35,10 @@ pub struct Rule {
     pub action: Option<RuleAction>,
     /// Keywords set on the message (IMAP flags) when the rule matches.
     pub flags: Vec<String>,
+    /// Lookups the rule needs (`needs = ["order"]`): it applies only when
+    /// the message has their values, and a lookup without a usable answer
+    /// sends the message to a person.
+    pub needs: Vec<String>,
 }
 
 /// What a matching rule does.
@@ -76,6 +80,8 @@ pub enum RefKind {
     Queue,
     /// A queue or a rep (`route = …`).
     Target,
+    /// A `[[lookup]]` (`needs = […]`, `lookup.NAME.… = …`).
+    Lookup,
 }
 
 /// A condition tree.
@@ -89,6 +95,20 @@ pub enum Condition {
     Text(TextField, TextTest),
     Number(NumField, NumOp, f64),
     Bool(BoolField, bool),
+    /// A field of a lookup's answer (`lookup.order.status = { in = […] }`),
+    /// or whether the lookup found a record (`lookup.order.found = true`).
+    Lookup {
+        name: String,
+        test: LookupTest,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub enum LookupTest {
+    /// The dotted field path and the test on its value (numbers and
+    /// booleans are compared as text).
+    Field(String, TextTest),
+    Found(bool),
 }
 
 impl Condition {
@@ -102,6 +122,27 @@ impl Condition {
             Condition::Text(field, _) => matches!(field, TextField::FaqId),
             Condition::Number(field, _, _) => matches!(field, NumField::FaqScore),
             Condition::Bool(field, _) => matches!(field, BoolField::FaqConfident),
+            Condition::Lookup { .. } => false,
+        }
+    }
+
+    /// Whether the condition looks at a lookup's answer.
+    pub fn uses_lookups(&self) -> bool {
+        match self {
+            Condition::All(c) | Condition::Any(c) => c.iter().any(Condition::uses_lookups),
+            Condition::Not(c) => c.uses_lookups(),
+            Condition::Lookup { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// The lookups the condition names.
+    pub fn lookup_names(&self, out: &mut Vec<String>) {
+        match self {
+            Condition::All(c) | Condition::Any(c) => c.iter().for_each(|c| c.lookup_names(out)),
+            Condition::Not(c) => c.lookup_names(out),
+            Condition::Lookup { name, .. } => out.push(name.clone()),
+            _ => {}
         }
     }
 }
@@ -110,6 +151,11 @@ impl Rule {
     /// Whether evaluating this rule needs the FAQ result.
     pub fn uses_faq(&self) -> bool {
         self.when.uses_faq() || matches!(self.action, Some(RuleAction::Reply(ReplyWith::Faq)))
+    }
+
+    /// Whether the rule's outcome depends on lookups.
+    pub fn uses_lookups(&self) -> bool {
+        !self.needs.is_empty() || self.when.uses_lookups()
     }
 }
 
@@ -195,6 +241,7 @@ const TEXT_FIELDS: &[&str] = &[
     "header",
     "language",
     "faq_id",
+    "lookup",
 ];
 const NUM_FIELDS: &[&str] = &["size", "faq_score"];
 const BOOL_FIELDS: &[&str] = &[
@@ -219,10 +266,34 @@ pub fn compile_rule(mut t: Table<'_>, refs: &mut Vec<RuleRef>) -> Option<Rule> {
     }
     let description = t.string("description").map(|d| d.value).unwrap_or_default();
     let enabled = t.boolean("enabled").is_none_or(|b| b.value);
+    let needs: Vec<String> = t
+        .strings("needs")
+        .unwrap_or_default()
+        .into_iter()
+        .map(|n| {
+            refs.push(RuleRef {
+                kind: RefKind::Lookup,
+                name: n.value.clone(),
+                location: ctx.location(&n.span),
+            });
+            n.value
+        })
+        .collect();
     let when = match t.take("when") {
         Some(v) => compile_condition(v),
         None => Some(Condition::True),
     };
+    if let Some(w) = &when {
+        let mut names = Vec::new();
+        w.lookup_names(&mut names);
+        for n in names {
+            refs.push(RuleRef {
+                kind: RefKind::Lookup,
+                name: n,
+                location: ctx.location(&start),
+            });
+        }
+    }
     let flags: Vec<String> = t
         .strings("flag")
         .unwrap_or_default()
@@ -329,6 +400,7 @@ pub fn compile_rule(mut t: Table<'_>, refs: &mut Vec<RuleRef>) -> Option<Rule> {
         when: when?,
         action: actions.into_iter().next().map(|(a, _)| a),
         flags,
+        needs,
     })
 }
 
@@ -416,6 +488,7 @@ fn compile_entry(key: &At<String>, val: Value<'_>) -> Option<Condition> {
             };
             compile_number(field, val)
         }
+        "lookup" => compile_lookup(val),
         "header" => {
             let mut t = val.into_table("`header`")?;
             let mut parts = Vec::new();
@@ -494,6 +567,97 @@ fn compile_entry(key: &At<String>, val: Value<'_>) -> Option<Condition> {
             }
             Some(Condition::Text(field, tt))
         }
+    }
+}
+
+/// `lookup = { order = { status = { in = [...] }, found = true } }`, as
+/// TOML writes `lookup.order.status = { in = [...] }` in a condition.
+fn compile_lookup(val: Value<'_>) -> Option<Condition> {
+    let ctx = val.ctx();
+    let mut t =
+        val.into_table("`lookup`: lookup.NAME.FIELD = { … } or lookup.NAME.found = true")?;
+    let mut parts = Vec::new();
+    let mut ok = true;
+    while let Some((name, v)) = t.take_any() {
+        let Some(mut ft) = v.into_table(format!("lookup.{}", name.value)) else {
+            ok = false;
+            continue;
+        };
+        let mut fields = Vec::new();
+        fn flatten<'c>(
+            prefix: String,
+            t: &mut crate::tomlread::Table<'c>,
+            out: &mut Vec<(String, Value<'c>)>,
+        ) {
+            while let Some((k, v)) = t.take_any() {
+                let path = if prefix.is_empty() {
+                    k.value.clone()
+                } else {
+                    format!("{prefix}.{}", k.value)
+                };
+                // A table without text-test operators is a nested field.
+                let nested = match &v.value {
+                    toml::de::DeValue::Table(tb) => !tb.keys().any(|k| {
+                        matches!(
+                            k.get_ref().as_ref(),
+                            "contains"
+                                | "equals"
+                                | "in"
+                                | "starts_with"
+                                | "ends_with"
+                                | "regex"
+                                | "case_sensitive"
+                        )
+                    }),
+                    _ => false,
+                };
+                if nested {
+                    if let Some(mut inner) = v.into_table(format!("lookup field {path}")) {
+                        flatten(path, &mut inner, out);
+                        inner.finish();
+                    }
+                } else {
+                    out.push((path, v));
+                }
+            }
+        }
+        flatten(String::new(), &mut ft, &mut fields);
+        ft.finish();
+        for (path, v) in fields {
+            if path == "found" {
+                match v.into_bool() {
+                    Some(b) => parts.push(Condition::Lookup {
+                        name: name.value.clone(),
+                        test: LookupTest::Found(b.value),
+                    }),
+                    None => ok = false,
+                }
+                continue;
+            }
+            match compile_text_test(v) {
+                Some(tt) => parts.push(Condition::Lookup {
+                    name: name.value.clone(),
+                    test: LookupTest::Field(path, tt),
+                }),
+                None => ok = false,
+            }
+        }
+    }
+    let span = t.span.clone();
+    t.finish();
+    if !ok {
+        return None;
+    }
+    match parts.len() {
+        0 => {
+            ctx.error(
+                span,
+                "an empty lookup test: lookup.NAME.FIELD = { equals = \"…\" }",
+            );
+            None
+        }
+        1 => parts.pop(),
+        _ => Some(Condition::All(parts)),
     }
 }
 

@@ -26,6 +26,7 @@ pub const VARIABLES: &[(&str, &[&str])] = &[
     ("date", &[]),
     ("language", &[]),
     ("company", &[]),
+    ("lookup", &[]),
 ];
 
 /// One template name with its variants.
@@ -47,6 +48,8 @@ pub struct Templates {
     /// Templates whose default text variant renders to nothing (answer
     /// stubs `faq import` writes): replies with them are never sent.
     pub empty: BTreeSet<String>,
+    /// Lookups each template uses (`lookup.NAME.…`), by template name.
+    pub lookups: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for Templates {
@@ -148,8 +151,14 @@ fn find_variable(text: &str, needle: &str) -> usize {
 
 impl Templates {
     /// Loads every template under `dir`. `company_keys` are the keys of the
-    /// config's `[company]` table.
-    pub fn load(dir: &Path, company_keys: &BTreeSet<String>, diags: &mut Diagnostics) -> Templates {
+    /// config's `[company]` table; `lookups` the `[[lookup]]` names with
+    /// their declared fields (empty: any field).
+    pub fn load(
+        dir: &Path,
+        company_keys: &BTreeSet<String>,
+        lookups: &BTreeMap<String, Vec<String>>,
+        diags: &mut Diagnostics,
+    ) -> Templates {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.set_fuel(Some(100_000));
@@ -164,6 +173,7 @@ impl Templates {
         collect_files(dir, &mut files, diags);
         let mut sets: BTreeMap<String, TemplateSet> = BTreeMap::new();
         let mut empty = BTreeSet::new();
+        let mut used_lookups: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for path in files {
             let rel = path
                 .strip_prefix(dir)
@@ -199,15 +209,23 @@ impl Templates {
                 continue;
             }
             let errors_before = diags.error_count();
+            let mut vars: Vec<String> = Vec::new();
             if let Ok(t) = env.get_template(&rel) {
-                let mut vars: Vec<String> = t.undeclared_variables(true).into_iter().collect();
+                vars = t.undeclared_variables(true).into_iter().collect();
                 vars.sort();
-                for var in vars {
-                    check_variable(&src, &var, company_keys, diags);
+                for var in &vars {
+                    check_variable(&src, var, company_keys, lookups, diags);
+                    if let Some(l) = var.strip_prefix("lookup.") {
+                        let l = l.split('.').next().unwrap_or(l);
+                        used_lookups
+                            .entry(name.clone())
+                            .or_default()
+                            .insert(l.to_string());
+                    }
                 }
             }
             if let (Ok(t), true) = (env.get_template(&rel), diags.error_count() == errors_before) {
-                match t.render(sample_context(company_keys)) {
+                match t.render(sample_context(company_keys, &vars)) {
                     Ok(text) if text.trim().is_empty() && !html && {
                         if lang.is_empty() {
                             empty.insert(name.to_string());
@@ -272,6 +290,7 @@ impl Templates {
             sets,
             dir: dir.to_path_buf(),
             empty,
+            lookups: used_lookups,
         }
     }
 
@@ -342,8 +361,34 @@ impl Templates {
     }
 }
 
-/// A context with every variable set, for test renders at load time.
-fn sample_context(company: &BTreeSet<String>) -> Value {
+/// A context with every variable set, for test renders at load time:
+/// the lookup fields a template uses (`vars`) get placeholder values.
+fn sample_context(company: &BTreeSet<String>, vars: &[String]) -> Value {
+    let mut lookup = serde_json::Map::new();
+    for v in vars {
+        let Some(path) = v.strip_prefix("lookup.") else {
+            continue;
+        };
+        let mut node = &mut lookup;
+        let parts: Vec<&str> = path.split('.').collect();
+        for (i, p) in parts.iter().enumerate() {
+            if i + 1 == parts.len() {
+                node.entry(p.to_string())
+                    .or_insert_with(|| serde_json::Value::String(format!("<{v}>")));
+            } else {
+                let e = node
+                    .entry(p.to_string())
+                    .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+                if !e.is_object() {
+                    *e = serde_json::Value::Object(serde_json::Map::new());
+                }
+                match e {
+                    serde_json::Value::Object(m) => node = m,
+                    _ => break,
+                }
+            }
+        }
+    }
     let company: BTreeMap<String, String> = company
         .iter()
         .map(|k| (k.clone(), format!("<{k}>")))
@@ -356,6 +401,7 @@ fn sample_context(company: &BTreeSet<String>) -> Value {
         date => "2026-01-01",
         language => "en",
         company => Value::from(company),
+        lookup => crate::lookup::to_template(&serde_json::Value::Object(lookup)),
     }
 }
 
@@ -363,6 +409,7 @@ fn check_variable(
     src: &Arc<Source>,
     var: &str,
     company: &BTreeSet<String>,
+    lookups: &BTreeMap<String, Vec<String>>,
     diags: &mut Diagnostics,
 ) {
     let mut parts = var.split('.');
@@ -370,6 +417,26 @@ fn check_variable(
     let attr = parts.next();
     let known = VARIABLES.iter().find(|(n, _)| *n == top);
     let problem = match (known, attr) {
+        (Some(("lookup", _)), None) => {
+            Some("use a lookup's fields: lookup.NAME.FIELD (e.g. lookup.order.status)".into())
+        }
+        (Some(("lookup", _)), Some(a)) => match lookups.get(a) {
+            None => Some(match lookups.keys().next() {
+                None => format!("`lookup.{a}`: there is no [[lookup]] named {a:?}"),
+                Some(_) => format!(
+                    "`lookup.{a}`: there is no [[lookup]] named {a:?}; defined: {}",
+                    lookups.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            }),
+            Some(fields) => match parts.next() {
+                None => None,
+                Some(f) if fields.is_empty() || fields.iter().any(|x| x == f) => None,
+                Some(f) => Some(format!(
+                    "`lookup.{a}.{f}`: lookup {a:?} declares the fields {}; add {f:?} to its `fields` if the answer has it",
+                    fields.join(", ")
+                )),
+            },
+        },
         (None, _) => Some(format!(
             "unknown variable `{top}`; templates can use: {}",
             VARIABLES
@@ -439,12 +506,37 @@ mod tests {
             "ok\n{{ customer.nmae }}\n{% if %}",
         )?;
         std::fs::write(dir.path().join("typo.txt.j2"), "x\n  {{ custmer.name }}\n")?;
+        std::fs::write(
+            dir.path().join("look.txt.j2"),
+            "{{ lookup.order.status }}\n{{ lookup.order.colour }}\n{{ lookup.refund.state }}\n",
+        )?;
+        std::fs::write(
+            dir.path().join("track.txt.j2"),
+            "Shipped with {{ lookup.order.carrier }}.\n",
+        )?;
         let company: BTreeSet<String> = ["name".to_string()].into();
+        let lookups: BTreeMap<String, Vec<String>> =
+            [("order".to_string(), vec!["status".into(), "carrier".into()])].into();
         let mut d = Diagnostics::new();
-        let t = Templates::load(dir.path(), &company, &mut d);
+        let t = Templates::load(dir.path(), &company, &lookups, &mut d);
         let out = d
             .to_string()
             .replace(&dir.path().display().to_string(), "T");
+        assert!(
+            out.contains("T/look.txt.j2:2:4: `lookup.order.colour`: lookup \"order\" declares the fields status, carrier"),
+            "{out}"
+        );
+        assert!(
+            out.contains("T/look.txt.j2:3:4: `lookup.refund`: there is no [[lookup]] named \"refund\"; defined: order"),
+            "{out}"
+        );
+        assert!(!out.contains("track.txt.j2"), "{out}");
+        assert_eq!(
+            t.lookups
+                .get("track")
+                .map(|l| l.iter().cloned().collect::<Vec<_>>()),
+            Some(vec!["order".to_string()])
+        );
         assert!(out.contains("T/bad.txt.j2:3:"), "{out}");
         assert!(
             out.contains("T/typo.txt.j2:2:6: unknown variable `custmer`"),

@@ -182,12 +182,48 @@ pub fn dry_run_sized(
     }
 }
 
+/// [`dry_run_sized`] with the lookups run (as the daemon does for a new
+/// message): `test` shows what they found.
+pub async fn dry_run_looked_up(
+    raw: &[u8],
+    full_size: Option<u64>,
+    k: &Knowledge,
+) -> (Option<Message>, Decision) {
+    match parse::parse(raw, &parse_options(k, full_size)) {
+        Err(e) => (None, decide::park(format!("cannot parse: {e}"))),
+        Ok(m) => {
+            let automatic = crate::classify::loop_guard::inspect(&m, &k.policy.our_addresses)
+                .iter()
+                .any(|f| f.is_automatic());
+            let lookups = if automatic {
+                crate::lookup::LookupFacts::default()
+            } else {
+                crate::lookup::run_all(&k.lookups, &m, &plan::sender_key(&m)).await
+            };
+            let p = plan::plan(
+                &m,
+                k,
+                &plan::Facts::default(),
+                &mut Ledger::default(),
+                plan::Prior {
+                    lookups: Some(&lookups),
+                    ..plan::Prior::default()
+                },
+                &k.policy.folders,
+                crate::util::now_ms(),
+            );
+            (Some(m), p.decision)
+        }
+    }
+}
+
 /// The variables of a reply template.
 pub fn template_context(
     m: &Message,
     k: &Knowledge,
     faq: Option<&str>,
     ticket: &str,
+    lookup: serde_json::Value,
 ) -> minijinja::Value {
     let entry = faq.and_then(|id| k.faq.entry(id));
     let date = m
@@ -213,6 +249,7 @@ pub fn template_context(
         date => jiff::Zoned::now().strftime("%Y-%m-%d").to_string(),
         language => m.language.as_deref().unwrap_or(""),
         company => minijinja::Value::from(k.policy.company.clone()),
+        lookup => crate::lookup::to_template(&lookup),
     }
 }
 
@@ -226,7 +263,15 @@ pub fn build_reply(
     let Verdict::Reply { template, to, faq } = &d.verdict else {
         return Err("not a reply".into());
     };
-    let ctx = template_context(m, k, faq.as_deref(), ticket.unwrap_or(""));
+    // The customer's own data goes only to the customer: the lookups'
+    // owner check compares with From, so a reply to another address
+    // (Reply-To) gets none.
+    let own = to.key() == crate::decide::plan::sender_key(m);
+    let lookup = match &d.evidence.lookups {
+        l if own => l.template_value(),
+        _ => serde_json::Value::Object(serde_json::Map::new()),
+    };
+    let ctx = template_context(m, k, faq.as_deref(), ticket.unwrap_or(""), lookup);
     let rendered = k
         .templates
         .render(template, m.language.as_deref(), &ctx)
@@ -260,6 +305,8 @@ struct Item {
     parsed: Result<Message, String>,
     /// The FAQ result, scored ahead when the decision can depend on it.
     faq: Option<crate::classify::FaqResult>,
+    /// What the lookups found (run after the store's facts are read).
+    lookups: crate::lookup::LookupFacts,
 }
 
 impl Item {
@@ -383,6 +430,7 @@ fn prepare(f: Fetched, k: &Knowledge) -> Item {
             id: f.id,
             parsed: Err(why),
             faq: None,
+            lookups: Default::default(),
         },
         None => match parse::parse(&f.raw, &parse_options(k, Some(f.size))) {
             Ok(m) => {
@@ -397,6 +445,7 @@ fn prepare(f: Fetched, k: &Knowledge) -> Item {
                         faq,
                         id: f.id,
                         parsed: Ok(m),
+                        lookups: Default::default(),
                     },
                     Err(_) => {
                         tracing::error!(id = %f.id, "internal error while scoring against the FAQ; parking the message");
@@ -405,6 +454,7 @@ fn prepare(f: Fetched, k: &Knowledge) -> Item {
                             faq: None,
                             id: f.id,
                             parsed: Err("internal error while classifying the message".into()),
+                            lookups: Default::default(),
                         }
                     }
                 }
@@ -414,6 +464,7 @@ fn prepare(f: Fetched, k: &Knowledge) -> Item {
                 id: f.id,
                 parsed: Err(format!("cannot parse the message: {e}")),
                 faq: None,
+                lookups: Default::default(),
             },
         },
     }
@@ -462,14 +513,19 @@ impl Pipeline {
         filing: &mut Filing,
     ) -> Result<Vec<Outcome>, PipelineError> {
         let Prepared {
-            items,
+            mut items,
             took: parsed,
         } = prepared;
         let mut attempt = 0;
+        let mut looked_up = false;
         let (work, commit, gathered, decided, committed) = loop {
             let now = self.now();
             let t = std::time::Instant::now();
             let facts = facts::gather(&self.store, src, k, &items, now).await?;
+            if !looked_up {
+                looked_up = true;
+                lookups(k, &mut items, &facts.stored, now).await;
+            }
             let gathered = t.elapsed();
             let t = std::time::Instant::now();
             let (work, commit) = decide_batch(&items, k, mb, &facts, now);
@@ -510,6 +566,44 @@ impl Pipeline {
         );
         out
     }
+}
+
+/// Runs the lookups for the messages of a batch that are to be decided
+/// (not those an earlier run decided, nor automatic mail), all at once
+/// within each lookup's caps.
+async fn lookups(k: &Knowledge, items: &mut [Item], stored: &crate::record::StoredFacts, now: i64) {
+    if k.lookups.is_empty() {
+        return;
+    }
+    let jobs = items.iter_mut().filter_map(|item| {
+        let Item {
+            parsed,
+            key,
+            lookups,
+            ..
+        } = item;
+        let m = parsed.as_ref().ok()?;
+        let decide_again = match stored.rows.get(key.as_str()) {
+            None => true,
+            Some(r) => match r.state {
+                State::Decided => r.verdict == "reply",
+                State::Deferred => r.retry_at.is_none_or(|t| t <= now),
+                _ => false,
+            },
+        };
+        if !decide_again
+            || crate::classify::loop_guard::inspect(m, &k.policy.our_addresses)
+                .iter()
+                .any(|f| f.is_automatic())
+        {
+            return None;
+        }
+        let sender = plan::sender_key(m);
+        Some(async move {
+            *lookups = crate::lookup::run_all(&k.lookups, m, &sender).await;
+        })
+    });
+    futures::future::join_all(jobs).await;
 }
 
 /// Decides a whole batch: the steps for the act stage and the one commit
@@ -613,6 +707,7 @@ fn decide_batch(
             plan::Prior {
                 ticket: resumed_ticket.as_deref(),
                 scored: item.faq.as_ref(),
+                lookups: Some(&item.lookups),
             },
             &mb.folders,
             now,
