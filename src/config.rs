@@ -23,6 +23,10 @@ pub struct Config {
     pub path: PathBuf,
     /// Directory with `*.toml` rule files (and queue definitions).
     pub rules_dir: PathBuf,
+    /// More rule directories (`extra_rules_dirs = ["site-rules"]`): their
+    /// files run together with `rules_dir`'s, in file-name order, so a
+    /// site adds rules between shared ones by naming (`45-orders.toml`).
+    pub extra_rules_dirs: Vec<PathBuf>,
     /// Directory with FAQ entry files.
     pub faq_dir: PathBuf,
     /// Directory with reply templates.
@@ -357,6 +361,12 @@ fn read_config(ctx: &Ctx, path: &Path, base: &Path) -> Option<Config> {
         base,
         &t.string("rules_dir").map_or("rules".into(), |s| s.value),
     );
+    let extra_rules_dirs: Vec<PathBuf> = t
+        .strings("extra_rules_dirs")
+        .unwrap_or_default()
+        .into_iter()
+        .map(|d| resolve(base, &d.value))
+        .collect();
     let faq_dir = t
         .string("faq_dir")
         .map_or_else(|| rules_dir.join("faq"), |s| resolve(base, &s.value));
@@ -449,6 +459,7 @@ fn read_config(ctx: &Ctx, path: &Path, base: &Path) -> Option<Config> {
     Some(Config {
         path: path.to_path_buf(),
         rules_dir,
+        extra_rules_dirs,
         faq_dir,
         templates_dir,
         our_addresses: our.into_iter().map(|a| a.value).collect(),

@@ -66,6 +66,14 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
                     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1,
                 ],
             )
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full("switchboard_lookup_seconds".into()),
+                    &[
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 3.0,
+                    ],
+                )
+            })
             .and_then(|b| b.install());
         match built {
             Ok(()) => info!("metrics on http://{addr}/metrics"),
@@ -116,10 +124,9 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     // renaming it).
     let (rtx, rrx) = mpsc::unbounded_channel::<&'static str>();
     let _watcher = if cfg.daemon.watch && !a.once {
-        watch_files(
-            &[&cfg.rules_dir, &cfg.faq_dir, &cfg.templates_dir],
-            rtx.clone(),
-        )
+        let mut dirs: Vec<&Path> = vec![&cfg.rules_dir, &cfg.faq_dir, &cfg.templates_dir];
+        dirs.extend(cfg.extra_rules_dirs.iter().map(PathBuf::as_path));
+        watch_files(&dirs, rtx.clone())
     } else {
         None
     };

@@ -219,7 +219,8 @@ pub fn decide(m: &Message, c: Classification, k: &Knowledge, h: &History, now_ms
                 rule_name.unwrap_or_default()
             ));
         }
-        None => d.reasons.push("no rule decided".into()),
+        None if c.rules.lookup_failed.is_none() => d.reasons.push("no rule decided".into()),
+        None => {}
     }
     // A rule needed a lookup that gave no usable answer: never a reply
     // without the data (nor a half-filled one).

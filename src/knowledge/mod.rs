@@ -102,7 +102,12 @@ impl Knowledge {
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
         let mut lookup_defs: Vec<crate::lookup::LookupDef> = cfg.lookups.clone();
-        for path in toml_files(&cfg.rules_dir, &mut diags, "rules") {
+        let mut rule_files = toml_files(&cfg.rules_dir, &mut diags, "rules");
+        for d in &cfg.extra_rules_dirs {
+            rule_files.extend(toml_files(d, &mut diags, "rules"));
+        }
+        rule_files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+        for path in rule_files {
             let Some(src) = Source::read(&path, &mut diags) else {
                 continue;
             };
