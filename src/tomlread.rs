@@ -323,10 +323,12 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     if s.is_empty() {
         return None;
     }
+    // Milliseconds, so that "1m30s" and "300ms" both read right.
     let mut total: u64 = 0;
     let mut num = String::new();
     let mut saw_unit = false;
-    for c in s.chars() {
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
         if c.is_ascii_digit() {
             num.push(c);
         } else if c.is_whitespace() {
@@ -334,12 +336,16 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         } else {
             let n: u64 = num.parse().ok()?;
             num.clear();
-            let unit = match c {
-                's' => 1,
-                'm' => 60,
-                'h' => 3600,
-                'd' => 86400,
-                'w' => 7 * 86400,
+            let unit: u64 = match c {
+                'm' if chars.peek() == Some(&'s') => {
+                    chars.next();
+                    1
+                }
+                's' => 1_000,
+                'm' => 60_000,
+                'h' => 3_600_000,
+                'd' => 86_400_000,
+                'w' => 7 * 86_400_000,
                 _ => return None,
             };
             total = total.checked_add(n.checked_mul(unit)?)?;
@@ -350,9 +356,9 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         if saw_unit {
             return None;
         }
-        total = num.parse().ok()?;
+        total = num.parse::<u64>().ok()?.checked_mul(1_000)?;
     }
-    Some(Duration::from_secs(total))
+    Some(Duration::from_millis(total))
 }
 
 /// Parses `"25MB"`, `"25 MiB"`, `"512KB"`, `"1GB"`, `"1000"` (bytes).
@@ -541,6 +547,9 @@ mod tests {
         assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
         assert_eq!(parse_duration("45"), Some(Duration::from_secs(45)));
         assert_eq!(parse_duration("3x"), None);
+        assert_eq!(parse_duration("300ms"), Some(Duration::from_millis(300)));
+        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration(""), None);
         assert_eq!(parse_size("25MB"), Some(25 * 1024 * 1024));
         assert_eq!(parse_size("1.5 KiB"), Some(1536));

@@ -14,9 +14,16 @@ use crate::secret::ExposeSecret;
 /// Answers larger than this are refused (a lookup answers one record).
 const MAX_ANSWER: usize = 1024 * 1024;
 
+/// A connection pool of the database's own driver (the generic one
+/// cannot read every column type a shop's database has).
+enum Pool {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
 /// Connections and resolved secrets of one lookup.
 pub struct Runtime {
-    pool: OnceCell<sqlx::AnyPool>,
+    pool: OnceCell<Pool>,
     headers: OnceCell<Vec<(String, String)>>,
     max_connections: u32,
 }
@@ -44,22 +51,33 @@ impl Runtime {
                 let pool = self
                     .pool
                     .get_or_try_init(|| async {
-                        sqlx::any::install_default_drivers();
-                        sqlx::any::AnyPoolOptions::new()
-                            .max_connections(self.max_connections)
-                            .acquire_timeout(Duration::from_secs(5))
-                            .connect(url)
-                            .await
-                            .map_err(|e| {
-                                format!(
-                                    "cannot open {}: {}",
-                                    crate::record::redact_url(url),
-                                    scrub(&e.to_string())
-                                )
-                            })
+                        let shown = |e: sqlx::Error| {
+                            format!(
+                                "cannot open {}: {}",
+                                crate::record::redact_url(url),
+                                scrub(&e.to_string())
+                            )
+                        };
+                        if url.starts_with("sqlite:") {
+                            sqlx::sqlite::SqlitePoolOptions::new()
+                                .max_connections(self.max_connections)
+                                .acquire_timeout(Duration::from_secs(5))
+                                .connect(url)
+                                .await
+                                .map(Pool::Sqlite)
+                                .map_err(shown)
+                        } else {
+                            sqlx::postgres::PgPoolOptions::new()
+                                .max_connections(self.max_connections)
+                                .acquire_timeout(Duration::from_secs(5))
+                                .connect(url)
+                                .await
+                                .map(Pool::Postgres)
+                                .map_err(shown)
+                        }
                     })
                     .await?;
-                sql_query(pool, url.starts_with("sqlite:"), query, value).await
+                sql_query(pool, query, value).await
             }
             Backend::Command { argv } => run_command(argv, value).await,
         }
@@ -300,44 +318,56 @@ fn parse_json(body: &[u8]) -> Result<Option<Value>, String> {
     }
 }
 
-async fn sql_query(
-    pool: &sqlx::AnyPool,
-    sqlite: bool,
-    query: &str,
-    value: &str,
-) -> Result<Option<Value>, String> {
+/// Runs the query read-only and returns its first row as an object.
+/// On PostgreSQL the row is turned into JSON by the server
+/// (`row_to_json`), so dates, numerics and JSON columns come out as JSON
+/// too; SQLite values are integers, reals, text or NULL anyway.
+async fn sql_query(pool: &Pool, query: &str, value: &str) -> Result<Option<Value>, String> {
     use sqlx::{Column, Row};
     let err = |e: sqlx::Error| scrub(&e.to_string());
-    let mut tx = pool.begin().await.map_err(err)?;
-    if !sqlite {
-        sqlx::query("SET TRANSACTION READ ONLY")
-            .execute(&mut *tx)
-            .await
-            .map_err(err)?;
+    match pool {
+        Pool::Postgres(pool) => {
+            let mut tx = pool.begin().await.map_err(err)?;
+            sqlx::query("SET TRANSACTION READ ONLY")
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+            let inner = query.trim().trim_end_matches(';');
+            let sql = format!("SELECT row_to_json(q)::text FROM ({inner}) AS q LIMIT 1");
+            let row: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .bind(value.to_string())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(err)?;
+            let _ = tx.rollback().await;
+            match row {
+                None => Ok(None),
+                Some(text) => parse_json(text.as_bytes()),
+            }
+        }
+        Pool::Sqlite(pool) => {
+            let row = sqlx::query(sqlx::AssertSqlSafe(query.to_string()))
+                .bind(value.to_string())
+                .fetch_optional(pool)
+                .await
+                .map_err(err)?;
+            let Some(row) = row else { return Ok(None) };
+            let mut map = serde_json::Map::new();
+            for (i, c) in row.columns().iter().enumerate() {
+                let v = if let Ok(v) = row.try_get::<Option<i64>, _>(i) {
+                    v.map_or(Value::Null, Value::from)
+                } else if let Ok(v) = row.try_get::<Option<f64>, _>(i) {
+                    v.map_or(Value::Null, Value::from)
+                } else if let Ok(v) = row.try_get::<Option<String>, _>(i) {
+                    v.map_or(Value::Null, Value::from)
+                } else {
+                    Value::Null
+                };
+                map.insert(c.name().to_string(), v);
+            }
+            Ok(Some(Value::Object(map)))
+        }
     }
-    let row = sqlx::query(sqlx::AssertSqlSafe(query.to_string()))
-        .bind(value.to_string())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(err)?;
-    let _ = tx.rollback().await;
-    let Some(row) = row else { return Ok(None) };
-    let mut map = serde_json::Map::new();
-    for (i, c) in row.columns().iter().enumerate() {
-        let v = if let Ok(v) = row.try_get::<Option<i64>, _>(i) {
-            v.map_or(Value::Null, Value::from)
-        } else if let Ok(v) = row.try_get::<Option<f64>, _>(i) {
-            v.map_or(Value::Null, Value::from)
-        } else if let Ok(v) = row.try_get::<Option<bool>, _>(i) {
-            v.map_or(Value::Null, Value::from)
-        } else if let Ok(v) = row.try_get::<Option<String>, _>(i) {
-            v.map_or(Value::Null, Value::from)
-        } else {
-            Value::Null
-        };
-        map.insert(c.name().to_string(), v);
-    }
-    Ok(Some(Value::Object(map)))
 }
 
 async fn run_command(argv: &[String], value: &str) -> Result<Option<Value>, String> {

@@ -185,7 +185,7 @@ pub fn read_lookup(mut t: Table<'_>, base: &Path) -> Option<LookupDef> {
     };
     let kind = t.required_string("kind");
     let backend = match kind.as_ref().map(|k| k.value.as_str()) {
-        Some("http") => read_http(&mut t),
+        Some("http") => read_http(&mut t, base),
         Some("sql") => read_sql(&mut t, base),
         Some("command") => read_command(&mut t, base),
         Some(_) => {
@@ -271,7 +271,7 @@ pub fn read_lookup(mut t: Table<'_>, base: &Path) -> Option<LookupDef> {
     ok.then_some(d)
 }
 
-fn read_http(t: &mut Table<'_>) -> Option<Backend> {
+fn read_http(t: &mut Table<'_>, base: &Path) -> Option<Backend> {
     let ctx = t.ctx();
     let url = t.required_string("url")?;
     let mut ok = true;
@@ -333,7 +333,7 @@ fn read_http(t: &mut Table<'_>) -> Option<Backend> {
                     let prefix = st.string("prefix").map(|p| p.value).unwrap_or_default();
                     let mut found = Vec::new();
                     if let Some(f) = st.string("file") {
-                        found.push(SecretSource::File(f.value.into()));
+                        found.push(SecretSource::File(base.join(&f.value)));
                     }
                     if let Some(e) = st.string("env") {
                         found.push(SecretSource::Env(e.value));

@@ -153,7 +153,20 @@ pub async fn demo_pipeline(
     switchboard::config::Config,
 ) {
     let config = switchboard::demo::extract(dir).unwrap_or_else(|e| panic!("{e}"));
-    let (mut cfg, _) = Config::load(&config).unwrap_or_else(|d| panic!("{d}"));
+    demo_pipeline_at(&config, url).await
+}
+
+/// [`demo_pipeline`] on a demo already extracted (and maybe edited).
+pub async fn demo_pipeline_at(
+    config: &Path,
+    url: Option<&str>,
+) -> (
+    switchboard::daemon::Shared,
+    switchboard::fetch::maildir::Maildir,
+    std::path::PathBuf,
+    switchboard::config::Config,
+) {
+    let (mut cfg, _) = Config::load(config).unwrap_or_else(|d| panic!("{d}"));
     if let Some(url) = url {
         cfg.store.url = url.to_string();
     }

@@ -7,6 +7,7 @@ mod demo;
 mod diagnostics;
 mod golden;
 mod leases;
+mod lookups;
 mod loop_guard;
 mod mailserver;
 mod monitoring;
