@@ -31,6 +31,9 @@ pub struct Config {
     pub faq_dir: PathBuf,
     /// Directory with reply templates.
     pub templates_dir: PathBuf,
+    /// More template directories (`extra_templates_dirs = [...]`); a
+    /// template there replaces a shared one of the same name.
+    pub extra_templates_dirs: Vec<PathBuf>,
     /// Our own addresses: mail from them is never answered (loops), and the
     /// vacation-style check (RFC 5230 §4.5) looks for them in To/Cc.
     pub our_addresses: Vec<String>,
@@ -361,12 +364,15 @@ fn read_config(ctx: &Ctx, path: &Path, base: &Path) -> Option<Config> {
         base,
         &t.string("rules_dir").map_or("rules".into(), |s| s.value),
     );
-    let extra_rules_dirs: Vec<PathBuf> = t
-        .strings("extra_rules_dirs")
-        .unwrap_or_default()
-        .into_iter()
-        .map(|d| resolve(base, &d.value))
-        .collect();
+    let mut dirs = |key: &'static str| -> Vec<PathBuf> {
+        t.strings(key)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|d| resolve(base, &d.value))
+            .collect()
+    };
+    let extra_templates_dirs = dirs("extra_templates_dirs");
+    let extra_rules_dirs = dirs("extra_rules_dirs");
     let faq_dir = t
         .string("faq_dir")
         .map_or_else(|| rules_dir.join("faq"), |s| resolve(base, &s.value));
@@ -462,6 +468,7 @@ fn read_config(ctx: &Ctx, path: &Path, base: &Path) -> Option<Config> {
         extra_rules_dirs,
         faq_dir,
         templates_dir,
+        extra_templates_dirs,
         our_addresses: our.into_iter().map(|a| a.value).collect(),
         domain,
         auto_reply,

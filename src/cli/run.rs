@@ -126,6 +126,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let _watcher = if cfg.daemon.watch && !a.once {
         let mut dirs: Vec<&Path> = vec![&cfg.rules_dir, &cfg.faq_dir, &cfg.templates_dir];
         dirs.extend(cfg.extra_rules_dirs.iter().map(PathBuf::as_path));
+        dirs.extend(cfg.extra_templates_dirs.iter().map(PathBuf::as_path));
         watch_files(&dirs, rtx.clone())
     } else {
         None

@@ -53,6 +53,9 @@ pub struct Leases {
     health: Health,
     /// The last beat failed (logged once until it works again).
     failing: bool,
+    /// Boot id and PID namespace are known, so another instance's pid on
+    /// this host can be checked.
+    local_known: bool,
 }
 
 impl Leases {
@@ -67,6 +70,8 @@ impl Leases {
         health: Health,
     ) -> Result<Leases, StoreError> {
         let host_name = host_name();
+        let (boot, ns) = (boot_id(), pid_namespace());
+        let local_known = !boot.is_empty() && !ns.is_empty();
         let name = name
             .map(str::to_string)
             .unwrap_or_else(|| host_name.clone());
@@ -77,7 +82,11 @@ impl Leases {
                 rand::random::<u32>()
             ),
             name,
-            host: format!("{host_name} {}", boot_id()),
+            // Host name, boot and PID namespace: instances with the same
+            // three see each other's processes (containers on one host
+            // share the boot id but not the PID namespace). Empty when
+            // unknown: then nobody is declared dead by pid.
+            host: format!("{host_name} {boot} {ns}"),
             pid: i64::from(std::process::id()),
         };
         store.register_instance(&me).await?;
@@ -96,6 +105,7 @@ impl Leases {
             held: HashMap::new(),
             health,
             failing: false,
+            local_known,
         })
     }
 
@@ -114,30 +124,51 @@ impl Leases {
     }
 
     /// One heartbeat. `claim_all`: claim every free mailbox whatever the
-    /// fair share (`run --once`); `stopping`: renew only.
-    pub async fn beat(&mut self, claim_all: bool, stopping: bool) -> Vec<Change> {
+    /// fair share (`run --once`); `stopping`: renew only; `busy`:
+    /// mailboxes whose task has not ended yet (or that `--once` already
+    /// did), which are not claimed. A beat lasts at most a heartbeat
+    /// interval, whatever the store does.
+    pub async fn beat(
+        &mut self,
+        claim_all: bool,
+        stopping: bool,
+        busy: &HashSet<String>,
+    ) -> Vec<Change> {
         let mut changes = Vec::new();
-        match self.try_beat(claim_all, stopping, &mut changes).await {
-            Ok(()) => {
+        let every = self.every();
+        let result = tokio::time::timeout(
+            every,
+            self.try_beat(claim_all, stopping, busy, &mut changes),
+        )
+        .await;
+        match result {
+            Ok(Ok(())) => {
                 if self.failing {
                     info!(instance = %self.me.name, "lease heartbeat works again");
                     self.failing = false;
                 }
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 if !self.failing {
                     warn!(instance = %self.me.name, "lease heartbeat failed: {e}; retrying");
                     self.failing = true;
                 }
             }
+            Err(_) => {
+                if !self.failing {
+                    warn!(instance = %self.me.name, "lease heartbeat took longer than {every:?}; retrying");
+                    self.failing = true;
+                }
+            }
         }
-        // A lease that could not be renewed in time is given up here,
-        // before the store can let another instance claim it.
+        // A lease that the next beat might renew too late is given up
+        // now, at least a heartbeat before the store can let another
+        // instance claim it.
         let margin = self.ttl / 6;
         let late: Vec<String> = self
             .held
             .iter()
-            .filter(|(_, h)| h.renewed.elapsed() + margin >= self.ttl)
+            .filter(|(_, h)| h.renewed.elapsed() + every + margin >= self.ttl)
             .map(|(m, _)| m.clone())
             .collect();
         for m in late {
@@ -152,6 +183,7 @@ impl Leases {
         &mut self,
         claim_all: bool,
         stopping: bool,
+        busy: &HashSet<String>,
         changes: &mut Vec<Change>,
     ) -> Result<(), StoreError> {
         let ttl = self.ttl_ms();
@@ -214,7 +246,9 @@ impl Leases {
         let mut free: Vec<String> = self
             .mailboxes
             .iter()
-            .filter(|m| !self.held.contains_key(*m) && !live_leases.contains(*m))
+            .filter(|m| {
+                !self.held.contains_key(*m) && !live_leases.contains(*m) && !busy.contains(*m)
+            })
             .cloned()
             .collect();
         free.shuffle(&mut rand::rng());
@@ -252,7 +286,8 @@ impl Leases {
     async fn reap_dead_local(&self) -> Result<(), StoreError> {
         for row in self.store.instances().await? {
             let i = row.instance;
-            if i.id != self.me.id && i.host == self.me.host && !pid_alive(i.pid) {
+            if i.id != self.me.id && i.host == self.me.host && self.local_known && !pid_alive(i.pid)
+            {
                 let n = self.store.expire_leases_of(&i.id).await?;
                 self.store.deregister_instance(&i.id).await?;
                 if n > 0 {
@@ -271,11 +306,15 @@ impl Leases {
         }
     }
 
-    /// The task of mailbox `m` ended: give its lease up (hand-over, a
-    /// finished `--once` run, or a task that stopped because its writes
-    /// were fenced off). Other instances claim it at their next beat.
-    pub async fn finished(&mut self, m: &str) {
+    /// The task of mailbox `m`, started with lease `token`, ended: give
+    /// that lease up (hand-over, a finished `--once` run, or a task that
+    /// stopped because its writes were fenced off). Other instances claim
+    /// it at their next beat. A newer lease on the mailbox is kept.
+    pub async fn finished(&mut self, m: &str, token: i64) {
         let Some(h) = self.held.get(m) else { return };
+        if h.fence.token != token {
+            return;
+        }
         match self.store.release_lease(&h.fence).await {
             Ok(true) => info!(mailbox = %m, instance = %self.me.name, "lease released"),
             Ok(false) => {}
@@ -288,9 +327,13 @@ impl Leases {
     /// Clean shutdown (after every task ended): gives every lease up and
     /// removes the registration, so the other instances take over at once.
     pub async fn shutdown(&mut self) {
-        let names: Vec<String> = self.held.keys().cloned().collect();
-        for m in names {
-            self.finished(&m).await;
+        let held: Vec<(String, i64)> = self
+            .held
+            .iter()
+            .map(|(m, h)| (m.clone(), h.fence.token))
+            .collect();
+        for (m, token) in held {
+            self.finished(&m, token).await;
         }
         if let Err(e) = self.store.deregister_instance(&self.me.id).await {
             warn!("cannot deregister this instance: {e}");
@@ -315,6 +358,13 @@ fn host_name() -> String {
 fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|b| b.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The PID namespace of this process (`pid:[4026531836]`), or "".
+fn pid_namespace() -> String {
+    std::fs::read_link("/proc/self/ns/pid")
+        .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_default()
 }
 

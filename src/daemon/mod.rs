@@ -2,6 +2,7 @@
 //! snapshot in a `watch` channel (swapped on reload), and graceful
 //! shutdown that waits for tasks to finish the message in flight.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,7 +59,25 @@ pub async fn drain_once_with<S: MailSource>(
     mb: &MailboxInfo,
     seen: &mut (dyn FnMut(Outcome) + Send),
 ) -> Result<usize, PipelineError> {
+    drain_pass(src, shared, mb, seen).await.map(|p| p.filed)
+}
+
+/// What one pass did.
+struct Pass {
+    filed: usize,
+    /// Every pending message was fetched and processed (not stopped
+    /// early by a shutdown or a batch that could not be prepared).
+    complete: bool,
+}
+
+async fn drain_pass<S: MailSource>(
+    src: &mut S,
+    shared: &Shared,
+    mb: &MailboxInfo,
+    seen: &mut (dyn FnMut(Outcome) + Send),
+) -> Result<Pass, PipelineError> {
     let pending = src.pending().await?;
+    let mut complete = true;
     let mut filing = Filing::default();
     let mut filed = 0;
     let mut result = Ok(());
@@ -93,6 +112,7 @@ pub async fn drain_once_with<S: MailSource>(
             // The messages stay in the inbox for the next pass.
             Err(e) => {
                 error!(mailbox = %mb.name, "preparing a batch failed: {e}");
+                complete = false;
                 break;
             }
         };
@@ -125,7 +145,10 @@ pub async fn drain_once_with<S: MailSource>(
     };
     result?;
     flushed?;
-    Ok(filed)
+    Ok(Pass {
+        filed,
+        complete: complete && !shared.stopping(),
+    })
 }
 
 /// The batches of a pass: the first as configured, so that a message
@@ -214,11 +237,11 @@ pub async fn drain_with<S: MailSource>(
 ) -> Result<(), PipelineError> {
     let started = shared.pipeline.now();
     loop {
-        let filed = drain_once_with(src, shared, mb, seen).await?;
-        if shared.stopping() {
+        let pass = drain_pass(src, shared, mb, seen).await?;
+        if shared.stopping() || !pass.complete {
             return Ok(());
         }
-        if filed == 0 {
+        if pass.filed == 0 {
             break;
         }
     }
@@ -496,7 +519,7 @@ pub async fn run(
         batch_size: 100,
         health: health.clone(),
     };
-    let configs: std::collections::HashMap<String, MailboxConfig> = cfg
+    let configs: HashMap<String, MailboxConfig> = cfg
         .mailboxes
         .iter()
         .map(|m| (m.name.clone(), m.clone()))
@@ -511,9 +534,13 @@ pub async fn run(
     .await?;
     let retry = (cfg.daemon.retry_initial, cfg.daemon.retry_max);
     let mut tasks = tokio::task::JoinSet::new();
-    // Per running mailbox: the switch that stops its task.
-    let mut running: std::collections::HashMap<String, watch::Sender<bool>> =
-        std::collections::HashMap::new();
+    // Per running mailbox: its stop switch, task and lease token. A
+    // mailbox has at most one task: it is not claimed again until its
+    // task has ended.
+    let mut running: HashMap<String, (watch::Sender<bool>, tokio::task::Id, i64)> = HashMap::new();
+    let mut names: HashMap<tokio::task::Id, String> = HashMap::new();
+    // `--once`: mailboxes already worked through.
+    let mut done_once: HashSet<String> = HashSet::new();
     let mut summary = RunSummary::default();
     let mut beat = tokio::time::interval(leases.every());
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -522,19 +549,23 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = beat.tick() => {
-                for change in leases.beat(once, stopping).await {
+                let busy: HashSet<String> =
+                    running.keys().cloned().chain(done_once.iter().cloned()).collect();
+                for change in leases.beat(once, stopping, &busy).await {
                     match change {
                         lease::Change::Acquired(fence) => {
                             let Some(mb) = configs.get(&fence.mailbox).cloned() else { continue };
                             let (tx, rx) = watch::channel(stopping);
+                            let token = fence.token;
                             let mut mine = shared.clone();
                             mine.shutdown = rx;
                             mine.pipeline.store = mine.pipeline.store.fenced(fence);
-                            running.insert(mb.name.clone(), tx);
-                            spawn_mailbox(&mut tasks, mb, mine, once, retry);
+                            let id = spawn_mailbox(&mut tasks, mb.clone(), mine, once, retry);
+                            names.insert(id, mb.name.clone());
+                            running.insert(mb.name, (tx, id, token));
                         }
                         lease::Change::Lost(m) | lease::Change::HandOver(m) => {
-                            if let Some(tx) = running.get(&m) {
+                            if let Some((tx, _, _)) = running.get(&m) {
                                 let _ = tx.send(true);
                             }
                         }
@@ -552,27 +583,34 @@ pub async fn run(
                     break;
                 }
             }
-            Some(r) = tasks.join_next(), if !tasks.is_empty() => {
-                let name = match r {
-                    Ok((name, Ok(n))) => {
+            Some(r) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                let (id, outcome) = match r {
+                    Ok((id, (_, outcome))) => (id, Ok(outcome)),
+                    Err(e) => (e.id(), Err(e)),
+                };
+                let name = names.remove(&id).unwrap_or_else(|| "(unknown)".into());
+                match outcome {
+                    Ok(Ok(n)) => {
                         info!(mailbox = %name, filed = n, "mailbox stopped");
                         summary.filed += n;
-                        Some(name)
                     }
-                    Ok((name, Err(e))) => {
+                    Ok(Err(e)) => {
                         error!(mailbox = %name, "mailbox failed: {e}");
                         summary.failed.push(name.clone());
-                        Some(name)
                     }
                     Err(e) => {
-                        error!("mailbox task panicked: {e}");
-                        summary.failed.push("(unknown)".into());
-                        None
+                        error!(mailbox = %name, "mailbox task panicked: {e}");
+                        summary.failed.push(name.clone());
                     }
-                };
-                if let Some(name) = name {
+                }
+                if let Some((task, token)) = running.get(&name).map(|(_, i, k)| (*i, *k))
+                    && task == id
+                {
                     running.remove(&name);
-                    leases.finished(&name).await;
+                    leases.finished(&name, token).await;
+                }
+                if once {
+                    done_once.insert(name);
                 }
                 if (once || stopping) && running.is_empty() {
                     break;
@@ -581,7 +619,7 @@ pub async fn run(
             r = shutdown.changed(), if !stopping => {
                 stopping = r.is_err() || *shutdown.borrow();
                 if stopping {
-                    for tx in running.values() {
+                    for (tx, _, _) in running.values() {
                         let _ = tx.send(true);
                     }
                     if running.is_empty() {
@@ -601,22 +639,19 @@ fn spawn_mailbox(
     shared: Shared,
     once: bool,
     retry: (Duration, Duration),
-) {
-    match mb.kind.clone() {
-        MailboxKind::Maildir { path } => {
-            tasks.spawn(async move {
-                let name = mb.name.clone();
-                (
-                    name,
-                    run_maildir(mb, path, shared, once, Duration::from_secs(2)).await,
-                )
-            });
-        }
-        MailboxKind::Imap(icfg) => {
-            tasks.spawn(async move {
-                let name = mb.name.clone();
-                (name, run_imap(mb, icfg, shared, once, retry).await)
-            });
-        }
-    }
+) -> tokio::task::Id {
+    let handle = match mb.kind.clone() {
+        MailboxKind::Maildir { path } => tasks.spawn(async move {
+            let name = mb.name.clone();
+            (
+                name,
+                run_maildir(mb, path, shared, once, Duration::from_secs(2)).await,
+            )
+        }),
+        MailboxKind::Imap(icfg) => tasks.spawn(async move {
+            let name = mb.name.clone();
+            (name, run_imap(mb, icfg, shared, once, retry).await)
+        }),
+    };
+    handle.id()
 }

@@ -237,7 +237,9 @@ impl Knowledge {
         // Templates.
         let company: BTreeSet<String> = cfg.company.keys().cloned().collect();
         let templates = if cfg.templates_dir.is_dir() {
-            Templates::load(&cfg.templates_dir, &company, &lookup_fields, &mut diags)
+            let mut dirs = vec![cfg.templates_dir.clone()];
+            dirs.extend(cfg.extra_templates_dirs.iter().cloned());
+            Templates::load_dirs(&dirs, &company, &lookup_fields, &mut diags)
         } else {
             diags.push(Diagnostic::file(
                 &cfg.path,
@@ -253,8 +255,10 @@ impl Knowledge {
                 &mut Diagnostics::new(),
             )
         };
-        for f in collect_template_hashes(&cfg.templates_dir) {
-            hasher.add(&f.0, &f.1);
+        for d in std::iter::once(&cfg.templates_dir).chain(&cfg.extra_templates_dirs) {
+            for f in collect_template_hashes(d) {
+                hasher.add(&f.0, &f.1);
+            }
         }
 
         // Cross references.

@@ -50,6 +50,9 @@ pub struct Templates {
     pub empty: BTreeSet<String>,
     /// Lookups each template uses (`lookup.NAME.…`), by template name.
     pub lookups: BTreeMap<String, BTreeSet<String>>,
+    /// The name each file is registered under in the environment (its
+    /// path relative to the directory it was found in).
+    names: BTreeMap<PathBuf, String>,
 }
 
 impl std::fmt::Debug for Templates {
@@ -159,6 +162,19 @@ impl Templates {
         lookups: &BTreeMap<String, Vec<String>>,
         diags: &mut Diagnostics,
     ) -> Templates {
+        Templates::load_dirs(&[dir.to_path_buf()], company_keys, lookups, diags)
+    }
+
+    /// [`Templates::load`] from several directories (`templates_dir`,
+    /// then `extra_templates_dirs`); a template in a later directory
+    /// replaces one of the same name.
+    pub fn load_dirs(
+        dirs: &[PathBuf],
+        company_keys: &BTreeSet<String>,
+        lookups: &BTreeMap<String, Vec<String>>,
+        diags: &mut Diagnostics,
+    ) -> Templates {
+        let dir = dirs.first().map_or(Path::new("."), PathBuf::as_path);
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.set_fuel(Some(100_000));
@@ -169,17 +185,23 @@ impl Templates {
                 AutoEscape::None
             }
         });
-        let mut files = Vec::new();
-        collect_files(dir, &mut files, diags);
+        let mut files: Vec<(PathBuf, PathBuf)> = Vec::new();
+        for d in dirs {
+            let mut found = Vec::new();
+            collect_files(d, &mut found, diags);
+            files.extend(found.into_iter().map(|f| (d.clone(), f)));
+        }
         let mut sets: BTreeMap<String, TemplateSet> = BTreeMap::new();
         let mut empty = BTreeSet::new();
         let mut used_lookups: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for path in files {
+        let mut names: BTreeMap<PathBuf, String> = BTreeMap::new();
+        for (base, path) in files {
             let rel = path
-                .strip_prefix(dir)
+                .strip_prefix(&base)
                 .unwrap_or(&path)
                 .to_string_lossy()
                 .replace('\\', "/");
+            names.insert(path.clone(), rel.clone());
             let Some(src) = Source::read(&path, diags) else {
                 continue;
             };
@@ -291,6 +313,7 @@ impl Templates {
             dir: dir.to_path_buf(),
             empty,
             lookups: used_lookups,
+            names,
         }
     }
 
@@ -323,12 +346,7 @@ impl Templates {
             .to_string();
         let file = |map: &BTreeMap<String, PathBuf>| -> Option<String> {
             let p = map.get(&lang)?;
-            Some(
-                p.strip_prefix(&self.dir)
-                    .unwrap_or(p)
-                    .to_string_lossy()
-                    .replace('\\', "/"),
-            )
+            self.names.get(p).cloned()
         };
         let render = |file: String| -> Result<String, RenderError> {
             let t = self

@@ -37,6 +37,17 @@ impl Runtime {
         }
     }
 
+    /// Reads what the backend needs once (secrets for headers), with the
+    /// secret sources' own time limits.
+    pub async fn prepare(&self, b: &Backend) -> Result<(), String> {
+        if let Backend::Http { headers, .. } = b {
+            self.headers
+                .get_or_try_init(|| resolve_headers(headers))
+                .await?;
+        }
+        Ok(())
+    }
+
     /// The record for `value`: `Ok(None)` when there is none.
     pub async fn query(&self, b: &Backend, value: &str) -> Result<Option<Value>, String> {
         match b {
@@ -87,11 +98,12 @@ impl Runtime {
 /// Error texts of drivers may quote connection strings: keep them short
 /// and free of passwords.
 fn scrub(e: &str) -> String {
-    let e = crate::util::ellipsize(e, 200);
-    match e.find("://") {
-        Some(_) => crate::record::redact_url(&e),
-        None => e,
-    }
+    let e = if e.contains("://") {
+        crate::record::redact_url(e)
+    } else {
+        e.to_string()
+    };
+    crate::util::ellipsize(&e, 200)
 }
 
 async fn resolve_headers(
@@ -149,15 +161,25 @@ fn parse_url(url: &str) -> Result<Url, String> {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
-            h.trim_matches(['[', ']']).to_string(),
-            p.parse().map_err(|_| format!("bad port in {authority}"))?,
-        ),
-        _ => (
-            authority.trim_matches(['[', ']']).to_string(),
-            if tls { 443 } else { 80 },
-        ),
+    let default = if tls { 443 } else { 80 };
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        // [v6]:port or [v6]
+        let (h, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("bad host in {authority}"))?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| format!("bad port in {authority}"))?,
+            None => default,
+        };
+        (h.to_string(), port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (
+                h.to_string(),
+                p.parse().map_err(|_| format!("bad port in {authority}"))?,
+            ),
+            None => (authority.to_string(), default),
+        }
     };
     if host.is_empty() {
         return Err("no host in the URL".into());
@@ -180,10 +202,16 @@ async fn http_get(
         .await
         .map_err(|e| format!("cannot connect to {}:{}: {e}", url.host, url.port))?;
     let _ = tcp.set_nodelay(true);
+    let default_port = if url.tls { 443 } else { 80 };
+    let host = match (url.host.contains(':'), url.port == default_port) {
+        (true, true) => format!("[{}]", url.host),
+        (true, false) => format!("[{}]:{}", url.host, url.port),
+        (false, true) => url.host.clone(),
+        (false, false) => format!("{}:{}", url.host, url.port),
+    };
     let mut req = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: switchboard/{}\r\nAccept: application/json\r\nConnection: close\r\n",
+        "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: switchboard/{}\r\nAccept: application/json\r\nConnection: close\r\n",
         url.path,
-        url.host,
         env!("CARGO_PKG_VERSION")
     );
     for (n, v) in headers {
@@ -294,8 +322,11 @@ fn dechunk(mut b: &[u8]) -> Result<Vec<u8>, String> {
         if size == 0 {
             return Ok(out);
         }
-        if b.len() < size + 2 || out.len() + size > MAX_ANSWER {
-            return Err("the answer was cut short".into());
+        if size > MAX_ANSWER.saturating_sub(out.len()) {
+            return Err("the answer is larger than 1 MiB".into());
+        }
+        if b.len() < size || b.len() - size < 2 || &b[size..size + 2] != b"\r\n" {
+            return Err("bad chunked encoding".into());
         }
         out.extend_from_slice(&b[..size]);
         b = &b[size + 2..];
@@ -372,6 +403,10 @@ async fn sql_query(pool: &Pool, query: &str, value: &str) -> Result<Option<Value
 
 async fn run_command(argv: &[String], value: &str) -> Result<Option<Value>, String> {
     let program = argv.first().ok_or("no program")?;
+    // A value is never read as an option of the program.
+    if value.starts_with('-') {
+        return Err("the value starts with '-'; not passed to the program".into());
+    }
     let mut args: Vec<String> = argv[1..]
         .iter()
         .map(|a| a.replace("{value}", value))
@@ -424,6 +459,19 @@ mod tests {
             (200, "{\"a\": \"b\"}")
         );
         assert!(parse_response(b"garbage").is_err());
+        // A chunk size near usize::MAX after a good chunk: an error, not a panic.
+        assert!(
+            parse_response(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\nffffffffffffffff\r\nabc"
+            )
+            .is_err()
+        );
+        assert!(
+            parse_response(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nxyz\r\n0\r\n\r\n"
+            )
+            .is_err()
+        );
         assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{}").is_err());
         assert_eq!(parse_json(b"null"), Ok(None));
         assert!(parse_json(b"[1]").is_err());

@@ -78,7 +78,9 @@ impl Backend {
         match self {
             Backend::Http { url, .. } => {
                 let rest = url.split_once("://").map_or(url.as_str(), |x| x.1);
-                format!("http {}", rest.split('/').next().unwrap_or(""))
+                let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+                let host = authority.rsplit('@').next().unwrap_or("");
+                format!("http {host}")
             }
             Backend::Sql { url, .. } => {
                 if let Some(p) = url.strip_prefix("sqlite://") {
@@ -235,8 +237,11 @@ pub fn read_lookup(mut t: Table<'_>, base: &Path) -> Option<LookupDef> {
             _ => v.into_float().map(|f| f.value),
         };
         match r {
-            Some(r) if r > 0.0 && r <= 10_000.0 => d.rate = Some(r),
-            Some(_) => ctx.error(span, "`rate` (lookups per second) must be over 0"),
+            Some(r) if (0.1..=10_000.0).contains(&r) => d.rate = Some(r),
+            Some(_) => ctx.error(
+                span,
+                "`rate` (lookups per second) must be between 0.1 and 10000",
+            ),
             None => {}
         }
     }

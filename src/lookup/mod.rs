@@ -150,12 +150,25 @@ impl LookupFacts {
             .find(|r| matches!(r.outcome, Outcome::NotOwner))
     }
 
-    /// The template variable `lookup`: found data by lookup name.
+    /// The template variable `lookup`: found data by lookup name. Empty
+    /// (null) fields are left out, so that a template using one cannot
+    /// render ("tracking number None" is never sent; a person answers).
     pub fn template_value(&self) -> serde_json::Value {
+        fn without_nulls(v: &serde_json::Value) -> serde_json::Value {
+            match v {
+                serde_json::Value::Object(o) => serde_json::Value::Object(
+                    o.iter()
+                        .filter(|(_, v)| !v.is_null())
+                        .map(|(k, v)| (k.clone(), without_nulls(v)))
+                        .collect(),
+                ),
+                other => other.clone(),
+            }
+        }
         let mut map = serde_json::Map::new();
         for r in &self.results {
             if let Outcome::Found { data } = &r.outcome {
-                map.insert(r.name.clone(), data.clone());
+                map.insert(r.name.clone(), without_nulls(data));
             }
         }
         serde_json::Value::Object(map)
@@ -244,7 +257,16 @@ impl Lookup {
             Some(o) => (o, true),
             None => (self.ask(value).await, false),
         };
-        let outcome = self.owned(answer, sender);
+        let outcome = match self.owned(answer, sender) {
+            // Driver and server messages may quote the value (e.g. a
+            // PostgreSQL cast error): reasons and the audit log do not.
+            Outcome::Failed { error } if value.len() >= 3 && error.contains(value) => {
+                Outcome::Failed {
+                    error: error.replace(value, "<value>"),
+                }
+            }
+            o => o,
+        };
         let millis = started.elapsed().as_secs_f64() * 1000.0;
         metrics::histogram!("switchboard_lookup_seconds", "lookup" => name.clone())
             .record(millis / 1000.0);
@@ -263,50 +285,82 @@ impl Lookup {
         }
     }
 
-    /// Asks the backend (not the cache), within the caps.
+    /// Why the breaker keeps the backend from being asked, if it does.
+    fn breaker_open(&self) -> Option<Outcome> {
+        let b = lock(&self.breaker);
+        let until = b.open_until?;
+        (Instant::now() < until).then(|| Outcome::Failed {
+            error: format!(
+                "not asked: the last {BREAKER_FAILURES} lookups failed (retrying in {}s)",
+                until.saturating_duration_since(Instant::now()).as_secs() + 1
+            ),
+        })
+    }
+
+    /// Asks the backend (not the cache), within the caps. Everything —
+    /// waiting for a free slot, the rate cap and the backend — happens
+    /// within the lookup's `timeout`.
     async fn ask(&self, value: &str) -> Outcome {
-        {
-            let b = lock(&self.breaker);
-            if let Some(until) = b.open_until
-                && Instant::now() < until
-            {
+        if let Some(o) = self.breaker_open() {
+            return o;
+        }
+        // Secrets for request headers are read once, outside the timeout
+        // (a secret command may take longer than a lookup).
+        if let Err(error) = self.backend.prepare(&self.def.backend).await {
+            return Outcome::Failed { error };
+        }
+        let deadline = tokio::time::Instant::now() + self.def.timeout;
+        let _permit = match tokio::time::timeout_at(deadline, self.permits.acquire()).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => {
+                return Outcome::Failed {
+                    error: "lookup closed".into(),
+                };
+            }
+            Err(_) => {
                 return Outcome::Failed {
                     error: format!(
-                        "not asked: the last {BREAKER_FAILURES} lookups failed (retrying in {}s)",
-                        until.saturating_duration_since(Instant::now()).as_secs() + 1
+                        "busy: {} lookups in flight, none finished within {:?}",
+                        self.def.concurrency, self.def.timeout
                     ),
                 };
             }
-        }
-        let Ok(_permit) = self.permits.acquire().await else {
-            return Outcome::Failed {
-                error: "lookup closed".into(),
-            };
         };
+        // Others may have failed while this one waited.
+        if let Some(o) = self.breaker_open() {
+            return o;
+        }
         if let Some(rate) = self.def.rate {
-            let gap = Duration::from_secs_f64(1.0 / rate.max(0.001));
-            let wait = {
+            let gap = Duration::from_secs_f64(1.0 / rate.max(0.1));
+            let at = {
                 let mut next = self.next_slot.lock().await;
                 let now = Instant::now();
                 let at = (*next).max(now);
                 *next = at + gap;
-                at.saturating_duration_since(now)
+                at
             };
-            tokio::time::sleep(wait).await;
+            let at = tokio::time::Instant::from_std(at);
+            if at >= deadline {
+                return Outcome::Failed {
+                    error: format!(
+                        "rate cap of {rate}/s: no slot within {:?}",
+                        self.def.timeout
+                    ),
+                };
+            }
+            tokio::time::sleep_until(at).await;
         }
-        let answer = match tokio::time::timeout(
-            self.def.timeout,
-            self.backend.query(&self.def.backend, value),
-        )
-        .await
-        {
-            Ok(Ok(Some(data))) => Outcome::Found { data },
-            Ok(Ok(None)) => Outcome::NotFound,
-            Ok(Err(error)) => Outcome::Failed { error },
-            Err(_) => Outcome::Failed {
-                error: format!("no answer within {:?}", self.def.timeout),
-            },
-        };
+        let answer =
+            match tokio::time::timeout_at(deadline, self.backend.query(&self.def.backend, value))
+                .await
+            {
+                Ok(Ok(Some(data))) => Outcome::Found { data },
+                Ok(Ok(None)) => Outcome::NotFound,
+                Ok(Err(error)) => Outcome::Failed { error },
+                Err(_) => Outcome::Failed {
+                    error: format!("no answer within {:?}", self.def.timeout),
+                },
+            };
         let failed = matches!(answer, Outcome::Failed { .. });
         {
             let mut b = lock(&self.breaker);
@@ -450,6 +504,15 @@ mod tests {
         assert_eq!(
             f.template_value(),
             serde_json::json!({"order": {"status": "shipped"}})
+        );
+        // Empty fields are left out: a template using one cannot render.
+        let mut g = f.clone();
+        g.results[0].outcome = Outcome::Found {
+            data: serde_json::json!({"status": "shipped", "tracking": null, "c": {"d": null}}),
+        };
+        assert_eq!(
+            g.template_value(),
+            serde_json::json!({"order": {"status": "shipped", "c": {}}})
         );
         assert_eq!(
             field(&serde_json::json!({"a": {"b": "c"}}), "a.b"),

@@ -247,6 +247,21 @@ impl Store {
         // anyway, and several connections invalidate each other's page
         // cache on every write.
         let mut pool_opts = AnyPoolOptions::new().max_connections(if sqlite { 1 } else { 8 });
+        if !sqlite {
+            // A paused or cut-off instance must not hold a row lock (its
+            // lease row, a counter) for long: the server ends a
+            // transaction left idle for 30 s, and no statement waits more
+            // than 10 s for a lock (the caller retries).
+            pool_opts = pool_opts.after_connect(|conn, _| {
+                Box::pin(async move {
+                    use sqlx::Executor;
+                    conn.execute("SET lock_timeout = '10s'").await?;
+                    conn.execute("SET idle_in_transaction_session_timeout = '30s'")
+                        .await?;
+                    Ok(())
+                })
+            });
+        }
         if sqlite {
             pool_opts = pool_opts.after_connect(|conn, _| {
                 Box::pin(async move {
