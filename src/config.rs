@@ -61,6 +61,8 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// `[[lookup]]` tables of switchboard.toml (more may be in the rules).
     pub lookups: Vec<crate::lookup::LookupDef>,
+    /// `[sla]`: the business calendar of queues that set none.
+    pub sla: crate::decide::sla::Calendar,
 }
 
 /// How auto-replies are addressed and marked.
@@ -430,6 +432,16 @@ fn read_config(ctx: &Ctx, path: &Path, base: &Path) -> Option<Config> {
     let daemon = read_daemon(ctx, t.table("daemon", "[daemon]"));
     let outbound = read_outbound(ctx, t.table("outbound", "[outbound]"), base);
 
+    let mut sla = crate::decide::sla::Calendar::default();
+    if let Some(mut st) = t.table("sla", "[sla]") {
+        let (hours, tz, holidays) = crate::knowledge::queues::read_calendar(&mut st);
+        sla.hours = hours.unwrap_or_default();
+        if let Some(tz) = tz {
+            sla.timezone = tz;
+        }
+        sla.holidays = holidays.unwrap_or_default();
+        st.finish();
+    }
     let lookups: Vec<crate::lookup::LookupDef> = t
         .tables("lookup")
         .into_iter()
@@ -486,6 +498,7 @@ fn read_config(ctx: &Ctx, path: &Path, base: &Path) -> Option<Config> {
         languages,
         daemon,
         lookups,
+        sla,
     })
 }
 

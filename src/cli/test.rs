@@ -124,6 +124,7 @@ fn verdict_text(v: &Verdict) -> String {
         Verdict::Escalate { queue } => format!("escalate → {queue}"),
         Verdict::Ignore { reason } => format!("ignore ({reason})"),
         Verdict::Park { reason } => format!("park ({reason})"),
+        Verdict::Staff { ticket, by } => format!("a person's answer in {ticket} ({by})"),
     }
 }
 

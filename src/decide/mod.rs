@@ -11,6 +11,7 @@ use serde::Serialize;
 
 pub mod assign;
 pub mod plan;
+pub mod sla;
 
 use crate::classify::{Classification, Finding};
 use crate::config::ReplyAddress;
@@ -36,6 +37,10 @@ pub enum Verdict {
     Ignore { reason: String },
     /// Put aside for an admin: it could not be processed.
     Park { reason: String },
+    /// A person's answer in a known conversation (a representative's
+    /// reply with the shared address in Cc/Bcc): recorded as the
+    /// conversation's answer and filed with the answered mail.
+    Staff { ticket: String, by: String },
 }
 
 impl Verdict {
@@ -47,6 +52,7 @@ impl Verdict {
             Verdict::Escalate { .. } => "escalate",
             Verdict::Ignore { .. } => "ignore",
             Verdict::Park { .. } => "park",
+            Verdict::Staff { .. } => "staff_reply",
         }
     }
 

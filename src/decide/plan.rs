@@ -20,6 +20,10 @@ pub struct Thread {
     pub rep: Option<String>,
     /// Customer messages since a person last replied.
     pub since_human: i64,
+    /// A person answered at least once.
+    pub first_response_at: Option<i64>,
+    /// The open service-level deadline.
+    pub due_at: Option<i64>,
 }
 
 /// Earlier automatic replies, for the rate limits: as the store reads
@@ -33,6 +37,8 @@ pub struct Facts {
     pub tickets: HashMap<String, String>,
     /// Message-IDs of our own automatic replies.
     pub auto_replies: HashSet<String>,
+    /// Message-IDs of people's replies seen in a watched mailbox.
+    pub staff_replies: HashSet<String>,
     pub threads: HashMap<String, Thread>,
     pub replies: ReplyHistory,
     /// Away marks and open loads of the team.
@@ -58,6 +64,8 @@ pub struct Ledger {
     /// Messages the batch assigned to each representative (their open
     /// loads grow before the moves happen).
     pub loads: HashMap<String, u32>,
+    /// Message-IDs of people's replies (recorded as such).
+    pub staff_ids: HashSet<String>,
 }
 
 /// How a batch changes one conversation.
@@ -73,6 +81,12 @@ pub struct ThreadChange {
     pub escalated: bool,
     /// Opened by this batch.
     pub new: bool,
+    /// A person answered (the deadline stops).
+    pub human_reply: bool,
+    /// A customer wrote.
+    pub customer_wrote: bool,
+    /// A service-level deadline started: (when, kind).
+    pub due: Option<(i64, &'static str)>,
 }
 
 /// The decision for one message, with what it means for the conversation
@@ -134,6 +148,13 @@ impl Ledger {
             }
             if c.rep.is_some() {
                 t.rep = c.rep.clone();
+            }
+            if c.human_reply {
+                t.first_response_at = t.first_response_at.or(Some(0));
+                t.due_at = None;
+            }
+            if t.due_at.is_none() {
+                t.due_at = c.due.map(|d| d.0);
             }
         }
         Some(t)
@@ -206,6 +227,77 @@ fn history(
     h
 }
 
+/// Who wrote a message as a person of the team: a representative's id
+/// (From is their `email`), `team` (From is one of our addresses), or
+/// `None`. Our own automatic replies (`X-Switchboard-Ticket`) and
+/// automatic mail never count.
+pub fn staff_sender(m: &Message, k: &Knowledge) -> Option<String> {
+    let from = m.from.as_ref()?.addr.to_lowercase();
+    if m.headers.iter().any(|(n, _)| n == "x-switchboard-ticket") {
+        return None;
+    }
+    let by = match k
+        .reps
+        .values()
+        .find(|r| !r.email.is_empty() && r.email == from)
+    {
+        Some(r) => r.id.clone(),
+        None if crate::classify::loop_guard::is_ours(&from, &k.policy.our_addresses) => {
+            "team".into()
+        }
+        None => return None,
+    };
+    let automatic = crate::classify::loop_guard::inspect(m, &k.policy.our_addresses)
+        .iter()
+        .any(|f| f.is_automatic() && !matches!(f, crate::classify::Finding::OwnAddress(_)));
+    (!automatic).then_some(by)
+}
+
+/// Records a person's answer: the conversation's clock stops, the
+/// message is filed with the answered mail.
+fn staff_reply(
+    m: &Message,
+    k: &Knowledge,
+    ledger: &mut Ledger,
+    ticket: String,
+    by: String,
+    mailbox_folders: &crate::config::Folders,
+) -> Planned {
+    let who = match k.reps.get(&by) {
+        Some(r) => format!("{} ({})", r.name, r.id),
+        None => "the team (from our address)".into(),
+    };
+    let why =
+        format!("a person's answer in {ticket} by {who}: the conversation waits for the customer");
+    let change = ledger.threads.entry(ticket.clone()).or_default();
+    change.human_reply = true;
+    change.since_human_reset = Some(0);
+    change.due = None;
+    if let Some(id) = &m.message_id {
+        ledger.ids.insert(id.clone(), ticket.clone());
+        ledger.staff_ids.insert(id.clone());
+    }
+    let verdict = Verdict::Staff {
+        ticket: ticket.clone(),
+        by,
+    };
+    let folder = crate::pipeline::folder_for(&verdict, k, mailbox_folders);
+    let mut decision = decide::park(String::new());
+    decision.verdict = verdict;
+    decision.reasons = vec![why.clone()];
+    Planned {
+        decision,
+        reply: None,
+        ticket: Some(ticket),
+        assignment: None,
+        folder,
+        queue: None,
+        rep: None,
+        human_replied: true,
+        why,
+    }
+}
+
 /// What is known about a message before it is decided.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Prior<'a> {
@@ -246,6 +338,24 @@ pub fn plan(
                     .is_some_and(|t| t.customer == sender)
             });
     }
+    // A person's answer in a known conversation (a representative's
+    // reply with the shared address in Cc or Bcc): recorded, not decided.
+    if let Some(by) = staff_sender(m, k) {
+        let known = ticket.clone().or_else(|| {
+            // A representative's own address may name the conversation by
+            // its tag alone; our shared address must refer to it.
+            (by != "team")
+                .then(|| {
+                    crate::act::reply::ticket_tags(&m.subject)
+                        .into_iter()
+                        .find(|t| ledger.thread(facts, t).is_some())
+                })
+                .flatten()
+        });
+        if let Some(t) = known {
+            return staff_reply(m, k, ledger, t, by, mailbox_folders);
+        }
+    }
     let existing = ticket.as_deref().and_then(|t| ledger.thread(facts, t));
     let c: Classification = classify::classify_scored(
         m,
@@ -273,12 +383,15 @@ pub fn plan(
     let mut d = decide::decide(m, c, k, &h, now);
     // A follow-up: has a person answered since the customer last wrote?
     // (The customer answers a message that is neither theirs nor ours.)
+    // (It answers a person's reply we saw, or a message we never saw —
+    // a reply a person sent without copying the shared address.)
     let human_replied = existing.is_some()
         && !m.in_reply_to.is_empty()
-        && !m
-            .in_reply_to
-            .iter()
-            .any(|id| ledger.ticket_of(facts, id).is_some());
+        && m.in_reply_to.iter().all(|id| {
+            facts.staff_replies.contains(id)
+                || ledger.staff_ids.contains(id)
+                || ledger.ticket_of(facts, id).is_none()
+        });
     if let (Some(t), Some(tk)) = (&existing, &ticket) {
         let since_human = if human_replied { 1 } else { t.since_human + 1 };
         decide::escalate_unanswered(&mut d, k, t.queue.as_deref(), tk, since_human);
@@ -369,14 +482,44 @@ pub fn plan(
                 ..ThreadChange::default()
             });
         change.messages += 1;
+        change.customer_wrote = true;
         if human_replied {
             change.since_human_reset = Some(1);
+            change.human_reply = true;
+            change.due = None;
         } else if let Some(n) = change.since_human_reset.as_mut() {
             *n += 1;
         }
         if queue.is_some() {
             change.queue = queue.clone();
             change.rep = rep.clone().or(change.rep.take());
+        }
+        // A person is to answer: the queue's service level starts (or
+        // keeps) its deadline.
+        if matches!(d.verdict, Verdict::Route { .. } | Verdict::Escalate { .. })
+            && let Some(q) = queue.as_deref().and_then(|q| k.queues.get(q))
+            && q.sla.is_set()
+        {
+            let answered = change.human_reply
+                || existing
+                    .as_ref()
+                    .is_some_and(|t| t.first_response_at.is_some());
+            let open = !change.human_reply
+                && (change.due.is_some() || existing.as_ref().is_some_and(|t| t.due_at.is_some()));
+            let (limit, kind) = if answered {
+                (q.sla.follow_up, crate::decide::sla::DueKind::FollowUp)
+            } else {
+                (
+                    q.sla.first_response,
+                    crate::decide::sla::DueKind::FirstResponse,
+                )
+            };
+            if let (false, Some(limit)) = (open, limit) {
+                change.due = Some((
+                    crate::decide::sla::due(now, limit, &q.sla.calendar),
+                    kind.as_str(),
+                ));
+            }
         }
         change.escalated |= matches!(d.verdict, Verdict::Escalate { .. });
         if let Some(id) = &m.message_id {

@@ -145,6 +145,19 @@ impl Knowledge {
             diags.extend(ctx.into_diagnostics());
         }
         let reps = link_team(&mut queues, rep_list, &mut diags);
+        // Queues without a calendar of their own use [sla]'s.
+        for q in queues.values_mut() {
+            let (hours, tz, holidays) = q.own_calendar;
+            if !hours {
+                q.sla.calendar.hours = cfg.sla.hours.clone();
+            }
+            if !tz {
+                q.sla.calendar.timezone = cfg.sla.timezone.clone();
+            }
+            if !holidays {
+                q.sla.calendar.holidays = cfg.sla.holidays.clone();
+            }
+        }
         let mut seen: BTreeMap<&str, &Location> = BTreeMap::new();
         for r in &rules {
             if let Some(prev) = seen.insert(&r.name, &r.location) {

@@ -8,6 +8,12 @@
 //! strategy = "round_robin"       # shared (default) | round_robin | least_loaded
 //! members = ["ann", "bob"]       # reps; reps can also list the queue themselves
 //! escalate_after = 3             # customer messages without a human reply
+//! first_response = "4h"          # a person answers within (business hours)
+//! follow_up = "1d"               # … and answers each follow-up within
+//! hours = ["Mon-Fri 09:00-17:00"]   # business hours (default: [sla] or always)
+//! timezone = "Europe/London"     # default: [sla] timezone, else UTC
+//! holidays = ["2026-12-25"]      # default: [sla] holidays
+//! escalate_overdue = "1h"        # after the reminder, escalate (default 1h)
 //! ```
 
 use crate::diag::Location;
@@ -54,6 +60,11 @@ pub struct Queue {
     /// Escalate a conversation after this many customer messages without
     /// a human reply.
     pub escalate_after: Option<u32>,
+    /// Service levels (deadlines for a person's answer).
+    pub sla: crate::decide::sla::ServiceLevel,
+    /// Which calendar keys the queue set itself (the rest come from
+    /// `[sla]` in switchboard.toml).
+    pub own_calendar: (bool, bool, bool),
     pub location: Location,
 }
 
@@ -114,6 +125,22 @@ pub fn read_queue(mut t: Table<'_>) -> Option<Queue> {
                 None
             }
         });
+    let mut sla = crate::decide::sla::ServiceLevel {
+        escalate_after: std::time::Duration::from_secs(3600),
+        ..Default::default()
+    };
+    sla.first_response = t.duration("first_response").map(|d| d.value);
+    sla.follow_up = t.duration("follow_up").map(|d| d.value);
+    if let Some(d) = t.duration("escalate_overdue") {
+        sla.escalate_after = d.value;
+    }
+    let (hours, timezone, holidays) = read_calendar(&mut t);
+    let own_calendar = (hours.is_some(), timezone.is_some(), holidays.is_some());
+    sla.calendar.hours = hours.unwrap_or_default();
+    if let Some(tz) = timezone {
+        sla.calendar.timezone = tz;
+    }
+    sla.calendar.holidays = holidays.unwrap_or_default();
     t.finish();
     let folder = folder?.value;
     Some(Queue {
@@ -125,6 +152,61 @@ pub fn read_queue(mut t: Table<'_>) -> Option<Queue> {
         members: Vec::new(),
         listed_members,
         escalate_after,
+        sla,
+        own_calendar,
         location: ctx.location(&start),
     })
+}
+
+/// `hours`, `timezone` and `holidays` of a queue or of `[sla]`; each
+/// `None` when not given.
+pub fn read_calendar(
+    t: &mut Table<'_>,
+) -> (
+    Option<Vec<crate::knowledge::team::Window>>,
+    Option<jiff::tz::TimeZone>,
+    Option<Vec<jiff::civil::Date>>,
+) {
+    let ctx = t.ctx();
+    let hours = t.strings("hours").map(|list| {
+        list.into_iter()
+            .filter_map(|h| match crate::knowledge::team::parse_window(&h.value) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    ctx.error(h.span, e);
+                    None
+                }
+            })
+            .collect()
+    });
+    let timezone = t
+        .string("timezone")
+        .and_then(|z| match jiff::tz::TimeZone::get(&z.value) {
+            Ok(tz) => Some(tz),
+            Err(_) => {
+                ctx.error(
+                    z.span,
+                    format!(
+                        "unknown time zone {:?}: use an IANA name such as \"Europe/London\"",
+                        z.value
+                    ),
+                );
+                None
+            }
+        });
+    let holidays = t.strings("holidays").map(|list| {
+        list.into_iter()
+            .filter_map(|d| match d.value.parse::<jiff::civil::Date>() {
+                Ok(date) => Some(date),
+                Err(_) => {
+                    ctx.error(
+                        d.span,
+                        format!("{:?} is not a date: use YYYY-MM-DD", d.value),
+                    );
+                    None
+                }
+            })
+            .collect()
+    });
+    (hours, timezone, holidays)
 }

@@ -112,6 +112,7 @@ pub async fn gather<S: MailSource>(
     let decide = plan::Facts {
         tickets: stored.tickets.clone(),
         auto_replies: stored.auto_replies.clone(),
+        staff_replies: stored.staff_replies.clone(),
         threads: stored
             .conversations
             .iter()
@@ -123,6 +124,8 @@ pub async fn gather<S: MailSource>(
                         queue: c.queue.clone(),
                         rep: c.rep.clone(),
                         since_human: c.since_human,
+                        first_response_at: c.first_response_at,
+                        due_at: c.due_at,
                     },
                 )
             })

@@ -141,6 +141,7 @@ pub fn folder_for(v: &Verdict, k: &Knowledge, folders: &Folders) -> String {
             .map_or_else(|| folders.parked.clone(), |q| q.escalation_folder.clone()),
         Verdict::Ignore { .. } => folders.ignored.clone(),
         Verdict::Park { .. } => folders.parked.clone(),
+        Verdict::Staff { .. } => folders.answered.clone(),
     }
 }
 
@@ -930,12 +931,19 @@ fn ledger_into_commit(ledger: &Ledger, f: &facts::BatchFacts, commit: &mut Commi
             queue: c.queue.clone(),
             rep: c.rep.clone(),
             escalated: c.escalated,
+            human_reply: c.human_reply,
+            customer_wrote: c.customer_wrote,
+            due: c.due,
         });
     }
     let mut ids: Vec<(&String, &String)> = ledger.ids.iter().collect();
     ids.sort();
     for (id, ticket) in ids {
-        commit.thread_ids.push((id.clone(), ticket.clone(), false));
+        if ledger.staff_ids.contains(id) {
+            commit.staff_ids.push((id.clone(), ticket.clone()));
+        } else {
+            commit.thread_ids.push((id.clone(), ticket.clone(), false));
+        }
     }
     if ledger.tickets_taken > 0 {
         let last = f.decide.last_ticket.unwrap_or(1000);

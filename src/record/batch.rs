@@ -88,6 +88,9 @@ pub struct StoredFacts {
     pub tickets: HashMap<String, String>,
     /// Message-IDs of our own automatic replies.
     pub auto_replies: HashSet<String>,
+    /// Message-IDs of people's replies (a representative, or someone
+    /// writing as us), seen in a watched mailbox.
+    pub staff_replies: HashSet<String>,
     /// Conversations by ticket.
     pub conversations: HashMap<String, Conversation>,
     /// Named counters (ticket numbers, round-robin positions).
@@ -149,6 +152,14 @@ pub struct ConversationWrite {
     pub queue: Option<String>,
     pub rep: Option<String>,
     pub escalated: bool,
+    /// A person (a representative, or someone writing as us) answered
+    /// in the conversation.
+    pub human_reply: bool,
+    /// A customer wrote (their latest message, for "waiting on us").
+    pub customer_wrote: bool,
+    /// A new service-level deadline: (when, first_response|follow_up).
+    /// Kept when one is already open.
+    pub due: Option<(i64, &'static str)>,
 }
 
 /// A counter moved by the batch: written only if it still has the value
@@ -172,6 +183,8 @@ pub struct Commit {
     pub conversations: Vec<ConversationWrite>,
     /// (Message-ID, ticket, is our automatic reply)
     pub thread_ids: Vec<(String, String, bool)>,
+    /// (Message-ID, ticket) of people's replies.
+    pub staff_ids: Vec<(String, String)>,
     pub counters: Vec<CounterWrite>,
     pub audit: Vec<AuditEvent>,
 }
@@ -425,6 +438,8 @@ impl Store {
                 let auto: i64 = r.try_get("auto_reply")?;
                 if auto == 1 {
                     f.auto_replies.insert(id.clone());
+                } else if auto == 2 {
+                    f.staff_replies.insert(id.clone());
                 }
                 f.tickets.insert(id, r.try_get("ticket")?);
             }
@@ -436,7 +451,8 @@ impl Store {
         for chunk in tickets.chunks(CHUNK) {
             let sql = format!(
                 "SELECT ticket, customer, subject, queue, rep, customer_messages, auto_replies, \
-                 escalated, since_human FROM conversations WHERE ticket IN ({})",
+                 escalated, since_human, first_response_at, last_human_at, due_at \
+                 FROM conversations WHERE ticket IN ({})",
                 list(chunk.len(), 1)
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(self.sql(sql)));
@@ -608,18 +624,40 @@ impl Store {
             let rows: Vec<LogRow> = chunk.iter().map(LogRow::from).collect();
             self.log_replies(&mut tx, &rows, now).await?;
         }
+        // A person answered: the service-level clock stops (a deadline
+        // already past counts as a breach), the "since a person" count
+        // restarts. Before the upsert, so that a customer message after
+        // the answer in the same batch starts the next deadline.
+        for w in c.conversations.iter().filter(|w| w.human_reply) {
+            sqlx::query(
+                "UPDATE conversations SET first_response_at = COALESCE(first_response_at, $1), \
+                 last_human_at = $1, since_human = 0, \
+                 breaches = breaches + CASE WHEN due_at IS NOT NULL AND due_at < $1 THEN 1 ELSE 0 END, \
+                 due_at = NULL, due_kind = NULL, reminded_at = NULL, sla_escalated_at = NULL, \
+                 updated_at = $1 WHERE ticket = $2",
+            )
+            .bind(now)
+            .bind(&w.ticket)
+            .execute(&mut *tx)
+            .await?;
+        }
         for chunk in c.conversations.chunks(CHUNK) {
             let sql = format!(
                 "INSERT INTO conversations (ticket, customer, subject, created_at, updated_at, \
-                 customer_messages, since_human, queue, rep, escalated) VALUES {} \
+                 customer_messages, since_human, queue, rep, escalated, last_customer_at, \
+                 due_at, due_kind, first_due_at) VALUES {} \
                  ON CONFLICT (ticket) DO UPDATE SET \
                  customer_messages = conversations.customer_messages + excluded.customer_messages, \
                  since_human = conversations.since_human + excluded.customer_messages, \
                  queue = COALESCE(excluded.queue, conversations.queue), \
                  rep = COALESCE(excluded.rep, conversations.rep), \
                  escalated = CASE WHEN excluded.escalated = 1 THEN 1 ELSE conversations.escalated END, \
+                 last_customer_at = COALESCE(excluded.last_customer_at, conversations.last_customer_at), \
+                 due_kind = CASE WHEN conversations.due_at IS NULL THEN excluded.due_kind ELSE conversations.due_kind END, \
+                 due_at = COALESCE(conversations.due_at, excluded.due_at), \
+                 first_due_at = COALESCE(conversations.first_due_at, excluded.first_due_at), \
                  updated_at = excluded.updated_at",
-                values(chunk.len(), 10)
+                values(chunk.len(), 14)
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(self.sql(sql)));
             for w in chunk {
@@ -633,7 +671,11 @@ impl Store {
                     .bind(w.since_human_reset.unwrap_or(w.messages))
                     .bind(&w.queue)
                     .bind(&w.rep)
-                    .bind(i64::from(w.escalated));
+                    .bind(i64::from(w.escalated))
+                    .bind(w.customer_wrote.then_some(now))
+                    .bind(w.due.map(|d| d.0))
+                    .bind(w.due.map(|d| d.1))
+                    .bind(w.due.filter(|d| d.1 == "first_response").map(|d| d.0));
             }
             q.execute(&mut *tx).await?;
         }
@@ -656,6 +698,18 @@ impl Store {
             let mut q = sqlx::query(sqlx::AssertSqlSafe(self.sql(sql)));
             for (id, t, auto) in chunk {
                 q = q.bind(id).bind(t).bind(i64::from(*auto));
+            }
+            q.execute(&mut *tx).await?;
+        }
+        for chunk in c.staff_ids.chunks(CHUNK) {
+            let sql = format!(
+                "INSERT INTO thread_ids (message_id, ticket, auto_reply) VALUES {} \
+                 ON CONFLICT (message_id) DO NOTHING",
+                values(chunk.len(), 3)
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(self.sql(sql)));
+            for (id, t) in chunk {
+                q = q.bind(id).bind(t).bind(2i64);
             }
             q.execute(&mut *tx).await?;
         }

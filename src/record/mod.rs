@@ -140,6 +140,12 @@ pub struct Conversation {
     pub escalated: bool,
     /// Customer messages since a person last replied.
     pub since_human: i64,
+    /// When a person first answered.
+    pub first_response_at: Option<i64>,
+    /// When a person last answered.
+    pub last_human_at: Option<i64>,
+    /// The open service-level deadline.
+    pub due_at: Option<i64>,
 }
 
 /// The state store.
@@ -176,6 +182,11 @@ const MIGRATIONS_SQLITE: &[(i64, &str, &str)] = &[
         "leases",
         include_str!("../../migrations/sqlite/0004_leases.sql"),
     ),
+    (
+        5,
+        "follow-through",
+        include_str!("../../migrations/sqlite/0005_follow_through.sql"),
+    ),
 ];
 const MIGRATIONS_POSTGRES: &[(i64, &str, &str)] = &[
     (
@@ -197,6 +208,11 @@ const MIGRATIONS_POSTGRES: &[(i64, &str, &str)] = &[
         4,
         "leases",
         include_str!("../../migrations/postgres/0004_leases.sql"),
+    ),
+    (
+        5,
+        "follow-through",
+        include_str!("../../migrations/postgres/0005_follow_through.sql"),
     ),
 ];
 
@@ -540,6 +556,9 @@ pub(crate) fn conversation_row(r: &sqlx::any::AnyRow) -> Result<Conversation, St
         auto_replies: r.try_get("auto_replies")?,
         escalated: r.try_get::<i64, _>("escalated")? != 0,
         since_human: r.try_get("since_human")?,
+        first_response_at: r.try_get("first_response_at")?,
+        last_human_at: r.try_get("last_human_at")?,
+        due_at: r.try_get("due_at")?,
     })
 }
 

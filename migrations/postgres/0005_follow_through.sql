@@ -1,0 +1,13 @@
+-- Follow-through: when people answered, and the service-level deadline
+-- of each conversation (times in ms since the epoch).
+ALTER TABLE conversations ADD COLUMN first_response_at BIGINT;
+ALTER TABLE conversations ADD COLUMN last_human_at BIGINT;
+ALTER TABLE conversations ADD COLUMN last_customer_at BIGINT;
+-- The first first-response deadline (for attainment), and the open one.
+ALTER TABLE conversations ADD COLUMN first_due_at BIGINT;
+ALTER TABLE conversations ADD COLUMN due_at BIGINT;
+ALTER TABLE conversations ADD COLUMN due_kind TEXT;
+ALTER TABLE conversations ADD COLUMN reminded_at BIGINT;
+ALTER TABLE conversations ADD COLUMN sla_escalated_at BIGINT;
+ALTER TABLE conversations ADD COLUMN breaches BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX conversations_due ON conversations (due_at);
