@@ -266,6 +266,8 @@ pub struct DaemonConfig {
     /// that dies loses its mailboxes after this long and another instance
     /// takes them over. Heartbeats come every third of it.
     pub lease_ttl: Duration,
+    /// How often service-level deadlines are checked (default 30s).
+    pub sla_check: Duration,
 }
 
 impl Config {
@@ -699,6 +701,7 @@ fn read_daemon(ctx: &Ctx, t: Option<Table<'_>>) -> DaemonConfig {
         retry_max: Duration::from_secs(300),
         instance: None,
         lease_ttl: Duration::from_secs(15),
+        sla_check: Duration::from_secs(30),
     };
     let Some(mut t) = t else {
         return d;
@@ -731,6 +734,11 @@ fn read_daemon(ctx: &Ctx, t: Option<Table<'_>>) -> DaemonConfig {
         } else {
             d.instance = Some(v.to_string());
         }
+    }
+    if let Some(c) = t.duration("sla_check") {
+        d.sla_check = c
+            .value
+            .clamp(Duration::from_secs(1), Duration::from_secs(60));
     }
     if let Some(l) = t.duration("lease_ttl") {
         if l.value < Duration::from_secs(3) || l.value > Duration::from_secs(600) {

@@ -58,6 +58,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         max_size: cfg.limits.max_message_size,
         batch_size: 100,
         health: Default::default(),
+        sla_check: std::time::Duration::from_secs(30),
     };
     let mut rows = Vec::new();
     let mut maildirs = Vec::new();

@@ -86,9 +86,12 @@ pub enum Command {
     /// replied, routed to whom, escalated) by sender, ticket,
     /// representative, queue or time; as a table, CSV or JSON.
     Log(team::LogArgs),
-    /// Load per queue and per representative, and the share of mail
-    /// answered automatically.
+    /// Load per queue and per representative, the share of mail answered
+    /// automatically, and service-level attainment.
     Stats(team::StatsArgs),
+    /// Conversations past their service-level deadline (and those due
+    /// soon): who has them, since when, reminded or escalated.
+    Overdue(team::OverdueArgs),
     /// What the running daemon reports: each mailbox connected or down,
     /// last successful check, backlog, last error; the last reload; the
     /// load of each queue. Exit 0 healthy, 1 degraded, 3 not running.
@@ -197,6 +200,7 @@ pub fn main() -> ExitCode {
             Command::Rep(c) => team::rep(c).await,
             Command::Log(a) => team::log(a).await,
             Command::Stats(a) => team::stats(a).await,
+            Command::Overdue(a) => team::overdue(a).await,
             Command::Status(a) => status::run(a).await,
             Command::Completions(a) => docs::completions(a),
             Command::Man(a) => docs::man(a),

@@ -119,6 +119,91 @@ pub struct StatsArgs {
     pub json: bool,
 }
 
+#[derive(clap::Args, Debug)]
+pub struct OverdueArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Also list deadlines that come within this time (e.g. `2h`).
+    #[arg(long, value_name = "DURATION", default_value = "0s")]
+    pub within: String,
+    /// JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `switchboard overdue`: exit 0 when nothing is overdue, 1 when
+/// something is (for monitoring scripts).
+pub async fn overdue(a: OverdueArgs) -> anyhow::Result<ExitCode> {
+    let Some((_cfg, k, store)) = open(&a.config).await? else {
+        return Ok(ExitCode::from(2));
+    };
+    let within = switchboard::tomlread::parse_duration(&a.within)
+        .ok_or_else(|| anyhow::anyhow!("--within: cannot read {:?} as a duration", a.within))?;
+    let now = now_ms();
+    let rows = store.deadlines(now + within.as_millis() as i64).await?;
+    let late = rows.iter().filter(|r| r.due_at <= now).count();
+    let state = |r: &switchboard::record::sla::DueRow| -> &'static str {
+        if r.due_at > now {
+            "due soon"
+        } else if r.reminded_at.is_some() {
+            "overdue, reminded"
+        } else {
+            "overdue"
+        }
+    };
+    if a.json {
+        let v: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "ticket": r.ticket,
+                    "customer": r.customer,
+                    "subject": r.subject,
+                    "queue": r.queue,
+                    "rep": r.rep,
+                    "kind": r.due_kind,
+                    "due_at": jiff::Timestamp::from_millisecond(r.due_at).map(|t| t.to_string()).unwrap_or_default(),
+                    "overdue_minutes": (now - r.due_at).max(0) / 60_000,
+                    "state": state(r),
+                    "folder": r.folder,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+    } else if rows.is_empty() {
+        println!("Nothing is overdue.");
+    } else {
+        println!(
+            "{:<10} {:<12} {:<10} {:<15} {:<22} {:<18} {:<28} SUBJECT",
+            "TICKET", "QUEUE", "REP", "KIND", "DUE", "STATE", "CUSTOMER"
+        );
+        for r in &rows {
+            let rep = r
+                .rep
+                .as_deref()
+                .and_then(|id| k.reps.get(id).map(|x| x.id.as_str()).or(Some(id)))
+                .unwrap_or("-");
+            println!(
+                "{:<10} {:<12} {:<10} {:<15} {:<22} {:<18} {:<28} {}",
+                r.ticket,
+                r.queue.as_deref().unwrap_or("-"),
+                rep,
+                r.due_kind.replace('_', " "),
+                format_ms(r.due_at),
+                state(r),
+                switchboard::util::ellipsize(&r.customer, 28),
+                switchboard::util::ellipsize(&switchboard::parse::single_line(&r.subject), 50)
+            );
+        }
+        println!("{late} overdue, {} due soon", rows.len() - late);
+    }
+    Ok(if late > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 /// Parses a point in time: a duration back from now (`past`) or forward
 /// (`!past`), a date, a local date-time or an RFC 3339 timestamp.
 pub fn parse_when(s: &str, past: bool) -> anyhow::Result<i64> {
@@ -478,6 +563,10 @@ pub async fn stats(a: StatsArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let away = store.away(now_ms()).await?;
+    let sla = store.sla_stats(since, now_ms()).await?;
+    let attainment = |s: &switchboard::record::sla::SlaStats| {
+        (s.with_deadline > 0).then(|| s.met as f64 / s.with_deadline as f64)
+    };
     if a.json {
         let by_decision: BTreeMap<String, i64> = ["reply", "route", "escalate", "ignore", "park"]
             .iter()
@@ -510,6 +599,14 @@ pub async fn stats(a: StatsArgs) -> anyhow::Result<ExitCode> {
             "answered_automatically": if total > 0 { replied as f64 / total as f64 } else { 0.0 },
             "queues": queue_rows,
             "reps": rep_rows,
+            "service_levels": sla.iter().map(|s| serde_json::json!({
+                "queue": s.queue,
+                "conversations_with_deadline": s.with_deadline,
+                "first_response_in_time": s.met,
+                "attainment": attainment(s),
+                "breaches": s.breaches,
+                "overdue_now": s.overdue,
+            })).collect::<Vec<_>>(),
             "live_error": live_error,
         });
         println!("{v}");
@@ -546,6 +643,24 @@ pub async fn stats(a: StatsArgs) -> anyhow::Result<ExitCode> {
             open(&q.folder),
             open(&q.escalation_folder)
         );
+    }
+    if !sla.is_empty() {
+        println!();
+        println!(
+            "{:<14} {:>10} {:>12} {:>11} {:>9} {:>8}",
+            "SERVICE LEVEL", "DEADLINES", "ANSWERED IN", "ATTAINMENT", "BREACHES", "OVERDUE"
+        );
+        for s in &sla {
+            println!(
+                "{:<14} {:>10} {:>12} {:>11} {:>9} {:>8}",
+                if s.queue.is_empty() { "-" } else { &s.queue },
+                s.with_deadline,
+                s.met,
+                attainment(s).map_or_else(|| "-".into(), |a| format!("{:.1}%", 100.0 * a)),
+                s.breaches,
+                s.overdue
+            );
+        }
     }
     if !k.reps.is_empty() {
         println!();

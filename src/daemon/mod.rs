@@ -35,6 +35,8 @@ pub struct Shared {
     /// Messages fetched and processed per round trip.
     pub batch_size: usize,
     pub health: Health,
+    /// How often service-level deadlines are checked.
+    pub sla_check: Duration,
 }
 
 impl Shared {
@@ -283,6 +285,29 @@ impl Tally {
     }
 }
 
+/// Whether this mailbox has service-level deadlines to check.
+fn follow_due(shared: &Shared) -> bool {
+    crate::pipeline::follow::has_deadlines(&shared.knowledge.borrow())
+}
+
+/// Reminds and escalates overdue conversations (see
+/// [`crate::pipeline::follow`]).
+async fn follow_up<S: MailSource>(
+    src: &mut S,
+    shared: &Shared,
+    mb: &MailboxInfo,
+) -> Result<(), PipelineError> {
+    if !follow_due(shared) {
+        return Ok(());
+    }
+    let k = shared.knowledge.borrow().clone();
+    let swept = crate::pipeline::follow::sweep(&shared.pipeline, src, mb, &k).await?;
+    if swept != Default::default() {
+        info!(mailbox = %mb.name, reminded = swept.reminded, escalated = swept.escalated, "service levels checked");
+    }
+    Ok(())
+}
+
 /// Mailbox info for the pipeline from a mailbox config.
 pub fn mailbox_info(m: &MailboxConfig) -> MailboxInfo {
     MailboxInfo {
@@ -306,7 +331,10 @@ pub async fn run_maildir(
     loop {
         let mut tally = Tally::default();
         let health = shared.health.clone();
-        let r = drain_with(&mut src, &shared, &info, &mut |o| tally.see(&health, &o)).await;
+        let mut r = drain_with(&mut src, &shared, &info, &mut |o| tally.see(&health, &o)).await;
+        if r.is_ok() && !once {
+            r = follow_up(&mut src, &shared, &info).await;
+        }
         handled += tally.filed as usize;
         shared.health.checked(&mb.name, tally.checked, tally.filed);
         match r {
@@ -430,7 +458,14 @@ pub async fn run_imap(
             let mut idle_for = IDLE_PERIOD;
             let mut tally = Tally::default();
             let health = shared.health.clone();
-            let r = drain_with(&mut imap, &shared, &info, &mut |o| tally.see(&health, &o)).await;
+            let mut r =
+                drain_with(&mut imap, &shared, &info, &mut |o| tally.see(&health, &o)).await;
+            if r.is_ok() && !once {
+                r = follow_up(&mut imap, &shared, &info).await;
+            }
+            if follow_due(&shared) {
+                idle_for = idle_for.min(shared.sla_check);
+            }
             handled += tally.filed as usize;
             shared.health.checked(&mb.name, tally.checked, tally.filed);
             match r {
@@ -518,6 +553,7 @@ pub async fn run(
         max_size: cfg.limits.max_message_size,
         batch_size: 100,
         health: health.clone(),
+        sla_check: cfg.daemon.sla_check,
     };
     let configs: HashMap<String, MailboxConfig> = cfg
         .mailboxes

@@ -28,7 +28,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tracing::{debug, info, warn};
 
-use super::{FetchError, Fetched, Flag, MailSource, MsgRef};
+use super::{FetchError, Fetched, Flag, FolderAction, MailSource, MsgRef};
 use crate::config::{AuthMechanism, ImapConfig, Tls};
 use crate::secret::ExposeSecret;
 
@@ -768,6 +768,50 @@ impl MailSource for Imap {
         Self::timed(t, s.select(&inbox)).await?;
         self.drain_unsolicited();
         found
+    }
+
+    async fn in_folder(
+        &mut self,
+        folder: &str,
+        message_id: &str,
+        action: &FolderAction,
+    ) -> Result<bool, FetchError> {
+        // Select the folder, act on the message, select the inbox again —
+        // also after a failure, so that nothing afterwards runs on the
+        // wrong folder (a failure to go back drops the connection).
+        let name = self.server_folder(folder);
+        let inbox = encode_folder(&self.cfg.folder);
+        let t = self.cfg.timeout;
+        let id = message_id.trim_matches(['<', '>']).replace(['"', '\\'], "");
+        let s = self.session()?;
+        let result = match Self::timed(t, s.select(&name)).await {
+            Ok(_) => {
+                let s = self.session()?;
+                match Self::timed(t, s.uid_search(format!("HEADER Message-ID \"<{id}>\""))).await {
+                    Ok(found) => {
+                        let refs: Vec<MsgRef> = found.into_iter().map(MsgRef::Uid).collect();
+                        if refs.is_empty() {
+                            Ok(false)
+                        } else {
+                            match action {
+                                FolderAction::Flag(f) => {
+                                    self.add_flags(&refs, std::slice::from_ref(f)).await
+                                }
+                                FolderAction::MoveTo(dest) => self.move_to(dest, &refs).await,
+                            }
+                            .map(|()| true)
+                        }
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Err(FetchError::Protocol(_)) => Ok(false),
+            Err(e) => Err(e),
+        };
+        let s = self.session()?;
+        Self::timed(t, s.select(&inbox)).await?;
+        self.drain_unsolicited();
+        result
     }
 
     async fn append_all(

@@ -12,7 +12,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{FetchError, Fetched, Flag, MailSource, MsgRef};
+use super::{FetchError, Fetched, Flag, FolderAction, MailSource, MsgRef};
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -99,6 +99,35 @@ impl Maildir {
     }
 
     /// Messages of a folder (for tests and tools): file paths, sorted.
+    /// The file in `folder` whose Message-ID is `message_id` (with or
+    /// without angle brackets).
+    fn find_message(&self, folder: &str, message_id: &str) -> Option<PathBuf> {
+        let needle = format!("<{}>", message_id.trim_matches(['<', '>']));
+        for path in self.list(folder) {
+            let Ok(f) = open_nofollow(&path) else {
+                continue;
+            };
+            let mut head = Vec::with_capacity(16 * 1024);
+            if f.take(16 * 1024).read_to_end(&mut head).is_err() {
+                continue;
+            }
+            let end = head
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .or_else(|| head.windows(2).position(|w| w == b"\n\n"))
+                .unwrap_or(head.len());
+            let headers = String::from_utf8_lossy(&head[..end]);
+            if headers.lines().any(|l| {
+                l.get(..11)
+                    .is_some_and(|h| h.eq_ignore_ascii_case("message-id:"))
+                    && l.get(11..).is_some_and(|v| v.trim() == needle)
+            }) {
+                return Some(path);
+            }
+        }
+        None
+    }
+
     pub fn list(&self, folder: &str) -> Vec<PathBuf> {
         let dir = self.folder_dir(folder);
         let mut v = Vec::new();
@@ -355,30 +384,38 @@ impl MailSource for Maildir {
     }
 
     async fn has_message(&mut self, folder: &str, message_id: &str) -> Result<bool, FetchError> {
-        let needle = format!("<{}>", message_id.trim_matches(['<', '>']));
-        for path in self.list(folder) {
-            let Ok(f) = open_nofollow(&path) else {
-                continue;
-            };
-            let mut head = Vec::with_capacity(16 * 1024);
-            if f.take(16 * 1024).read_to_end(&mut head).is_err() {
-                continue;
-            }
-            let end = head
-                .windows(4)
-                .position(|w| w == b"\r\n\r\n")
-                .or_else(|| head.windows(2).position(|w| w == b"\n\n"))
-                .unwrap_or(head.len());
-            let headers = String::from_utf8_lossy(&head[..end]);
-            if headers.lines().any(|l| {
-                l.len() > 11
-                    && l[..11].eq_ignore_ascii_case("message-id:")
-                    && l[11..].trim() == needle
-            }) {
-                return Ok(true);
+        Ok(self.find_message(folder, message_id).is_some())
+    }
+
+    async fn in_folder(
+        &mut self,
+        folder: &str,
+        message_id: &str,
+        action: &FolderAction,
+    ) -> Result<bool, FetchError> {
+        let Some(path) = self.find_message(folder, message_id) else {
+            return Ok(false);
+        };
+        match action {
+            // Maildir has no keywords of its own (Dovecot keeps them in a
+            // side file): a reminder is recorded, not flagged.
+            FolderAction::Flag(_) => Ok(false),
+            FolderAction::MoveTo(dest) => {
+                let dir = self.ensure_folder(dest)?;
+                let Some(name) = path.file_name() else {
+                    return Ok(false);
+                };
+                let (base, flags) = split_info(name);
+                let to = dir.join("cur").join(format!(
+                    "{}:2,{}",
+                    base.to_string_lossy(),
+                    flags.to_string_lossy()
+                ));
+                std::fs::rename(&path, &to)
+                    .map_err(|e| FetchError::io(format!("moving {}", path.display()), e))?;
+                Ok(true)
             }
         }
-        Ok(false)
     }
 
     async fn append(&mut self, folder: &str, raw: &[u8], flags: &[Flag]) -> Result<(), FetchError> {

@@ -67,6 +67,13 @@ pub enum Flag {
     Keyword(String),
 }
 
+/// What [`MailSource::in_folder`] does to a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FolderAction {
+    Flag(Flag),
+    MoveTo(String),
+}
+
 /// Errors of a mailbox backend.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -156,6 +163,20 @@ pub trait MailSource: Send {
         folder: &str,
         message_id: &str,
     ) -> impl Future<Output = Result<bool, FetchError>> + Send;
+
+    /// Acts on the message with this Message-ID (without angle brackets)
+    /// in another folder than the inbox: sets a flag (a reminder's
+    /// `$Overdue`) or moves it (an escalation). `false` when it is not
+    /// there (a person moved it) or the backend cannot do it.
+    fn in_folder(
+        &mut self,
+        folder: &str,
+        message_id: &str,
+        action: &FolderAction,
+    ) -> impl Future<Output = Result<bool, FetchError>> + Send {
+        let _ = (folder, message_id, action);
+        async { Ok(false) }
+    }
 
     /// Stores a copy of a message (our reply) in a folder.
     fn append(

@@ -48,6 +48,7 @@
 
 mod act;
 mod facts;
+pub mod follow;
 
 pub use act::Filing;
 

@@ -19,6 +19,7 @@ use sqlx::{AnyPool, Row};
 pub mod batch;
 pub mod lease;
 pub mod lock;
+pub mod sla;
 pub use batch::{
     Commit, ConversationWrite, CounterWrite, MessageWrite, ReplyFacts, Reservation, SentReply,
     StoredFacts,

@@ -195,6 +195,7 @@ pub async fn demo_pipeline_at(
         max_size: cfg.limits.max_message_size,
         batch_size: 7,
         health: Default::default(),
+        sla_check: std::time::Duration::from_secs(30),
     };
     let switchboard::config::MailboxKind::Maildir { path } = &cfg.mailboxes[0].kind else {
         panic!("demo mailbox is a maildir");

@@ -5,6 +5,7 @@ mod daemon;
 mod decide;
 mod demo;
 mod diagnostics;
+mod follow;
 mod golden;
 mod leases;
 mod lookups;

@@ -65,6 +65,7 @@ impl Env {
             max_size: 1 << 20,
             batch_size: 50,
             health: Default::default(),
+            sla_check: std::time::Duration::from_secs(30),
         }
     }
 

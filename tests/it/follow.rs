@@ -1,0 +1,183 @@
+//! Follow-through against real Dovecot and Postfix: a representative's
+//! answer (sent by SMTP with the shared address in Cc) is recognised and
+//! stops the conversation's clock; a conversation nobody answers gets
+//! the `$Overdue` reminder after its first-response deadline, and is
+//! escalated to the queue's supervisor folder after `escalate_overdue`.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::mailserver::{Client, Daemon, Servers, customer_mail, smtp_send, wait_for};
+
+const SUPPORT: &str = "support@example.test";
+
+fn cli(config: &std::path::Path, args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_reminders_escalation_and_a_reps_answer() {
+    let srv = Servers::start();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = srv.write_config(dir.path(), "");
+    let text = std::fs::read_to_string(&config).unwrap_or_default();
+    std::fs::write(
+        &config,
+        text.replace("[daemon]\n", "[daemon]\nsla_check = \"1s\"\n"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    crate::common::write(
+        &dir.path().join("rules/rules.toml"),
+        r#"
+[[queue]]
+name = "support"
+folder = "Queues/Support"
+escalation_folder = "Queues/Support/Supervisor"
+strategy = "round_robin"
+first_response = "4s"
+follow_up = "1h"
+escalate_overdue = "4s"
+
+[[rep]]
+id = "ann"
+name = "Ann Lee"
+email = "ann@example.test"
+queues = ["support"]
+folder = "Reps/Ann"
+
+[[rule]]
+name = "automatic"
+when = { auto_generated = true }
+ignore = "automatic message"
+"#,
+    );
+    let mut daemon = Daemon::spawn(&config);
+    // Two customers write; both go to Ann (the only member).
+    for (who, id) in [
+        ("alice", "q-alice@customer.test"),
+        ("bob", "q-bob@customer.test"),
+    ] {
+        let from = format!("{who}@customer.test");
+        let raw = customer_mail(
+            &from,
+            SUPPORT,
+            "Request for a quote",
+            "Could you send me a quote for 20 chairs?",
+            id,
+            "",
+        );
+        smtp_send(srv.smtp_port, &from, SUPPORT, &raw).await;
+    }
+    let sent = Instant::now();
+    wait_for(Duration::from_secs(30), "both routed to Ann", || {
+        let p = srv.imap_port;
+        async move { Client::login(p, SUPPORT).await.count("Reps/Ann").await == 2 }
+    })
+    .await;
+    // Ann answers Bob from her own mail client, copying the shared address.
+    let answer = format!(
+        "From: Ann Lee <ann@example.test>\r\nTo: bob@customer.test\r\nCc: {SUPPORT}\r\nSubject: Re: Request for a quote\r\nMessage-ID: <ann-1@example.test>\r\nIn-Reply-To: <q-bob@customer.test>\r\nReferences: <q-bob@customer.test>\r\nDate: Mon, 30 Nov 2026 10:00:00 +0000\r\n\r\nHi Bob, here is your quote.\r\n"
+    );
+    smtp_send(
+        srv.smtp_port,
+        "ann@example.test",
+        SUPPORT,
+        answer.as_bytes(),
+    )
+    .await;
+    wait_for(Duration::from_secs(30), "Ann's answer recorded", || {
+        let p = srv.imap_port;
+        async move { Client::login(p, SUPPORT).await.count("Answered").await == 1 }
+    })
+    .await;
+    // Alice's conversation passes its deadline: the reminder flag.
+    let flagged = |p: u16| async move {
+        Client::login(p, SUPPORT)
+            .await
+            .messages("Reps/Ann")
+            .await
+            .iter()
+            .filter(|m| m.flags.iter().any(|f| f.contains("$Overdue")))
+            .map(|m| m.header("Message-ID").unwrap_or_default())
+            .collect::<Vec<_>>()
+    };
+    wait_for(Duration::from_secs(30), "the $Overdue reminder", || {
+        let p = srv.imap_port;
+        async move { !flagged(p).await.is_empty() }
+    })
+    .await;
+    let reminded_after = sent.elapsed();
+    assert_eq!(flagged(srv.imap_port).await, ["<q-alice@customer.test>"]);
+    // Then escalated to the supervisor; Bob's stays with Ann.
+    wait_for(Duration::from_secs(30), "the escalation", || {
+        let p = srv.imap_port;
+        async move {
+            Client::login(p, SUPPORT)
+                .await
+                .count("Queues/Support/Supervisor")
+                .await
+                == 1
+        }
+    })
+    .await;
+    let escalated_after = sent.elapsed();
+    let mut c = Client::login(srv.imap_port, SUPPORT).await;
+    let left = c.messages("Reps/Ann").await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(
+        left[0].header("Message-ID").as_deref(),
+        Some("<q-bob@customer.test>")
+    );
+    let up = c.messages("Queues/Support/Supervisor").await;
+    assert_eq!(
+        up[0].header("Message-ID").as_deref(),
+        Some("<q-alice@customer.test>")
+    );
+    eprintln!(
+        "deadline 4 s: reminded after {reminded_after:?}, escalated after {escalated_after:?} (escalate_overdue 4 s)"
+    );
+    assert!(
+        reminded_after < Duration::from_secs(4 + 20),
+        "{reminded_after:?}"
+    );
+
+    // What the tools show.
+    let (code, out) = cli(&config, &["overdue"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("alice@customer.test") && out.contains("overdue, reminded"),
+        "{out}"
+    );
+    assert!(!out.contains("bob@customer.test"), "{out}");
+    let (_, stats) = cli(&config, &["stats", "--offline", "--json"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&stats).unwrap_or_else(|e| panic!("{e}: {stats}"));
+    let sl = &v["service_levels"][0];
+    assert_eq!(sl["queue"], "support", "{stats}");
+    assert_eq!(sl["conversations_with_deadline"], 2, "{stats}");
+    assert_eq!(sl["first_response_in_time"], 1, "{stats}");
+    let (_, log) = cli(&config, &["log", "--format", "json"]);
+    for needle in ["sla_overdue", "sla_escalated", "a person's answer in"] {
+        assert!(log.contains(needle), "missing {needle} in the log:\n{log}");
+    }
+    // A restart sends no second reminder and no second escalation.
+    let (st, _) = daemon.terminate();
+    assert!(st.success());
+    let mut daemon = Daemon::spawn(&config);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (_, log) = cli(&config, &["log", "--format", "json"]);
+    assert_eq!(log.matches("\"sla_overdue\"").count(), 1, "{log}");
+    assert_eq!(log.matches("\"sla_escalated\"").count(), 1, "{log}");
+    let (st, _) = daemon.terminate();
+    assert!(st.success(), "{}", daemon.log_text());
+}
