@@ -170,18 +170,32 @@ pub fn dry_run_sized(
     match parse::parse(raw, &parse_options(k, full_size)) {
         Err(e) => (None, decide::park(format!("cannot parse: {e}"))),
         Ok(m) => {
-            let p = plan::plan(
-                &m,
-                k,
-                &plan::Facts::default(),
-                &mut Ledger::default(),
-                plan::Prior::default(),
-                &k.policy.folders,
-                crate::util::now_ms(),
-            );
-            (Some(m), p.decision)
+            let d = plan_alone(&m, k, None);
+            (Some(m), d)
         }
     }
+}
+
+/// Decides one message with no state (a first message from a new
+/// customer).
+fn plan_alone(
+    m: &Message,
+    k: &Knowledge,
+    lookups: Option<&crate::lookup::LookupFacts>,
+) -> Decision {
+    plan::plan(
+        m,
+        k,
+        &plan::Facts::default(),
+        &mut Ledger::default(),
+        plan::Prior {
+            lookups,
+            ..plan::Prior::default()
+        },
+        &k.policy.folders,
+        crate::util::now_ms(),
+    )
+    .decision
 }
 
 /// [`dry_run_sized`] with the lookups run (as the daemon does for a new
@@ -202,19 +216,8 @@ pub async fn dry_run_looked_up(
             } else {
                 crate::lookup::run_all(&k.lookups, &m, &plan::sender_key(&m)).await
             };
-            let p = plan::plan(
-                &m,
-                k,
-                &plan::Facts::default(),
-                &mut Ledger::default(),
-                plan::Prior {
-                    lookups: Some(&lookups),
-                    ..plan::Prior::default()
-                },
-                &k.policy.folders,
-                crate::util::now_ms(),
-            );
-            (Some(m), p.decision)
+            let d = plan_alone(&m, k, Some(&lookups));
+            (Some(m), d)
         }
     }
 }

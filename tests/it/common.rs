@@ -141,31 +141,39 @@ pub fn message(extra_headers: &str, subject: &str, body: &str) -> Vec<u8> {
     s.into_bytes()
 }
 
-/// The demo extracted into `dir`, its knowledge, and a pipeline on the
-/// store at `url` (the demo's own SQLite file when `None`).
-pub async fn demo_pipeline(
-    dir: &Path,
-    url: Option<&str>,
-) -> (
+/// Runs `switchboard ARGS --config CONFIG`: (exit code, stdout + stderr).
+pub fn cli_status(config: &Path, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// What [`demo_pipeline`] gives: the shared daemon state, the demo's
+/// Maildir, its path and the config.
+pub type DemoPipeline = (
     switchboard::daemon::Shared,
     switchboard::fetch::maildir::Maildir,
     std::path::PathBuf,
     switchboard::config::Config,
-) {
+);
+
+/// The demo extracted into `dir`, its knowledge, and a pipeline on the
+/// store at `url` (the demo's own SQLite file when `None`).
+pub async fn demo_pipeline(dir: &Path, url: Option<&str>) -> DemoPipeline {
     let config = switchboard::demo::extract(dir).unwrap_or_else(|e| panic!("{e}"));
     demo_pipeline_at(&config, url).await
 }
 
 /// [`demo_pipeline`] on a demo already extracted (and maybe edited).
-pub async fn demo_pipeline_at(
-    config: &Path,
-    url: Option<&str>,
-) -> (
-    switchboard::daemon::Shared,
-    switchboard::fetch::maildir::Maildir,
-    std::path::PathBuf,
-    switchboard::config::Config,
-) {
+pub async fn demo_pipeline_at(config: &Path, url: Option<&str>) -> DemoPipeline {
     let (mut cfg, _) = Config::load(config).unwrap_or_else(|d| panic!("{d}"));
     if let Some(url) = url {
         cfg.store.url = url.to_string();

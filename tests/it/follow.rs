@@ -4,26 +4,13 @@
 //! the `$Overdue` reminder after its first-response deadline, and is
 //! escalated to the queue's supervisor folder after `escalate_overdue`.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::mailserver::{Client, Daemon, Servers, customer_mail, smtp_send, wait_for};
 
 const SUPPORT: &str = "support@example.test";
 
-fn cli(config: &std::path::Path, args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
-}
+use crate::common::cli_status as cli;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadlines_reminders_escalation_and_a_reps_answer() {
