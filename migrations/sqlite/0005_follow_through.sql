@@ -10,4 +10,8 @@ ALTER TABLE conversations ADD COLUMN due_kind TEXT;
 ALTER TABLE conversations ADD COLUMN reminded_at BIGINT;
 ALTER TABLE conversations ADD COLUMN sla_escalated_at BIGINT;
 ALTER TABLE conversations ADD COLUMN breaches BIGINT NOT NULL DEFAULT 0;
+-- Waiting on the customer: marked solved after close_after of silence
+-- (and the one check-in message, when configured).
+ALTER TABLE conversations ADD COLUMN closed_at BIGINT;
+ALTER TABLE conversations ADD COLUMN checked_in_at BIGINT;
 CREATE INDEX conversations_due ON conversations (due_at);

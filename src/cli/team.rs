@@ -156,16 +156,16 @@ pub async fn overdue(a: OverdueArgs) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|r| {
                 serde_json::json!({
-                    "ticket": r.ticket,
-                    "customer": r.customer,
-                    "subject": r.subject,
-                    "queue": r.queue,
-                    "rep": r.rep,
+                    "ticket": r.conv.ticket,
+                    "customer": r.conv.customer,
+                    "subject": r.conv.subject,
+                    "queue": r.conv.queue,
+                    "rep": r.conv.rep,
                     "kind": r.due_kind,
                     "due_at": jiff::Timestamp::from_millisecond(r.due_at).map(|t| t.to_string()).unwrap_or_default(),
                     "overdue_minutes": (now - r.due_at).max(0) / 60_000,
                     "state": state(r),
-                    "folder": r.folder,
+                    "folder": r.conv.folder,
                 })
             })
             .collect();
@@ -179,20 +179,21 @@ pub async fn overdue(a: OverdueArgs) -> anyhow::Result<ExitCode> {
         );
         for r in &rows {
             let rep = r
+                .conv
                 .rep
                 .as_deref()
                 .and_then(|id| k.reps.get(id).map(|x| x.id.as_str()).or(Some(id)))
                 .unwrap_or("-");
             println!(
                 "{:<10} {:<12} {:<10} {:<15} {:<22} {:<18} {:<28} {}",
-                r.ticket,
-                r.queue.as_deref().unwrap_or("-"),
+                r.conv.ticket,
+                r.conv.queue.as_deref().unwrap_or("-"),
                 rep,
                 r.due_kind.replace('_', " "),
                 format_ms(r.due_at),
                 state(r),
-                switchboard::util::ellipsize(&r.customer, 28),
-                switchboard::util::ellipsize(&switchboard::parse::single_line(&r.subject), 50)
+                switchboard::util::ellipsize(&r.conv.customer, 28),
+                switchboard::util::ellipsize(&switchboard::parse::single_line(&r.conv.subject), 50)
             );
         }
         println!("{late} overdue, {} due soon", rows.len() - late);

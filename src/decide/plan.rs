@@ -498,7 +498,7 @@ pub fn plan(
         // keeps) its deadline.
         if matches!(d.verdict, Verdict::Route { .. } | Verdict::Escalate { .. })
             && let Some(q) = queue.as_deref().and_then(|q| k.queues.get(q))
-            && q.sla.is_set()
+            && q.sla.has_deadlines()
         {
             let answered = change.human_reply
                 || existing

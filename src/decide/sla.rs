@@ -44,10 +44,22 @@ pub struct ServiceLevel {
     /// the conversation is escalated to the queue's supervisor folder.
     pub escalate_after: Duration,
     pub calendar: Calendar,
+    /// After a person's answer, a conversation whose customer stays
+    /// silent this long (calendar time) is marked solved.
+    pub close_after: Option<Duration>,
+    /// Template of the one "was your problem solved?" message sent when
+    /// the conversation is marked solved.
+    pub check_in: Option<String>,
 }
 
 impl ServiceLevel {
+    /// Whether the timer has anything to do for the queue.
     pub fn is_set(&self) -> bool {
+        self.first_response.is_some() || self.follow_up.is_some() || self.close_after.is_some()
+    }
+
+    /// Whether routing to the queue starts a deadline.
+    pub fn has_deadlines(&self) -> bool {
         self.first_response.is_some() || self.follow_up.is_some()
     }
 }

@@ -340,6 +340,19 @@ impl Knowledge {
                 _ => {}
             }
         }
+        for q in queues.values() {
+            if let Some((t, at)) = &q.check_in_ref
+                && !templates.contains(t)
+            {
+                diags.error_at(
+                    at,
+                    format!(
+                        "template {t:?} not found: expected {}/{t}.txt.j2",
+                        cfg.templates_dir.display()
+                    ),
+                );
+            }
+        }
         for e in &entries {
             for (n, at) in &e.needs {
                 if !lookup_at.contains_key(n) {

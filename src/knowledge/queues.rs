@@ -14,6 +14,8 @@
 //! timezone = "Europe/London"     # default: [sla] timezone, else UTC
 //! holidays = ["2026-12-25"]      # default: [sla] holidays
 //! escalate_overdue = "1h"        # after the reminder, escalate (default 1h)
+//! close_after = "7d"             # after a person's answer, silence = solved
+//! check_in = "check-in"          # template of the one "solved?" message
 //! ```
 
 use crate::diag::Location;
@@ -65,6 +67,8 @@ pub struct Queue {
     /// Which calendar keys the queue set itself (the rest come from
     /// `[sla]` in switchboard.toml).
     pub own_calendar: (bool, bool, bool),
+    /// Where `check_in` names its template, for "missing template" errors.
+    pub check_in_ref: Option<(String, Location)>,
     pub location: Location,
 }
 
@@ -134,6 +138,18 @@ pub fn read_queue(mut t: Table<'_>) -> Option<Queue> {
     if let Some(d) = t.duration("escalate_overdue") {
         sla.escalate_after = d.value;
     }
+    sla.close_after = t.duration("close_after").map(|d| d.value);
+    let check_in = t.string("check_in");
+    if let (Some(c), None) = (&check_in, sla.close_after) {
+        ctx.error(
+            c.span.clone(),
+            "`check_in` is sent when a conversation is closed: add `close_after = \"7d\"` too",
+        );
+    }
+    let check_in_ref = check_in
+        .as_ref()
+        .map(|c| (c.value.clone(), ctx.location(&c.span)));
+    sla.check_in = check_in.map(|c| c.value);
     let (hours, timezone, holidays) = read_calendar(&mut t);
     let own_calendar = (hours.is_some(), timezone.is_some(), holidays.is_some());
     sla.calendar.hours = hours.unwrap_or_default();
@@ -154,6 +170,7 @@ pub fn read_queue(mut t: Table<'_>) -> Option<Queue> {
         escalate_after,
         sla,
         own_calendar,
+        check_in_ref,
         location: ctx.location(&start),
     })
 }

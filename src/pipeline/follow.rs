@@ -9,16 +9,19 @@
 use super::{MailboxInfo, Pipeline, PipelineError};
 use crate::fetch::{Flag, FolderAction, MailSource};
 use crate::knowledge::Knowledge;
-use crate::record::AuditEvent;
 
 /// The keyword a reminder sets on the waiting message.
 pub const OVERDUE_KEYWORD: &str = "$Overdue";
+/// The keyword a conversation closed after the customer's silence gets.
+pub const SOLVED_KEYWORD: &str = "$Solved";
 
 /// What one check did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Swept {
     pub reminded: usize,
     pub escalated: usize,
+    pub solved: usize,
+    pub checked_in: usize,
 }
 
 /// Whether any queue has a service level (else nothing to check).
@@ -39,27 +42,14 @@ pub async fn sweep<S: MailSource>(
     }
     let now = p.now();
     for row in p.store.due_in(&mb.name, now).await? {
-        let queue = row.queue.as_deref().and_then(|q| k.queues.get(q));
-        let queue_name = row.queue.clone().unwrap_or_default();
+        let queue = row.conv.queue.as_deref().and_then(|q| k.queues.get(q));
+        let queue_name = row.conv.queue.clone().unwrap_or_default();
         let kind = if row.due_kind == "follow_up" {
             "follow-up answer"
         } else {
             "first response"
         };
-        let event = |event: &str, detail: String| AuditEvent {
-            at: now,
-            event: event.into(),
-            mailbox: Some(mb.name.clone()),
-            message_key: row.key.clone(),
-            message_id: row.message_id.clone(),
-            sender: Some(row.customer.clone()),
-            ticket: Some(row.ticket.clone()),
-            queue: row.queue.clone(),
-            rep: row.rep.clone(),
-            detail,
-            data: None,
-        };
-        let target = row.folder.clone().zip(row.message_id.clone());
+        let target = row.conv.folder.clone().zip(row.conv.message_id.clone());
         if row.reminded_at.is_none() {
             let flagged = match &target {
                 Some((folder, id)) => {
@@ -72,7 +62,7 @@ pub async fn sweep<S: MailSource>(
                 }
                 None => false,
             };
-            p.store.sla_reminded(&row.ticket, now).await?;
+            p.store.sla_reminded(&row.conv.ticket, now).await?;
             let late = crate::util::format_ms(row.due_at);
             let detail = format!(
                 "{kind} was due at {late} and no person has answered yet{}",
@@ -82,8 +72,10 @@ pub async fn sweep<S: MailSource>(
                     String::new()
                 }
             );
-            tracing::warn!(mailbox = %mb.name, ticket = %row.ticket, queue = %queue_name, rep = row.rep.as_deref().unwrap_or(""), "overdue: {detail}");
-            p.store.audit(&event("sla_overdue", detail)).await?;
+            tracing::warn!(mailbox = %mb.name, ticket = %row.conv.ticket, queue = %queue_name, rep = row.conv.rep.as_deref().unwrap_or(""), "overdue: {detail}");
+            p.store
+                .audit(&row.conv.audit(now, &mb.name, "sla_overdue", detail))
+                .await?;
             metrics::counter!("switchboard_sla_breaches_total", "queue" => queue_name.clone(), "kind" => row.due_kind.clone())
                 .increment(1);
             done.reminded += 1;
@@ -105,11 +97,13 @@ pub async fn sweep<S: MailSource>(
             }
             _ => false,
         };
-        let moved_to = match (&row.key, moved) {
+        let moved_to = match (&row.conv.key, moved) {
             (Some(key), true) => Some((key.as_str(), dest.as_str())),
             _ => None,
         };
-        p.store.sla_escalated(&row.ticket, moved_to, now).await?;
+        p.store
+            .sla_escalated(&row.conv.ticket, moved_to, now)
+            .await?;
         let detail = format!(
             "still no answer {} after the {kind} deadline: escalated to the supervisor of {}{}",
             crate::decide::human_duration(q.sla.escalate_after.as_secs() as i64),
@@ -120,11 +114,138 @@ pub async fn sweep<S: MailSource>(
                 String::new()
             }
         );
-        tracing::warn!(mailbox = %mb.name, ticket = %row.ticket, queue = %q.name, "{detail}");
-        p.store.audit(&event("sla_escalated", detail)).await?;
+        tracing::warn!(mailbox = %mb.name, ticket = %row.conv.ticket, queue = %q.name, "{detail}");
+        p.store
+            .audit(&row.conv.audit(now, &mb.name, "sla_escalated", detail))
+            .await?;
         metrics::counter!("switchboard_sla_escalations_total", "queue" => q.name.clone())
             .increment(1);
         done.escalated += 1;
     }
+    close_silent(p, src, mb, k, now, &mut done).await?;
     Ok(done)
+}
+
+/// Marks conversations solved whose customer stayed silent for the
+/// queue's `close_after` since a person answered, and sends the one
+/// check-in message where the queue has one.
+async fn close_silent<S: MailSource>(
+    p: &Pipeline,
+    src: &mut S,
+    mb: &MailboxInfo,
+    k: &Knowledge,
+    now: i64,
+    done: &mut Swept,
+) -> Result<(), PipelineError> {
+    let Some(shortest) = k.queues.values().filter_map(|q| q.sla.close_after).min() else {
+        return Ok(());
+    };
+    let before = now.saturating_sub(shortest.as_millis() as i64);
+    for row in p.store.waiting_in(&mb.name, before).await? {
+        let Some(q) = row.conv.queue.as_deref().and_then(|q| k.queues.get(q)) else {
+            continue;
+        };
+        let Some(after) = q.sla.close_after else {
+            continue;
+        };
+        if now < row.last_human_at.saturating_add(after.as_millis() as i64) {
+            continue;
+        }
+        // Never to a machine or to ourselves; at most once per conversation.
+        let check_in = q.sla.check_in.clone().filter(|_| {
+            row.checked_in_at.is_none()
+                && !crate::classify::loop_guard::daemon_address(&row.conv.customer)
+                && !crate::classify::loop_guard::is_ours(
+                    &row.conv.customer,
+                    &k.policy.our_addresses,
+                )
+        });
+        if !p
+            .store
+            .solved(&row.conv.ticket, check_in.is_some(), now)
+            .await?
+        {
+            continue;
+        }
+        if let (Some(folder), Some(id)) = (&row.conv.folder, &row.conv.message_id) {
+            src.in_folder(
+                folder,
+                id,
+                &FolderAction::Flag(Flag::Keyword(SOLVED_KEYWORD.into())),
+            )
+            .await?;
+        }
+        let mut detail = format!(
+            "solved: no answer from the customer for {} after a person's answer",
+            crate::decide::human_duration(after.as_secs() as i64)
+        );
+        if let Some(t) = check_in {
+            match send_check_in(p, src, mb, k, &row, &t).await {
+                Ok(to) => {
+                    detail.push_str(&format!("; check-in {t} sent to {to}"));
+                    done.checked_in += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(mailbox = %mb.name, ticket = %row.conv.ticket, "check-in not sent: {e}");
+                    detail.push_str(&format!("; check-in not sent: {e}"));
+                }
+            }
+        }
+        tracing::info!(mailbox = %mb.name, ticket = %row.conv.ticket, "{detail}");
+        p.store
+            .audit(&row.conv.audit(now, &mb.name, "solved", detail))
+            .await?;
+        metrics::counter!("switchboard_conversations_solved_total", "queue" => q.name.clone())
+            .increment(1);
+        done.solved += 1;
+    }
+    Ok(())
+}
+
+/// The "was your problem solved?" message: threaded to the customer's
+/// last message, marked as automatic (RFC 3834), a copy in Sent.
+async fn send_check_in<S: MailSource>(
+    p: &Pipeline,
+    src: &mut S,
+    mb: &MailboxInfo,
+    k: &Knowledge,
+    row: &crate::record::sla::WaitRow,
+    template: &str,
+) -> Result<String, String> {
+    let to = crate::parse::Mailbox {
+        name: String::new(),
+        addr: row.conv.customer.clone(),
+    };
+    let original = crate::parse::Message {
+        message_id: row.conv.message_id.clone(),
+        from: Some(to.clone()),
+        subject: row.conv.subject.clone(),
+        ..Default::default()
+    };
+    let ctx = super::template_context(
+        &original,
+        k,
+        None,
+        &row.conv.ticket,
+        serde_json::Value::Object(serde_json::Map::new()),
+    );
+    let body = k
+        .templates
+        .render(template, None, &ctx)
+        .map_err(|e| e.to_string())?;
+    let out = crate::act::reply::build(&crate::act::reply::ReplyParts {
+        from: &k.policy.reply.from,
+        to: &to,
+        original: &original,
+        ticket: Some(&row.conv.ticket),
+        domain: &k.policy.domain,
+        body: &body,
+        null_sender: k.policy.reply.null_sender,
+    })
+    .map_err(|e| e.to_string())?;
+    p.outbox.send(&out).await.map_err(|e| e.to_string())?;
+    if let Err(e) = src.append(&mb.folders.sent, &out.raw, &[Flag::Seen]).await {
+        tracing::warn!(mailbox = %mb.name, "cannot store the check-in's copy: {e}");
+    }
+    Ok(to.addr)
 }

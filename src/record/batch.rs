@@ -634,7 +634,7 @@ impl Store {
                  last_human_at = $1, since_human = 0, \
                  breaches = breaches + CASE WHEN due_at IS NOT NULL AND due_at < $1 THEN 1 ELSE 0 END, \
                  due_at = NULL, due_kind = NULL, reminded_at = NULL, sla_escalated_at = NULL, \
-                 updated_at = $1 WHERE ticket = $2",
+                 closed_at = NULL, updated_at = $1 WHERE ticket = $2",
             )
             .bind(now)
             .bind(&w.ticket)
@@ -653,6 +653,7 @@ impl Store {
                  rep = COALESCE(excluded.rep, conversations.rep), \
                  escalated = CASE WHEN excluded.escalated = 1 THEN 1 ELSE conversations.escalated END, \
                  last_customer_at = COALESCE(excluded.last_customer_at, conversations.last_customer_at), \
+                 closed_at = CASE WHEN excluded.last_customer_at IS NOT NULL THEN NULL ELSE conversations.closed_at END, \
                  due_kind = CASE WHEN conversations.due_at IS NULL THEN excluded.due_kind ELSE conversations.due_kind END, \
                  due_at = COALESCE(conversations.due_at, excluded.due_at), \
                  first_due_at = COALESCE(conversations.first_due_at, excluded.first_due_at), \

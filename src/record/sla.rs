@@ -3,25 +3,72 @@
 
 use sqlx::Row;
 
-use super::{Store, StoreError};
+use super::{AuditEvent, Store, StoreError};
 
 /// A conversation whose deadline passed (or is near), with the message a
 /// reminder or an escalation acts on: the latest customer message of the
 /// conversation that went to a person.
+/// A conversation and the message a follow-up step acts on: the latest
+/// customer message of the conversation that went to a person.
 #[derive(Debug, Clone)]
-pub struct DueRow {
+pub struct ConversationRef {
     pub ticket: String,
     pub customer: String,
     pub subject: String,
     pub queue: Option<String>,
     pub rep: Option<String>,
-    pub due_at: i64,
-    pub due_kind: String,
-    pub reminded_at: Option<i64>,
-    pub mailbox: Option<String>,
     pub key: Option<String>,
     pub message_id: Option<String>,
     pub folder: Option<String>,
+}
+
+impl ConversationRef {
+    fn read(r: &sqlx::any::AnyRow) -> Result<ConversationRef, StoreError> {
+        Ok(ConversationRef {
+            ticket: r.try_get("ticket")?,
+            customer: r.try_get("customer")?,
+            subject: r.try_get("subject")?,
+            queue: r.try_get("queue")?,
+            rep: r.try_get("rep")?,
+            key: r.try_get("key")?,
+            message_id: r.try_get("message_id")?,
+            folder: r.try_get("folder")?,
+        })
+    }
+
+    /// An audit record about the conversation.
+    pub fn audit(&self, at: i64, mailbox: &str, event: &str, detail: String) -> AuditEvent {
+        AuditEvent {
+            at,
+            event: event.into(),
+            mailbox: Some(mailbox.to_string()),
+            message_key: self.key.clone(),
+            message_id: self.message_id.clone(),
+            sender: Some(self.customer.clone()),
+            ticket: Some(self.ticket.clone()),
+            queue: self.queue.clone(),
+            rep: self.rep.clone(),
+            detail,
+            data: None,
+        }
+    }
+}
+
+/// A conversation whose deadline passed (or is near).
+#[derive(Debug, Clone)]
+pub struct DueRow {
+    pub conv: ConversationRef,
+    pub due_at: i64,
+    pub due_kind: String,
+    pub reminded_at: Option<i64>,
+}
+
+/// A conversation waiting on its customer since a person answered.
+#[derive(Debug, Clone)]
+pub struct WaitRow {
+    pub conv: ConversationRef,
+    pub last_human_at: i64,
+    pub checked_in_at: Option<i64>,
 }
 
 /// Service-level figures per queue since a moment.
@@ -40,25 +87,17 @@ pub struct SlaStats {
 
 const DUE_SELECT: &str = "SELECT c.ticket, c.customer, c.subject, c.queue, c.rep, c.due_at, \
      COALESCE(c.due_kind, '') AS due_kind, c.reminded_at, \
-     m.mailbox, m.key, m.message_id, m.folder \
+     m.key, m.message_id, m.folder \
      FROM conversations c LEFT JOIN messages m ON m.key = (\
        SELECT key FROM messages WHERE ticket = c.ticket AND verdict IN ('route', 'escalate') \
        ORDER BY received_at DESC LIMIT 1)";
 
 fn due_row(r: &sqlx::any::AnyRow) -> Result<DueRow, StoreError> {
     Ok(DueRow {
-        ticket: r.try_get("ticket")?,
-        customer: r.try_get("customer")?,
-        subject: r.try_get("subject")?,
-        queue: r.try_get("queue")?,
-        rep: r.try_get("rep")?,
+        conv: ConversationRef::read(r)?,
         due_at: r.try_get("due_at")?,
         due_kind: r.try_get("due_kind")?,
         reminded_at: r.try_get("reminded_at")?,
-        mailbox: r.try_get("mailbox")?,
-        key: r.try_get("key")?,
-        message_id: r.try_get("message_id")?,
-        folder: r.try_get("folder")?,
     })
 }
 
@@ -88,6 +127,58 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(due_row).collect()
+    }
+
+    /// Conversations of `mailbox` whose customer has been silent since a
+    /// person answered before `before`, not yet closed.
+    pub async fn waiting_in(&self, mailbox: &str, before: i64) -> Result<Vec<WaitRow>, StoreError> {
+        let sql = "SELECT c.ticket, c.customer, c.subject, c.queue, c.rep, c.last_human_at, \
+             c.checked_in_at, m.key, m.message_id, m.folder \
+             FROM conversations c JOIN messages m ON m.key = (\
+               SELECT key FROM messages WHERE ticket = c.ticket AND verdict IN ('route', 'escalate') \
+               ORDER BY received_at DESC LIMIT 1) \
+             WHERE c.last_human_at IS NOT NULL AND c.last_human_at <= $1 AND c.closed_at IS NULL \
+             AND (c.last_customer_at IS NULL OR c.last_customer_at < c.last_human_at) \
+             AND m.mailbox = $2 ORDER BY c.last_human_at";
+        let rows = sqlx::query(sqlx::AssertSqlSafe(self.sql(sql.to_string())))
+            .bind(before)
+            .bind(mailbox)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(WaitRow {
+                    conv: ConversationRef::read(r)?,
+                    last_human_at: r.try_get("last_human_at")?,
+                    checked_in_at: r.try_get("checked_in_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// A conversation is solved (closed after the customer's silence);
+    /// `checked_in`: the one check-in message is about to be sent
+    /// (recorded first: it is sent at most once).
+    pub async fn solved(
+        &self,
+        ticket: &str,
+        checked_in: bool,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let n = sqlx::query(
+            "UPDATE conversations SET closed_at = $1, \
+             checked_in_at = CASE WHEN $2 = 1 THEN COALESCE(checked_in_at, $1) ELSE checked_in_at END \
+             WHERE ticket = $3 AND closed_at IS NULL",
+        )
+        .bind(now)
+        .bind(i64::from(checked_in))
+        .bind(ticket)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n == 1)
     }
 
     /// The reminder for an overdue conversation went out.

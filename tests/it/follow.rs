@@ -34,6 +34,8 @@ strategy = "round_robin"
 first_response = "4s"
 follow_up = "1h"
 escalate_overdue = "4s"
+close_after = "8s"
+check_in = "check-in"
 
 [[rep]]
 id = "ann"
@@ -47,6 +49,10 @@ name = "automatic"
 when = { auto_generated = true }
 ignore = "automatic message"
 "#,
+    );
+    crate::common::write(
+        &dir.path().join("templates/check-in.txt.j2"),
+        "Hello,\n\nwas your question answered? Just reply if anything is still open.\nReference: {{ ticket }}\n",
     );
     let mut daemon = Daemon::spawn(&config);
     // Two customers write; both go to Ann (the only member).
@@ -157,7 +163,47 @@ ignore = "automatic message"
     for needle in ["sla_overdue", "sla_escalated", "a person's answer in"] {
         assert!(log.contains(needle), "missing {needle} in the log:\n{log}");
     }
-    // A restart sends no second reminder and no second escalation.
+    // Bob stays silent after Ann's answer: solved after close_after, with
+    // one check-in message; Alice's unanswered conversation is not.
+    let solved = |p: u16| async move {
+        Client::login(p, SUPPORT)
+            .await
+            .messages("Reps/Ann")
+            .await
+            .iter()
+            .filter(|m| m.flags.iter().any(|f| f.contains("$Solved")))
+            .count()
+    };
+    wait_for(Duration::from_secs(40), "Bob's conversation solved", || {
+        let p = srv.imap_port;
+        async move { solved(p).await == 1 }
+    })
+    .await;
+    srv.wait_postfix_queue_empty(Duration::from_secs(30));
+    let check_ins = |srv: &Servers| {
+        srv.maildir_files("bob@customer.test", "INBOX")
+            .iter()
+            .filter(|f| {
+                std::fs::read_to_string(f)
+                    .unwrap_or_default()
+                    .contains("was your question answered?")
+            })
+            .count()
+    };
+    assert_eq!(check_ins(&srv), 1);
+    let bob_mail = srv
+        .maildir_files("bob@customer.test", "INBOX")
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap_or_default())
+        .find(|t| t.contains("was your question answered?"))
+        .unwrap_or_default();
+    for h in [
+        "Auto-Submitted: auto-replied",
+        "In-Reply-To: <q-bob@customer.test>",
+    ] {
+        assert!(bob_mail.contains(h), "missing {h} in\n{bob_mail}");
+    }
+    // A restart sends no second reminder, escalation or check-in.
     let (st, _) = daemon.terminate();
     assert!(st.success());
     let mut daemon = Daemon::spawn(&config);
@@ -165,6 +211,9 @@ ignore = "automatic message"
     let (_, log) = cli(&config, &["log", "--format", "json"]);
     assert_eq!(log.matches("\"sla_overdue\"").count(), 1, "{log}");
     assert_eq!(log.matches("\"sla_escalated\"").count(), 1, "{log}");
+    assert_eq!(log.matches("\"solved\"").count(), 1, "{log}");
+    srv.wait_postfix_queue_empty(Duration::from_secs(30));
+    assert_eq!(check_ins(&srv), 1);
     let (st, _) = daemon.terminate();
     assert!(st.success(), "{}", daemon.log_text());
 }
