@@ -15,7 +15,8 @@
 # again here, so that no system daemon occupies ports 25/143/993.
 set -euo pipefail
 
-PACKAGES=(dovecot-imapd dovecot-lmtpd postfix openssl systemd postgresql)
+# chromium: the report test renders the HTML report in a headless browser.
+PACKAGES=(dovecot-imapd dovecot-lmtpd postfix openssl systemd postgresql chromium)
 PATH="$PATH:/usr/sbin:/sbin"
 
 have_all() {
@@ -24,6 +25,7 @@ have_all() {
         command -v doveadm >/dev/null 2>&1 &&
         command -v openssl >/dev/null 2>&1 &&
         command -v systemd-analyze >/dev/null 2>&1 &&
+        command -v chromium >/dev/null 2>&1 &&
         compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null
 }
 

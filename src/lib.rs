@@ -33,6 +33,7 @@ pub mod lookup;
 pub mod parse;
 pub mod pipeline;
 pub mod record;
+pub mod report;
 pub mod secret;
 pub mod tomlread;
 pub mod util;

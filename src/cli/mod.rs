@@ -4,6 +4,7 @@ mod check;
 mod demo;
 mod docs;
 mod eval;
+mod report;
 mod run;
 mod status;
 mod team;
@@ -92,6 +93,10 @@ pub enum Command {
     /// Conversations past their service-level deadline (and those due
     /// soon): who has them, since when, reminded or escalated.
     Overdue(team::OverdueArgs),
+    /// Write a self-contained HTML report of a period (or print it as
+    /// JSON): volume, automatic answers, service levels, load per
+    /// person, why mail went to people, and what to add to the FAQ.
+    Report(report::Args),
     /// What the running daemon reports: each mailbox connected or down,
     /// last successful check, backlog, last error; the last reload; the
     /// load of each queue. Exit 0 healthy, 1 degraded, 3 not running.
@@ -201,6 +206,7 @@ pub fn main() -> ExitCode {
             Command::Log(a) => team::log(a).await,
             Command::Stats(a) => team::stats(a).await,
             Command::Overdue(a) => team::overdue(a).await,
+            Command::Report(a) => report::run(a).await,
             Command::Status(a) => status::run(a).await,
             Command::Completions(a) => docs::completions(a),
             Command::Man(a) => docs::man(a),
@@ -211,6 +217,18 @@ pub fn main() -> ExitCode {
         Err(e) => {
             eprintln!("switchboard: {e:#}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// Loads the config alone (the rules may be broken: commands that only
+/// read the store still work); problems go to stderr.
+pub fn load_config(path: &std::path::Path) -> Option<switchboard::config::Config> {
+    match switchboard::config::Config::load(path) {
+        Ok((c, _)) => Some(c),
+        Err(d) => {
+            eprint!("{d}");
+            None
         }
     }
 }

@@ -30,12 +30,8 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let path = a.config.path();
     // Only the config is needed: the rules may be broken right now (the
     // daemon then runs the previous ones, which is what status shows).
-    let cfg = match switchboard::config::Config::load(&path) {
-        Ok((c, _)) => c,
-        Err(d) => {
-            eprint!("{d}");
-            return Ok(ExitCode::from(2));
-        }
+    let Some(cfg) = super::load_config(&path) else {
+        return Ok(ExitCode::from(2));
     };
     let k = switchboard::knowledge::Knowledge::load(&cfg)
         .ok()

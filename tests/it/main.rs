@@ -17,6 +17,7 @@ mod ops;
 mod pipeline;
 mod postgres;
 mod quality;
+mod report;
 mod safety;
 mod team;
 mod team_daemon;
