@@ -165,6 +165,9 @@ pub struct MailboxConfig {
     /// Addresses that reach this mailbox (added to `our_addresses`).
     pub addresses: Vec<String>,
     pub folders: Folders,
+    /// Folders where people's answers are filed (a team answering from
+    /// the shared account): checked for answers in known conversations.
+    pub sent_folders: Vec<String>,
     /// Where in the config it was defined (for messages).
     pub location: Location,
 }
@@ -911,6 +914,12 @@ fn read_mailbox(
     }
     let kind_s = t.required_string("kind");
     let addresses = t.strings("addresses").unwrap_or_default();
+    let sent_folders: Vec<String> = t
+        .strings("sent_folders")
+        .unwrap_or_default()
+        .into_iter()
+        .map(|f| f.value)
+        .collect();
     for a in &addresses {
         check_address(ctx, a);
     }
@@ -942,6 +951,7 @@ fn read_mailbox(
             kind: kind?,
             addresses: addresses.into_iter().map(|a| a.value).collect(),
             folders,
+            sent_folders,
             location: ctx.location(&span),
         },
         name.span,

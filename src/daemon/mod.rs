@@ -285,9 +285,11 @@ impl Tally {
     }
 }
 
-/// Whether this mailbox has service-level deadlines to check.
-fn follow_due(shared: &Shared) -> bool {
-    crate::pipeline::follow::has_deadlines(&shared.knowledge.borrow())
+/// Whether this mailbox has timed follow-through work: service-level
+/// deadlines, or sent folders to look into.
+fn follow_due(shared: &Shared, mb: &MailboxInfo) -> bool {
+    !mb.sent_folders.is_empty()
+        || crate::pipeline::follow::has_deadlines(&shared.knowledge.borrow())
 }
 
 /// Reminds and escalates overdue conversations (see
@@ -297,10 +299,17 @@ async fn follow_up<S: MailSource>(
     shared: &Shared,
     mb: &MailboxInfo,
 ) -> Result<(), PipelineError> {
-    if !follow_due(shared) {
+    if !follow_due(shared, mb) {
         return Ok(());
     }
     let k = shared.knowledge.borrow().clone();
+    // Answers filed in sent folders first: they stop deadlines.
+    if !mb.sent_folders.is_empty() {
+        let n = crate::pipeline::follow::sent_folders(&shared.pipeline, src, mb, &k).await?;
+        if n > 0 {
+            info!(mailbox = %mb.name, answers = n, "people's answers found in sent folders");
+        }
+    }
     let swept = crate::pipeline::follow::sweep(&shared.pipeline, src, mb, &k).await?;
     if swept != Default::default() {
         info!(mailbox = %mb.name, reminded = swept.reminded, escalated = swept.escalated, "service levels checked");
@@ -313,6 +322,7 @@ pub fn mailbox_info(m: &MailboxConfig) -> MailboxInfo {
     MailboxInfo {
         name: m.name.clone(),
         folders: m.folders.clone(),
+        sent_folders: m.sent_folders.clone(),
     }
 }
 
@@ -463,7 +473,7 @@ pub async fn run_imap(
             if r.is_ok() && !once {
                 r = follow_up(&mut imap, &shared, &info).await;
             }
-            if follow_due(&shared) {
+            if follow_due(&shared, &info) {
                 idle_for = idle_for.min(shared.sla_check);
             }
             handled += tally.filed as usize;

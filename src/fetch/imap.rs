@@ -309,6 +309,40 @@ fn proto(e: impl std::fmt::Display) -> FetchError {
 }
 
 impl Imap {
+    /// Headers of the messages after UID `last` in the selected folder
+    /// (at most 200 a time) and the cursor after them.
+    async fn headers_after(
+        &mut self,
+        last: u32,
+        uv: i64,
+        t: Duration,
+    ) -> Result<(Vec<Vec<u8>>, Option<i64>), FetchError> {
+        let s = self.session()?;
+        let found =
+            Self::timed(t, s.uid_search(format!("UID {}:*", last.saturating_add(1)))).await?;
+        let mut list: Vec<u32> = found.into_iter().filter(|u| *u > last).collect();
+        list.sort_unstable();
+        list.truncate(200);
+        let newest = list.last().copied().unwrap_or(last);
+        let mut raws = Vec::new();
+        for set in uid_sets(&list) {
+            let s = self.session()?;
+            let fetches: Vec<Fetch> = Self::timed(t, async {
+                s.uid_fetch(&set, "(UID BODY.PEEK[HEADER])")
+                    .await?
+                    .try_collect()
+                    .await
+            })
+            .await?;
+            raws.extend(
+                fetches
+                    .iter()
+                    .filter_map(|f| f.header().map(<[u8]>::to_vec)),
+            );
+        }
+        Ok((raws, Some((uv << 32) | i64::from(newest))))
+    }
+
     /// Connects, authenticates and selects the configured folder. With
     /// XOAUTH2, a refused token is fetched again from the token command
     /// and tried once more (access tokens expire after about an hour).
@@ -806,6 +840,44 @@ impl MailSource for Imap {
                 }
             }
             Err(FetchError::Protocol(_)) => Ok(false),
+            Err(e) => Err(e),
+        };
+        let s = self.session()?;
+        Self::timed(t, s.select(&inbox)).await?;
+        self.drain_unsolicited();
+        result
+    }
+
+    async fn since_in_folder(
+        &mut self,
+        folder: &str,
+        cursor: Option<i64>,
+    ) -> Result<(Vec<Vec<u8>>, Option<i64>), FetchError> {
+        // Read-only look into the folder, then the inbox again (also after
+        // a failure: nothing afterwards may run on the wrong folder).
+        let name = self.server_folder(folder);
+        let inbox = encode_folder(&self.cfg.folder);
+        let t = self.cfg.timeout;
+        let s = self.session()?;
+        let result = match Self::timed(t, s.examine(&name)).await {
+            Ok(mb) => {
+                let uv = i64::from(mb.uid_validity.unwrap_or(0));
+                let next = i64::from(mb.uid_next.unwrap_or(1));
+                match cursor {
+                    // The folder did not exist at the last look: all of it is new.
+                    Some(-1) => self.headers_after(0, uv, t).await,
+                    Some(c) if c >> 32 == uv && next - 1 > (c & 0xffff_ffff) => {
+                        let last = (c & 0xffff_ffff) as u32;
+                        self.headers_after(last, uv, t).await
+                    }
+                    Some(c) if c >> 32 == uv => Ok((Vec::new(), Some(c))),
+                    // First look (or the folder was recreated): from now on.
+                    _ => Ok((Vec::new(), Some((uv << 32) | (next - 1).max(0)))),
+                }
+            }
+            // The folder does not exist (yet): nothing to read; what
+            // appears in it later is new.
+            Err(FetchError::Protocol(_)) => Ok((Vec::new(), Some(cursor.unwrap_or(-1)))),
             Err(e) => Err(e),
         };
         let s = self.session()?;

@@ -178,6 +178,18 @@ pub trait MailSource: Send {
         async { Ok(false) }
     }
 
+    /// The headers of the messages that arrived in `folder` since
+    /// `cursor` (an opaque position this method returned before; `None`:
+    /// start from now), and the new position. Default: nothing.
+    fn since_in_folder(
+        &mut self,
+        folder: &str,
+        cursor: Option<i64>,
+    ) -> impl Future<Output = Result<(Vec<Vec<u8>>, Option<i64>), FetchError>> + Send {
+        let _ = folder;
+        async move { Ok((Vec::new(), cursor)) }
+    }
+
     /// Stores a copy of a message (our reply) in a folder.
     fn append(
         &mut self,

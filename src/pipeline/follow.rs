@@ -249,3 +249,104 @@ async fn send_check_in<S: MailSource>(
     }
     Ok(to.addr)
 }
+
+/// People's answers found in a mailbox's `sent_folders` (a team that
+/// answers from the shared account, or files its answers there): each
+/// new message there from a representative or one of our addresses that
+/// refers to a known conversation is recorded as that conversation's
+/// answer, as if it had come in with the shared address in Cc. Returns
+/// how many were recorded.
+pub async fn sent_folders<S: MailSource>(
+    p: &Pipeline,
+    src: &mut S,
+    mb: &MailboxInfo,
+    k: &Knowledge,
+) -> Result<usize, PipelineError> {
+    let mut recorded = 0;
+    for folder in &mb.sent_folders {
+        let cursor_name = format!("sent:{}:{folder}", mb.name);
+        let stored = p
+            .store
+            .facts(&[], &[], &[], std::slice::from_ref(&cursor_name))
+            .await?;
+        let cursor = stored.counters.get(&cursor_name).copied();
+        let (raws, next) = src.since_in_folder(folder, cursor).await?;
+        let Some(next) = next.filter(|n| Some(*n) != cursor) else {
+            continue;
+        };
+        let opts = super::parse_options(k, None);
+        let messages: Vec<crate::parse::Message> = raws
+            .iter()
+            .filter_map(|raw| crate::parse::parse(raw, &opts).ok())
+            .collect();
+        let mut ids = Vec::new();
+        let mut tags = Vec::new();
+        for m in &messages {
+            ids.extend(crate::decide::plan::references(m));
+            tags.extend(crate::act::reply::ticket_tags(&m.subject));
+        }
+        let known = p.store.facts(&[], &ids, &tags, &[]).await?;
+        let now = p.now();
+        let mut commit = crate::record::Commit::default();
+        for m in &messages {
+            let Some(by) = crate::decide::plan::staff_sender(m, k) else {
+                continue;
+            };
+            let refs = crate::decide::plan::references(m);
+            let ticket = refs
+                .iter()
+                .rev()
+                .find_map(|id| known.tickets.get(id).cloned())
+                .or_else(|| {
+                    (by != "team")
+                        .then(|| {
+                            crate::act::reply::ticket_tags(&m.subject)
+                                .into_iter()
+                                .find(|t| known.conversations.contains_key(t))
+                        })
+                        .flatten()
+                });
+            let Some(ticket) = ticket else { continue };
+            if commit.conversations.iter().any(|c| c.ticket == ticket) {
+                continue;
+            }
+            commit.conversations.push(crate::record::ConversationWrite {
+                ticket: ticket.clone(),
+                human_reply: true,
+                since_human_reset: Some(0),
+                ..Default::default()
+            });
+            if let Some(id) = &m.message_id {
+                commit.staff_ids.push((id.clone(), ticket.clone()));
+            }
+            let who = k.reps.get(&by).map_or_else(
+                || "the team".to_string(),
+                |r| format!("{} ({})", r.name, r.id),
+            );
+            commit.audit.push(crate::record::AuditEvent {
+                at: now,
+                event: "staff_reply".into(),
+                mailbox: Some(mb.name.clone()),
+                message_id: m.message_id.clone(),
+                ticket: Some(ticket.clone()),
+                rep: k.reps.contains_key(&by).then(|| by.clone()),
+                detail: format!("a person's answer in {ticket} by {who}, found in {folder}"),
+                ..Default::default()
+            });
+            recorded += 1;
+        }
+        commit.counters.push(crate::record::CounterWrite {
+            name: cursor_name,
+            expected: cursor,
+            value: next,
+        });
+        match p.store.commit(&commit, now).await {
+            Ok(()) => {}
+            // Another pass moved the cursor meanwhile: it read the same
+            // messages; nothing is lost.
+            Err(crate::record::StoreError::Conflict(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(recorded)
+}

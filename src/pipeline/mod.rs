@@ -74,6 +74,8 @@ use crate::record::{AuditEvent, Commit, MessageRow, MessageWrite, State, Store, 
 pub struct MailboxInfo {
     pub name: String,
     pub folders: Folders,
+    /// Folders checked for people's answers (`sent_folders`).
+    pub sent_folders: Vec<String>,
 }
 
 /// What happened to one message.

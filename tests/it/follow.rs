@@ -12,19 +12,32 @@ const SUPPORT: &str = "support@example.test";
 
 use crate::common::cli_status as cli;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deadlines_reminders_escalation_and_a_reps_answer() {
-    let srv = Servers::start();
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let config = srv.write_config(dir.path(), "");
+/// The daemon config (deadlines checked every second) with these rules.
+fn setup(
+    srv: &Servers,
+    dir: &std::path::Path,
+    mailbox_extra: &str,
+    rules: &str,
+) -> std::path::PathBuf {
+    let config = srv.write_config(dir, mailbox_extra);
     let text = std::fs::read_to_string(&config).unwrap_or_default();
     std::fs::write(
         &config,
         text.replace("[daemon]\n", "[daemon]\nsla_check = \"1s\"\n"),
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    crate::common::write(
-        &dir.path().join("rules/rules.toml"),
+    crate::common::write(&dir.join("rules/rules.toml"), rules);
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_reminders_escalation_and_a_reps_answer() {
+    let srv = Servers::start();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = setup(
+        &srv,
+        dir.path(),
+        "",
         r#"
 [[queue]]
 name = "support"
@@ -214,6 +227,92 @@ ignore = "automatic message"
     assert_eq!(log.matches("\"solved\"").count(), 1, "{log}");
     srv.wait_postfix_queue_empty(Duration::from_secs(30));
     assert_eq!(check_ins(&srv), 1);
+    let (st, _) = daemon.terminate();
+    assert!(st.success(), "{}", daemon.log_text());
+}
+
+/// A representative's answer filed in a sent folder of the shared
+/// account (not sent to it) is recognised, and the deadline stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_in_a_sent_folder_stops_the_clock() {
+    let srv = Servers::start();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = setup(
+        &srv,
+        dir.path(),
+        "sent_folders = [\"Outbox/Team\"]\n",
+        r#"
+[[queue]]
+name = "support"
+folder = "Queues/Support"
+strategy = "round_robin"
+first_response = "6s"
+
+[[rep]]
+id = "ann"
+name = "Ann Lee"
+email = "ann@example.test"
+queues = ["support"]
+folder = "Reps/Ann"
+"#,
+    );
+    let mut daemon = Daemon::spawn(&config);
+    let raw = customer_mail(
+        "alice@customer.test",
+        SUPPORT,
+        "Request for a quote",
+        "Could you send me a quote for 20 chairs?",
+        "q-sent@customer.test",
+        "",
+    );
+    smtp_send(srv.smtp_port, "alice@customer.test", SUPPORT, &raw).await;
+    wait_for(Duration::from_secs(30), "routed to Ann", || {
+        let p = srv.imap_port;
+        async move { Client::login(p, SUPPORT).await.count("Reps/Ann").await == 1 }
+    })
+    .await;
+    // Ann answers from the shared account; her client files the answer.
+    let answer = "From: Ann Lee <ann@example.test>\r\nTo: alice@customer.test\r\nSubject: Re: Request for a quote\r\nMessage-ID: <ann-sent-1@example.test>\r\nIn-Reply-To: <q-sent@customer.test>\r\nDate: Mon, 30 Nov 2026 10:00:00 +0000\r\n\r\nHi Alice, here is your quote.\r\n";
+    let filed = Instant::now();
+    Client::login(srv.imap_port, SUPPORT)
+        .await
+        .append("Outbox/Team", answer.as_bytes())
+        .await;
+    wait_for(Duration::from_secs(20), "the answer recognised", || {
+        let c = config.clone();
+        async move {
+            cli(&c, &["log", "--format", "json"])
+                .1
+                .contains("found in Outbox/Team")
+        }
+    })
+    .await;
+    eprintln!(
+        "answer in a sent folder recognised after {:?}",
+        filed.elapsed()
+    );
+    // Past the deadline: no reminder, and the answer counts as in time.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let msgs = Client::login(srv.imap_port, SUPPORT)
+        .await
+        .messages("Reps/Ann")
+        .await;
+    assert_eq!(msgs.len(), 1);
+    assert!(
+        !msgs[0].flags.iter().any(|f| f.contains("$Overdue")),
+        "{:?}",
+        msgs[0].flags
+    );
+    let (_, stats) = cli(&config, &["stats", "--offline", "--json"]);
+    assert!(stats.contains("\"first_response_in_time\":1"), "{stats}");
+    // The answer stays where the client put it.
+    assert_eq!(
+        Client::login(srv.imap_port, SUPPORT)
+            .await
+            .count("Outbox/Team")
+            .await,
+        1
+    );
     let (st, _) = daemon.terminate();
     assert!(st.success(), "{}", daemon.log_text());
 }
