@@ -180,6 +180,32 @@ async fn print_leases(url: &str) {
             return;
         }
     };
+    // Service levels of the last 30 days, where queues have them.
+    let now = now_ms();
+    if let Ok(sla) = store.sla_stats(now - 30 * 86_400_000, now).await
+        && !sla.is_empty()
+    {
+        let with: i64 = sla.iter().map(|s| s.with_deadline).sum();
+        let met: i64 = sla.iter().map(|s| s.met).sum();
+        let overdue: i64 = sla.iter().map(|s| s.overdue).sum();
+        let breaches: i64 = sla.iter().map(|s| s.breaches).sum();
+        let in_time = if with > 0 {
+            format!(
+                "{:.1}% of first responses in time ({met}/{with}), ",
+                100.0 * met as f64 / with as f64
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "service levels (30 days): {in_time}{breaches} deadline(s) missed, {overdue} overdue now{}",
+            if overdue > 0 {
+                " (switchboard overdue lists them)"
+            } else {
+                ""
+            }
+        );
+    }
     store.close().await;
     println!();
     println!(

@@ -165,6 +165,15 @@ ignore = "automatic message"
         "{out}"
     );
     assert!(!out.contains("bob@customer.test"), "{out}");
+    wait_for(Duration::from_secs(20), "service levels in status", || {
+        let c = config.clone();
+        async move {
+            cli(&c, &["status", "--offline"])
+                .1
+                .contains("service levels (30 days): 50.0% of first responses in time (1/2)")
+        }
+    })
+    .await;
     let (_, stats) = cli(&config, &["stats", "--offline", "--json"]);
     let v: serde_json::Value =
         serde_json::from_str(&stats).unwrap_or_else(|e| panic!("{e}: {stats}"));
