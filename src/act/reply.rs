@@ -233,6 +233,53 @@ pub fn build(p: &ReplyParts<'_>) -> Result<Outgoing, BuildError> {
     })
 }
 
+/// A notice to one of our people (a service-level reminder): plain text,
+/// marked as automatic (`Auto-Submitted: auto-generated`) so that no
+/// auto-responder answers it, with our loop marker.
+pub fn notice(
+    from: &str,
+    to: &str,
+    subject: &str,
+    text: &str,
+    domain: &str,
+    null_sender: bool,
+) -> Result<Outgoing, BuildError> {
+    let from_box: LettreMailbox = from
+        .parse()
+        .map_err(|_| BuildError::Address(from.to_string()))?;
+    let to_addr: lettre::Address = to
+        .parse()
+        .map_err(|_| BuildError::Address(to.to_string()))?;
+    let subject = crate::util::ellipsize(&single_line(subject), MAX_SUBJECT_ECHO + 40);
+    let message_id = new_message_id(domain, None);
+    let sender = (!null_sender).then(|| from_box.email.clone());
+    let envelope = lettre::address::Envelope::new(sender, vec![to_addr.clone()])
+        .map_err(|e| BuildError::Build(e.to_string()))?;
+    let msg = lettre::Message::builder()
+        .from(from_box)
+        .to(LettreMailbox::new(None, to_addr.clone()))
+        .subject(subject.clone())
+        .message_id(Some(format!("<{message_id}>")))
+        .date_now()
+        .raw_header(raw_header("Auto-Submitted", "auto-generated".into()))
+        .raw_header(raw_header("X-Auto-Response-Suppress", "All".into()))
+        .raw_header(raw_header(LOOP_HEADER, domain.to_string()))
+        .envelope(envelope.clone())
+        .singlepart(
+            SinglePart::builder()
+                .header(ContentType::TEXT_PLAIN)
+                .body(text.to_string()),
+        )
+        .map_err(|e| BuildError::Build(e.to_string()))?;
+    Ok(Outgoing {
+        message_id,
+        envelope,
+        raw: msg.formatted(),
+        to: to_addr.to_string(),
+        subject,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -50,6 +50,8 @@ pub struct ServiceLevel {
     /// Template of the one "was your problem solved?" message sent when
     /// the conversation is marked solved.
     pub check_in: Option<String>,
+    /// With the overdue reminder, mail the assigned representative.
+    pub remind_by_mail: bool,
 }
 
 impl ServiceLevel {

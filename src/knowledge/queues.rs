@@ -16,6 +16,7 @@
 //! escalate_overdue = "1h"        # after the reminder, escalate (default 1h)
 //! close_after = "7d"             # after a person's answer, silence = solved
 //! check_in = "check-in"          # template of the one "solved?" message
+//! remind_by_mail = true          # overdue: also mail the assigned rep
 //! ```
 
 use crate::diag::Location;
@@ -139,6 +140,7 @@ pub fn read_queue(mut t: Table<'_>) -> Option<Queue> {
         sla.escalate_after = d.value;
     }
     sla.close_after = t.duration("close_after").map(|d| d.value);
+    sla.remind_by_mail = t.boolean("remind_by_mail").is_some_and(|b| b.value);
     let check_in = t.string("check_in");
     if let (Some(c), None) = (&check_in, sla.close_after) {
         ctx.error(

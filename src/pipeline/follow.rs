@@ -64,7 +64,7 @@ pub async fn sweep<S: MailSource>(
             };
             p.store.sla_reminded(&row.conv.ticket, now).await?;
             let late = crate::util::format_ms(row.due_at);
-            let detail = format!(
+            let mut detail = format!(
                 "{kind} was due at {late} and no person has answered yet{}",
                 if flagged {
                     format!("; marked {OVERDUE_KEYWORD}")
@@ -72,6 +72,45 @@ pub async fn sweep<S: MailSource>(
                     String::new()
                 }
             );
+            // The assigned person gets a mail too, where the queue asks.
+            if let Some(rep) = row
+                .conv
+                .rep
+                .as_deref()
+                .and_then(|r| k.reps.get(r))
+                .filter(|r| !r.email.is_empty() && queue.is_some_and(|q| q.sla.remind_by_mail))
+            {
+                let subject = format!("Overdue: {} {}", row.conv.ticket, row.conv.subject);
+                let text = format!(
+                    "Hello {},\n\nthe {kind} in conversation {} with {} (\"{}\") was due at {late} and nobody has answered yet.\n\
+                     The customer's message is in {} with the keyword {OVERDUE_KEYWORD}.\n\n-- switchboard\n",
+                    rep.name,
+                    row.conv.ticket,
+                    row.conv.customer,
+                    crate::parse::single_line(&row.conv.subject),
+                    row.conv.folder.as_deref().unwrap_or("your folder"),
+                );
+                let sent = crate::act::reply::notice(
+                    &k.policy.reply.from,
+                    &rep.email,
+                    &subject,
+                    &text,
+                    &k.policy.domain,
+                    k.policy.reply.null_sender,
+                )
+                .map_err(|e| e.to_string());
+                let sent = match sent {
+                    Ok(out) => p.outbox.send(&out).await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                };
+                match sent {
+                    Ok(()) => detail.push_str(&format!("; reminder mailed to {}", rep.email)),
+                    Err(e) => {
+                        tracing::warn!(mailbox = %mb.name, rep = %rep.id, "reminder mail not sent: {e}");
+                        detail.push_str(&format!("; reminder mail not sent: {e}"));
+                    }
+                }
+            }
             tracing::warn!(mailbox = %mb.name, ticket = %row.conv.ticket, queue = %queue_name, rep = row.conv.rep.as_deref().unwrap_or(""), "overdue: {detail}");
             p.store
                 .audit(&row.conv.audit(now, &mb.name, "sla_overdue", detail))

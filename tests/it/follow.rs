@@ -49,6 +49,7 @@ follow_up = "1h"
 escalate_overdue = "4s"
 close_after = "8s"
 check_in = "check-in"
+remind_by_mail = true
 
 [[rep]]
 id = "ann"
@@ -225,6 +226,23 @@ ignore = "automatic message"
     ] {
         assert!(bob_mail.contains(h), "missing {h} in\n{bob_mail}");
     }
+    // Ann got one reminder mail, about Alice's conversation.
+    let reminders = |srv: &Servers| -> Vec<String> {
+        srv.maildir_files("ann@example.test", "INBOX")
+            .iter()
+            .map(|f| std::fs::read_to_string(f).unwrap_or_default())
+            .filter(|t| t.contains("Subject: Overdue: "))
+            .collect()
+    };
+    let mail = reminders(&srv);
+    assert_eq!(mail.len(), 1, "{mail:?}");
+    for h in [
+        "Auto-Submitted: auto-generated",
+        "alice@customer.test",
+        "$Overdue",
+    ] {
+        assert!(mail[0].contains(h), "missing {h} in\n{}", mail[0]);
+    }
     // A restart sends no second reminder, escalation or check-in.
     let (st, _) = daemon.terminate();
     assert!(st.success());
@@ -236,6 +254,7 @@ ignore = "automatic message"
     assert_eq!(log.matches("\"solved\"").count(), 1, "{log}");
     srv.wait_postfix_queue_empty(Duration::from_secs(30));
     assert_eq!(check_ins(&srv), 1);
+    assert_eq!(reminders(&srv).len(), 1);
     let (st, _) = daemon.terminate();
     assert!(st.success(), "{}", daemon.log_text());
 }
