@@ -209,6 +209,7 @@ fn banking77() -> Option<(switchboard::classify::faq::FaqIndex, Vec<String>)> {
         margin: switchboard::config::DEFAULT_FAQ_MARGIN,
         threshold_set: true,
         background: true,
+        suggest_threshold: None,
     };
     let index = switchboard::classify::faq::FaqIndex::build(entries, &cfg).ok()?;
     Some((
@@ -245,6 +246,7 @@ fn banking77_build_10k_examples(b: divan::Bencher) {
         margin: switchboard::config::DEFAULT_FAQ_MARGIN,
         threshold_set: true,
         background: true,
+        suggest_threshold: None,
     };
     b.bench_local(|| {
         switchboard::classify::faq::FaqIndex::build(switchboard::eval::entries_from(&refs), &cfg)

@@ -131,6 +131,9 @@ pub struct FaqConfig {
     pub threshold_set: bool,
     /// Learn the built-in everyday questions as "none of the entries".
     pub background: bool,
+    /// From this confidence up to `threshold`, no automatic answer but a
+    /// draft of it for the person (`None`: no drafts).
+    pub suggest_threshold: Option<f64>,
 }
 
 /// Folder names for outcomes that are not a queue.
@@ -624,10 +627,18 @@ fn read_faq(ctx: &Ctx, t: Option<Table<'_>>) -> (FaqConfig, std::ops::Range<usiz
         margin: DEFAULT_FAQ_MARGIN,
         threshold_set: false,
         background: true,
+        suggest_threshold: None,
     };
     let Some(mut t) = t else {
         return (f, 0..0);
     };
+    if let Some(v) = t.float("suggest_threshold") {
+        if (0.0..=1.0).contains(&v.value) {
+            f.suggest_threshold = Some(v.value);
+        } else {
+            ctx.error(v.span, "`suggest_threshold` must be between 0 and 1");
+        }
+    }
     if let Some(b) = t.boolean("background") {
         f.background = b.value;
     }

@@ -1732,6 +1732,7 @@ mod tests {
                 margin: 0.1,
                 threshold_set: true,
                 background: true,
+                suggest_threshold: None,
             },
         )?;
         let r = idx.query("Hi, what time are you open on Saturday?");

@@ -213,6 +213,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             margin: DEFAULT_FAQ_MARGIN,
             threshold_set: false,
             background: true,
+            suggest_threshold: None,
         },
         |(cfg, k, _)| FaqConfig {
             threshold: k.faq.threshold(),
@@ -461,6 +462,7 @@ pub async fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {
             margin: DEFAULT_FAQ_MARGIN,
             threshold_set: false,
             background: true,
+            suggest_threshold: None,
         };
         let opts = eval::CvOptions {
             realistic: Some(eval::noise::Noise::realistic()),

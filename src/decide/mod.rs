@@ -112,6 +112,10 @@ pub struct Decision {
     /// domain_limit, circuit_breaker.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub suppressed: Option<&'static str>,
+    /// A draft answer for the person (FAQ entry, template) when the FAQ
+    /// match was close but not confident (`[faq] suggest_threshold`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub draft: Option<(String, String)>,
     pub evidence: Classification,
 }
 
@@ -171,6 +175,7 @@ pub fn decide(m: &Message, c: Classification, k: &Knowledge, h: &History, now_ms
         reasons: Vec::new(),
         suggested_template: None,
         suppressed: None,
+        draft: None,
         evidence: c.clone(),
     };
     let rule_name = c.rules.action.as_ref().map(|(n, _)| n.clone());
@@ -255,6 +260,15 @@ pub fn decide(m: &Message, c: Classification, k: &Knowledge, h: &History, now_ms
             d.reasons.push(format!("FAQ: {}", c.faq.reason));
             d.reasons
                 .push(format!("routed to the default queue {}", p.default_queue));
+            // Close to an answer: a draft for the person, never sent.
+            if let Some((entry, score)) = draft_candidate(m, &c, k) {
+                d.reasons.push(format!(
+                    "a draft answer ({}, score {score:.2}, suggest threshold {:.2}) is written for the person",
+                    entry.template,
+                    p.faq.suggest_threshold.unwrap_or(0.0)
+                ));
+                d.draft = Some((entry.id.clone(), entry.template.clone()));
+            }
         }
         return d;
     };
@@ -415,6 +429,34 @@ pub fn decide(m: &Message, c: Classification, k: &Knowledge, h: &History, now_ms
     d
 }
 
+/// The FAQ entry to draft an answer with: the best candidate scored at
+/// least `[faq] suggest_threshold`, for a message no check rules out
+/// (nothing automatic or suspicious, a valid reply address, no lookup it
+/// needs, a template in the message's language).
+fn draft_candidate<'k>(
+    m: &Message,
+    c: &Classification,
+    k: &'k Knowledge,
+) -> Option<(&'k crate::knowledge::FaqEntry, f64)> {
+    let floor = k.policy.faq.suggest_threshold?;
+    let best = c.faq.best().filter(|b| b.score >= floor)?;
+    let e = k.faq.entry(&best.id)?;
+    let clean = c.guard.is_empty()
+        && c.auth.failed.is_empty()
+        && !c.follow_up
+        && e.needs.is_empty()
+        && !k.templates.empty.contains(&e.template)
+        && reply_address(m, k.policy.reply.address, &k.policy.our_addresses).is_ok()
+        && m.language.as_deref().is_none_or(|l| {
+            l == k.policy.reply.language
+                || k.templates
+                    .sets
+                    .get(&e.template)
+                    .is_some_and(|s| s.text.contains_key(l))
+        });
+    clean.then_some((e, best.score))
+}
+
 /// The per-address, per-domain and global limits, in that order: a limit
 /// that concerns one customer or one domain is checked before the global
 /// breaker, so a flood aimed at one victim stops at the victim and never
@@ -546,6 +588,7 @@ pub fn park(reason: impl Into<String>) -> Decision {
         reasons: vec![reason],
         suggested_template: None,
         suppressed: None,
+        draft: None,
         evidence: Classification {
             lookups: Default::default(),
             faq: Default::default(),

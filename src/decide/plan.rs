@@ -96,6 +96,8 @@ pub struct Planned {
     pub decision: Decision,
     /// The reply to send, when the decision is to reply.
     pub reply: Option<crate::act::reply::Outgoing>,
+    /// A draft answer for the person, when the decision has one.
+    pub draft: Option<crate::act::reply::Outgoing>,
     pub ticket: Option<String>,
     pub assignment: Option<Assignment>,
     pub folder: String,
@@ -288,6 +290,7 @@ fn staff_reply(
     Planned {
         decision,
         reply: None,
+        draft: None,
         ticket: Some(ticket),
         assignment: None,
         folder,
@@ -426,6 +429,28 @@ pub fn plan(
             }
         }
     }
+    // A draft for the person: rendered like a reply, never sent.
+    let draft = match (&d.verdict, &d.draft) {
+        (Verdict::Route { .. } | Verdict::Escalate { .. }, Some((faq, template))) => {
+            decide::reply_address(m, k.policy.reply.address, &k.policy.our_addresses)
+                .ok()
+                .and_then(|to| {
+                    let mut as_reply = d.clone();
+                    as_reply.verdict = Verdict::Reply {
+                        template: template.clone(),
+                        to,
+                        faq: Some(faq.clone()),
+                    };
+                    crate::pipeline::build_reply(m, &as_reply, k, ticket.as_deref())
+                        .ok()
+                        .map(|(_, out)| out)
+                })
+        }
+        _ => None,
+    };
+    if d.draft.is_some() && draft.is_none() {
+        d.draft = None;
+    }
     let main_reason = d.reasons.last().cloned().unwrap_or_default();
     let assignment = match &d.verdict {
         Verdict::Route { queue } => {
@@ -541,6 +566,7 @@ pub fn plan(
     Planned {
         decision: d,
         reply,
+        draft,
         ticket,
         assignment,
         folder,

@@ -628,6 +628,7 @@ fn flag_list(flags: &[Flag]) -> String {
         .map(|f| match f {
             Flag::Answered => "\\Answered".to_string(),
             Flag::Seen => "\\Seen".to_string(),
+            Flag::Draft => "\\Draft".to_string(),
             Flag::Keyword(k) => k.clone(),
         })
         .collect::<Vec<_>>()

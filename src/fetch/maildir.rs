@@ -226,6 +226,7 @@ fn flag_char(f: &Flag) -> Option<u8> {
     match f {
         Flag::Answered => Some(b'R'),
         Flag::Seen => Some(b'S'),
+        Flag::Draft => Some(b'D'),
         Flag::Keyword(_) => None,
     }
 }

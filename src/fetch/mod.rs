@@ -63,6 +63,8 @@ pub struct Fetched {
 pub enum Flag {
     Answered,
     Seen,
+    /// A draft (a proposed answer for a person to review and send).
+    Draft,
     /// An IMAP keyword set by a rule's `flag`.
     Keyword(String),
 }

@@ -75,6 +75,8 @@ pub struct Filing {
     /// Messages to move (and their keys, to mark done once moved), by
     /// destination folder.
     moves: BTreeMap<String, (Vec<MsgRef>, Vec<String>)>,
+    /// Draft answers to store next to their messages, by folder.
+    drafts: BTreeMap<String, Vec<Vec<u8>>>,
     /// How many messages wait.
     count: usize,
     /// When the oldest entry was added.
@@ -103,6 +105,12 @@ impl Filing {
             Step::File { folder, .. } | Step::Resume { folder, .. } => folder.as_str(),
             Step::Leave => return,
         };
+        if let Some(d) = &w.draft {
+            self.drafts
+                .entry(folder.to_string())
+                .or_default()
+                .push(d.clone());
+        }
         let (ids, keys) = self.moves.entry(folder.to_string()).or_default();
         ids.push(w.item.id.clone());
         keys.push(w.item.key.clone());
@@ -138,6 +146,7 @@ impl Filing {
         let Filing {
             flags,
             moves,
+            drafts,
             count,
             ..
         } = std::mem::take(self);
@@ -149,6 +158,17 @@ impl Filing {
         for (folder, (ids, keys)) in moves {
             src.move_to(&folder, &ids).await?;
             p.store.finish(&keys, p.now()).await?;
+            // The drafts go next to their messages (a draft that cannot be
+            // stored is only a lost suggestion).
+            if let Some(raws) = drafts.get(&folder) {
+                let raws: Vec<&[u8]> = raws.iter().map(Vec::as_slice).collect();
+                if let Err(e) = src
+                    .append_all(&folder, &raws, &[Flag::Draft, Flag::Seen])
+                    .await
+                {
+                    tracing::warn!(folder = %folder, "draft answers not stored: {e}");
+                }
+            }
         }
         tracing::debug!(
             messages = count,
@@ -203,6 +223,7 @@ async fn send_replies(
             item,
             step,
             outcome,
+            ..
         } = &mut work[i];
         let Step::Reply(s) = step else { continue };
         let audit = |event: &str, detail: String, queue: Option<&str>| AuditEvent {

@@ -375,6 +375,8 @@ struct Work {
     item: Item,
     step: Step,
     outcome: Outcome,
+    /// A draft answer to store next to the message.
+    draft: Option<Vec<u8>>,
 }
 
 /// A batch parsed and scored, ready for [`Pipeline::process_prepared`].
@@ -535,7 +537,7 @@ impl Pipeline {
             }
             let gathered = t.elapsed();
             let t = std::time::Instant::now();
-            let (work, commit) = decide_batch(&items, k, mb, &facts, now);
+            let (work, commit, drafts) = decide_batch(&items, k, mb, &facts, now);
             let decided = t.elapsed();
             let t = std::time::Instant::now();
             let result = self.store.commit(&commit, now).await;
@@ -545,13 +547,15 @@ impl Pipeline {
                 // decide again with fresh facts.
                 Err(StoreError::Conflict(_)) if attempt < 5 => attempt += 1,
                 Err(e) => return Err(e.into()),
-                Ok(()) => break (work, commit, gathered, decided, committed),
+                Ok(()) => break ((work, drafts), commit, gathered, decided, committed),
             }
         };
+        let (work, mut drafts) = work;
         let work: Vec<Work> = work
             .into_iter()
             .zip(items)
             .map(|((step, outcome), item)| Work {
+                draft: drafts.remove(&item.key),
                 item,
                 step,
                 outcome,
@@ -613,6 +617,9 @@ async fn lookups(k: &Knowledge, items: &mut [Item], stored: &crate::record::Stor
     futures::future::join_all(jobs).await;
 }
 
+/// Draft answers of a batch (formatted messages), by message key.
+type Drafts = HashMap<String, Vec<u8>>;
+
 /// Decides a whole batch: the steps for the act stage and the one commit
 /// that records them. Pure but for the clock passed in.
 fn decide_batch(
@@ -621,9 +628,10 @@ fn decide_batch(
     mb: &MailboxInfo,
     f: &facts::BatchFacts,
     now: i64,
-) -> (Vec<(Step, Outcome)>, Commit) {
+) -> (Vec<(Step, Outcome)>, Commit, Drafts) {
     let mut ledger = Ledger::default();
     let mut commit = Commit::default();
+    let mut drafts = Drafts::new();
     let mut out = Vec::with_capacity(items.len());
     // Keys decided earlier in this batch (a message delivered twice).
     let mut seen: HashMap<&str, String> = HashMap::new();
@@ -736,6 +744,21 @@ fn decide_batch(
         );
         e.rep = p.rep.clone();
         commit.audit.push(e);
+        if let (Some(draft), Some((faq, template))) = (&p.draft, &p.decision.draft) {
+            let mut e = audit.event(
+                "draft",
+                format!(
+                    "draft answer {template} (FAQ entry {faq}) stored next to the message in {} as <{}>, for a person to review and send",
+                    p.folder, draft.message_id
+                ),
+                None,
+                p.ticket.as_deref(),
+                p.queue.as_deref(),
+            );
+            e.rep = p.rep.clone();
+            commit.audit.push(e);
+            drafts.insert(item.key.clone(), draft.raw.clone());
+        }
         let mut write = MessageWrite {
             key: item.key.clone(),
             mailbox: mb.name.clone(),
@@ -800,7 +823,7 @@ fn decide_batch(
         out.push((step, o));
     }
     ledger_into_commit(&ledger, f, &mut commit);
-    (out, commit)
+    (out, commit, drafts)
 }
 
 /// Audit records about one message.

@@ -331,3 +331,62 @@ async fn unparseable_mail_is_parked_not_lost() {
     assert!(out.iter().all(|o| o.verdict == "park"), "{out:?}");
     assert_eq!(env.md.list("Parked").len(), 2);
 }
+
+/// A question close to an FAQ entry but not confidently answered gets no
+/// reply: a draft of the answer is stored next to it for a person.
+#[tokio::test]
+async fn close_matches_get_a_draft_for_the_person_not_a_reply() {
+    let config = format!(
+        "{}\n[faq]\nsuggest_threshold = 0.001\n",
+        crate::common::BASE_CONFIG
+    );
+    let rules = format!("{}\n", crate::common::BASE_RULES);
+    let mut env = Env::with_setup(Setup::with(&config, &rules)).await;
+    let raw = crate::common::message(
+        "",
+        "Phone",
+        "Hello, is somebody there on Saturday afternoons to talk to on the phone?",
+    );
+    env.deliver("1.q", &raw);
+    let out = env.run(env.outbox().await, Duration::from_secs(1)).await;
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].verdict, "route", "{}", out[0].why);
+    assert_eq!(env.sent_files(), 0, "a draft is never sent");
+    let folder = env.md.list("Queues/Support");
+    assert_eq!(
+        folder.len(),
+        2,
+        "the message and its draft: {folder:?}\n{:?}",
+        out[0].decision
+    );
+    let draft = folder
+        .iter()
+        .find(|p| p.to_string_lossy().ends_with(":2,DS"))
+        .unwrap_or_else(|| panic!("no draft (flag D) in {folder:?}"));
+    let text = std::fs::read_to_string(draft).unwrap_or_default();
+    assert!(text.contains("Subject: Re: Phone"), "{text}");
+    assert!(
+        text.contains("To: \"Jane Doe\" <jane@customer.example>"),
+        "{text}"
+    );
+    let events: Vec<(String, String)> =
+        sqlx::query_as("SELECT event, detail FROM audit ORDER BY id")
+            .fetch_all(env.store.pool())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        events
+            .iter()
+            .any(|(e, d)| e == "draft" && d.contains("for a person to review")),
+        "{events:?}"
+    );
+    // Automatic mail never gets a draft.
+    let auto = crate::common::message(
+        "Auto-Submitted: auto-generated",
+        "Phone 2",
+        "Is somebody there on Saturday?",
+    );
+    env.deliver("2.q", &auto);
+    env.run(env.outbox().await, Duration::from_secs(1)).await;
+    assert_eq!(env.md.list("Queues/Support").len(), 2);
+}
