@@ -15,3 +15,14 @@ ALTER TABLE conversations ADD COLUMN breaches BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE conversations ADD COLUMN closed_at BIGINT;
 ALTER TABLE conversations ADD COLUMN checked_in_at BIGINT;
 CREATE INDEX conversations_due ON conversations (due_at);
+-- Draft answers stored for people, and what became of them.
+CREATE TABLE drafts (
+    draft_id   TEXT PRIMARY KEY,
+    ticket     TEXT,
+    message_key TEXT NOT NULL,
+    text       TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    outcome    TEXT,
+    outcome_at BIGINT
+);
+CREATE INDEX drafts_ticket ON drafts (ticket);

@@ -565,6 +565,8 @@ pub async fn stats(a: StatsArgs) -> anyhow::Result<ExitCode> {
     }
     let away = store.away(now_ms()).await?;
     let sla = store.sla_stats(since, now_ms()).await?;
+    let drafts = store.draft_stats(since).await?;
+    let draft_n = |o: &str| drafts.iter().find(|d| d.0 == o).map_or(0, |d| d.1);
     let attainment = |s: &switchboard::record::sla::SlaStats| {
         (s.with_deadline > 0).then(|| s.met as f64 / s.with_deadline as f64)
     };
@@ -608,6 +610,13 @@ pub async fn stats(a: StatsArgs) -> anyhow::Result<ExitCode> {
                 "breaches": s.breaches,
                 "overdue_now": s.overdue,
             })).collect::<Vec<_>>(),
+            "drafts": {
+                "written": drafts.iter().map(|d| d.1).sum::<i64>(),
+                "sent_unchanged": draft_n("sent_unchanged"),
+                "edited": draft_n("edited"),
+                "not_used": draft_n("not_used"),
+                "open": draft_n("open"),
+            },
             "live_error": live_error,
         });
         println!("{v}");
@@ -643,6 +652,16 @@ pub async fn stats(a: StatsArgs) -> anyhow::Result<ExitCode> {
             q.strategy.as_str(),
             open(&q.folder),
             open(&q.escalation_folder)
+        );
+    }
+    if !drafts.is_empty() {
+        println!(
+            "Drafts for people: {} written — {} sent unchanged, {} edited, {} not used, {} open",
+            drafts.iter().map(|d| d.1).sum::<i64>(),
+            draft_n("sent_unchanged"),
+            draft_n("edited"),
+            draft_n("not_used"),
+            draft_n("open")
         );
     }
     if !sla.is_empty() {

@@ -39,6 +39,8 @@ pub struct Facts {
     pub auto_replies: HashSet<String>,
     /// Message-IDs of people's replies seen in a watched mailbox.
     pub staff_replies: HashSet<String>,
+    /// Open drafts by ticket: (draft Message-ID, text).
+    pub drafts: HashMap<String, (String, String)>,
     pub threads: HashMap<String, Thread>,
     pub replies: ReplyHistory,
     /// Away marks and open loads of the team.
@@ -66,6 +68,8 @@ pub struct Ledger {
     pub loads: HashMap<String, u32>,
     /// Message-IDs of people's replies (recorded as such).
     pub staff_ids: HashSet<String>,
+    /// What became of drafts: (draft Message-ID, outcome).
+    pub draft_outcomes: Vec<(String, String)>,
 }
 
 /// How a batch changes one conversation.
@@ -96,8 +100,9 @@ pub struct Planned {
     pub decision: Decision,
     /// The reply to send, when the decision is to reply.
     pub reply: Option<crate::act::reply::Outgoing>,
-    /// A draft answer for the person, when the decision has one.
-    pub draft: Option<crate::act::reply::Outgoing>,
+    /// A draft answer for the person, when the decision has one: its
+    /// text and the message.
+    pub draft: Option<(String, crate::act::reply::Outgoing)>,
     pub ticket: Option<String>,
     pub assignment: Option<Assignment>,
     pub folder: String,
@@ -261,6 +266,7 @@ fn staff_reply(
     m: &Message,
     k: &Knowledge,
     ledger: &mut Ledger,
+    facts: &Facts,
     ticket: String,
     by: String,
     mailbox_folders: &crate::config::Folders,
@@ -269,8 +275,22 @@ fn staff_reply(
         Some(r) => format!("{} ({})", r.name, r.id),
         None => "the team (from our address)".into(),
     };
-    let why =
+    let mut why =
         format!("a person's answer in {ticket} by {who}: the conversation waits for the customer");
+    // The draft we stored for this conversation: sent as it was, edited,
+    // or not used?
+    if let Some((id, text)) = facts.drafts.get(&ticket)
+        && !ledger.draft_outcomes.iter().any(|(d, _)| d == id)
+    {
+        let outcome = draft_outcome(text, &m.body_full);
+        why.push_str(&format!(
+            "; the draft answer was {}",
+            outcome.replace('_', " ")
+        ));
+        ledger
+            .draft_outcomes
+            .push((id.clone(), outcome.to_string()));
+    }
     let change = ledger.threads.entry(ticket.clone()).or_default();
     change.human_reply = true;
     change.since_human_reset = Some(0);
@@ -298,6 +318,32 @@ fn staff_reply(
         rep: None,
         human_replied: true,
         why,
+    }
+}
+
+/// How a person's answer relates to the draft we wrote: `sent_unchanged`
+/// (practically all of the draft's words and little else), `edited`
+/// (a good part of it), or `not_used`.
+pub fn draft_outcome(draft: &str, answer: &str) -> &'static str {
+    let words = |t: &str| -> HashSet<String> {
+        t.split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(str::to_lowercase)
+            .collect()
+    };
+    let (d, a) = (words(draft), words(answer));
+    if d.is_empty() || a.is_empty() {
+        return "not_used";
+    }
+    let common = d.intersection(&a).count() as f64;
+    let kept = common / d.len() as f64;
+    let extra = 1.0 - common / a.len() as f64;
+    if kept >= 0.95 && extra <= 0.1 {
+        "sent_unchanged"
+    } else if kept >= 0.4 {
+        "edited"
+    } else {
+        "not_used"
     }
 }
 
@@ -356,7 +402,7 @@ pub fn plan(
                 .flatten()
         });
         if let Some(t) = known {
-            return staff_reply(m, k, ledger, t, by, mailbox_folders);
+            return staff_reply(m, k, ledger, facts, t, by, mailbox_folders);
         }
     }
     let existing = ticket.as_deref().and_then(|t| ledger.thread(facts, t));
@@ -443,7 +489,7 @@ pub fn plan(
                     };
                     crate::pipeline::build_reply(m, &as_reply, k, ticket.as_deref())
                         .ok()
-                        .map(|(_, out)| out)
+                        .map(|(r, out)| (r.text, out))
                 })
         }
         _ => None,

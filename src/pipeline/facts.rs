@@ -113,6 +113,7 @@ pub async fn gather<S: MailSource>(
         tickets: stored.tickets.clone(),
         auto_replies: stored.auto_replies.clone(),
         staff_replies: stored.staff_replies.clone(),
+        drafts: stored.drafts.clone(),
         threads: stored
             .conversations
             .iter()

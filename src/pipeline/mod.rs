@@ -744,7 +744,7 @@ fn decide_batch(
         );
         e.rep = p.rep.clone();
         commit.audit.push(e);
-        if let (Some(draft), Some((faq, template))) = (&p.draft, &p.decision.draft) {
+        if let (Some((text, draft)), Some((faq, template))) = (&p.draft, &p.decision.draft) {
             let mut e = audit.event(
                 "draft",
                 format!(
@@ -758,6 +758,12 @@ fn decide_batch(
             e.rep = p.rep.clone();
             commit.audit.push(e);
             drafts.insert(item.key.clone(), draft.raw.clone());
+            commit.drafts.push((
+                draft.message_id.clone(),
+                p.ticket.clone(),
+                item.key.clone(),
+                text.clone(),
+            ));
         }
         let mut write = MessageWrite {
             key: item.key.clone(),
@@ -965,6 +971,9 @@ fn ledger_into_commit(ledger: &Ledger, f: &facts::BatchFacts, commit: &mut Commi
             due: c.due,
         });
     }
+    commit
+        .draft_outcomes
+        .extend(ledger.draft_outcomes.iter().cloned());
     let mut ids: Vec<(&String, &String)> = ledger.ids.iter().collect();
     ids.sort();
     for (id, ticket) in ids {

@@ -91,6 +91,8 @@ pub struct StoredFacts {
     /// Message-IDs of people's replies (a representative, or someone
     /// writing as us), seen in a watched mailbox.
     pub staff_replies: HashSet<String>,
+    /// Open drafts by ticket: (draft Message-ID, text).
+    pub drafts: HashMap<String, (String, String)>,
     /// Conversations by ticket.
     pub conversations: HashMap<String, Conversation>,
     /// Named counters (ticket numbers, round-robin positions).
@@ -185,6 +187,11 @@ pub struct Commit {
     pub thread_ids: Vec<(String, String, bool)>,
     /// (Message-ID, ticket) of people's replies.
     pub staff_ids: Vec<(String, String)>,
+    /// Draft answers stored for people: (draft Message-ID, ticket,
+    /// message key, text).
+    pub drafts: Vec<(String, Option<String>, String, String)>,
+    /// What became of drafts: (draft Message-ID, outcome).
+    pub draft_outcomes: Vec<(String, String)>,
     pub counters: Vec<CounterWrite>,
     pub audit: Vec<AuditEvent>,
 }
@@ -463,6 +470,20 @@ impl Store {
                 let c = super::conversation_row(&r)?;
                 f.conversations.insert(c.ticket.clone(), c);
             }
+            let sql = format!(
+                "SELECT draft_id, ticket, text FROM drafts WHERE outcome IS NULL AND ticket IN ({})",
+                list(chunk.len(), 1)
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(self.sql(sql)));
+            for t in chunk {
+                q = q.bind(t);
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                f.drafts.insert(
+                    r.try_get("ticket")?,
+                    (r.try_get("draft_id")?, r.try_get("text")?),
+                );
+            }
         }
         if !counters.is_empty() {
             let sql = format!(
@@ -701,6 +722,29 @@ impl Store {
                 q = q.bind(id).bind(t).bind(i64::from(*auto));
             }
             q.execute(&mut *tx).await?;
+        }
+        for (id, ticket, key, text) in &c.drafts {
+            sqlx::query(
+                "INSERT INTO drafts (draft_id, ticket, message_key, text, created_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (draft_id) DO NOTHING",
+            )
+            .bind(id)
+            .bind(ticket)
+            .bind(key)
+            .bind(text)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (id, outcome) in &c.draft_outcomes {
+            sqlx::query(
+                "UPDATE drafts SET outcome = $1, outcome_at = $2 WHERE draft_id = $3 AND outcome IS NULL",
+            )
+            .bind(outcome)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         }
         for chunk in c.staff_ids.chunks(CHUNK) {
             let sql = format!(

@@ -224,6 +224,21 @@ impl Store {
         Ok(())
     }
 
+    /// Drafts written since `since`, by what became of them
+    /// (`sent_unchanged`, `edited`, `not_used`, `open`).
+    pub async fn draft_stats(&self, since: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT COALESCE(outcome, 'open') AS outcome, COUNT(*) AS n FROM drafts \
+             WHERE created_at >= $1 GROUP BY 1 ORDER BY 1",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("outcome")?, r.try_get("n")?)))
+            .collect()
+    }
+
     /// First-response attainment, breaches and overdue conversations per
     /// queue, for conversations opened since `since`.
     pub async fn sla_stats(&self, since: i64, now: i64) -> Result<Vec<SlaStats>, StoreError> {

@@ -340,7 +340,10 @@ async fn close_matches_get_a_draft_for_the_person_not_a_reply() {
         "{}\n[faq]\nsuggest_threshold = 0.001\n",
         crate::common::BASE_CONFIG
     );
-    let rules = format!("{}\n", crate::common::BASE_RULES);
+    let rules = format!(
+        "{}\n[[rep]]\nid = \"ann\"\nname = \"Ann\"\nemail = \"ann@shop.example\"\n",
+        crate::common::BASE_RULES
+    );
     let mut env = Env::with_setup(Setup::with(&config, &rules)).await;
     let raw = crate::common::message(
         "",
@@ -380,6 +383,46 @@ async fn close_matches_get_a_draft_for_the_person_not_a_reply() {
             .any(|(e, d)| e == "draft" && d.contains("for a person to review")),
         "{events:?}"
     );
+    // Ann sends the draft as it was (Cc to the shared address): recorded.
+    let body = text
+        .split("\r\n\r\n")
+        .skip(1)
+        .collect::<Vec<_>>()
+        .join("\r\n\r\n");
+    let original_id = String::from_utf8_lossy(&raw)
+        .split("Message-ID: <")
+        .nth(1)
+        .and_then(|s| s.split('>').next())
+        .unwrap_or_default()
+        .to_string();
+    let answer = format!(
+        "From: Ann <ann@shop.example>\r\nTo: jane@customer.example\r\nCc: support@shop.example\r\nSubject: Re: Phone\r\nMessage-ID: <ann-1@shop.example>\r\nIn-Reply-To: <{original_id}>\r\nDate: Mon, 23 Nov 2026 11:00:00 +0000\r\n\r\n{body}"
+    );
+    env.deliver("3.a", answer.as_bytes());
+    let out = env.run(env.outbox().await, Duration::from_secs(1)).await;
+    assert_eq!(out[0].verdict, "staff_reply", "{}", out[0].why);
+    assert!(
+        out[0].why.contains("the draft answer was sent unchanged"),
+        "{}",
+        out[0].why
+    );
+    let outcome: Option<String> = sqlx::query_scalar("SELECT outcome FROM drafts")
+        .fetch_one(env.store.pool())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(outcome.as_deref(), Some("sent_unchanged"));
+    use switchboard::decide::plan::draft_outcome;
+    let draft =
+        "Hello Jane, we are open from nine to five on weekdays and ten to two on Saturdays.";
+    assert_eq!(draft_outcome(draft, draft), "sent_unchanged");
+    assert_eq!(
+        draft_outcome(
+            draft,
+            "Hi Jane, we are open nine to five on weekdays; on Saturdays we are closed, sorry."
+        ),
+        "edited"
+    );
+    assert_eq!(draft_outcome(draft, "Please call our hotline."), "not_used");
     // Automatic mail never gets a draft.
     let auto = crate::common::message(
         "Auto-Submitted: auto-generated",
@@ -389,4 +432,11 @@ async fn close_matches_get_a_draft_for_the_person_not_a_reply() {
     env.deliver("2.q", &auto);
     env.run(env.outbox().await, Duration::from_secs(1)).await;
     assert_eq!(env.md.list("Queues/Support").len(), 2);
+    assert!(
+        !env.md
+            .list("Ignored")
+            .iter()
+            .any(|p| p.to_string_lossy().contains(":2,D")),
+        "no draft for automatic mail"
+    );
 }
