@@ -4,8 +4,10 @@
 # Usage: scripts/bench-imap.sh [N] [LATENCY_N]
 #   N          messages seeded into the support INBOX for the backlog run
 #              (default 10000)
-#   LATENCY_N  messages delivered one by one over LMTP while the daemon
-#              waits in IDLE (default 300)
+#   LATENCY_N  messages delivered one by one over LMTP, 20-80 ms apart,
+#              while the daemon waits in IDLE (default 300); then LAT_SOLO
+#              (environment, default 30) messages 0.8 s apart, each alone
+#              in its notification
 #
 # It starts private servers with tests/harness/mailservers.sh, uses the
 # shipped rules/, rules/faq/ and templates/ with the demo company settings,
@@ -15,11 +17,14 @@
 #      /proc), and where the messages ended up;
 #   2. delivery -> action latency with IDLE: time from the LMTP delivery
 #      being acknowledged by Dovecot to switchboard recording the message as
-#      done (moved, or answered and moved), p50/p90/p99/max.
+#      done (moved, or answered and moved), p50/p90/p99/max; and
+#      switchboard's own share of it: from Dovecot's IDLE notification to
+#      the end of the pass that filed the mail.
 #
 # The seeded mail is a mix drawn from the demo corpus (routine questions,
 # complaints, automatic mail, non-English...), each copy with a unique
 # Message-ID and sender so that per-sender reply limits do not mask work.
+# SB_WRAP="perf record -g -o /tmp/sb.perf" prefixes the route-only runs.
 # With COMPARE=R, then R interleaved rounds of imapfilter (server-side
 # SEARCH + MOVE rules) and switchboard route-only on the same N messages.
 # Requires root (the harness stores mail as the `mail` user) and python3.
@@ -28,6 +33,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 N=${1:-10000}
 LAT_N=${2:-300}
+LAT_SOLO=${LAT_SOLO:-30}
 PY=/usr/bin/python3
 [ -x "$PY" ] || PY=python3
 
@@ -156,38 +162,81 @@ PY
 INBOX_LEFT=$(find "$INBOX/new" "$INBOX/cur" -type f | wc -l)
 echo "  left in INBOX: $INBOX_LEFT"
 
-echo "latency run: $LAT_N deliveries over LMTP while the daemon idles..." >&2
-"$BIN" run --config switchboard.toml 2>"$WORK/daemon.log" &
+echo "latency run: $LAT_N deliveries 20-80 ms apart, then $LAT_SOLO one at a time, while the daemon idles..." >&2
+SWITCHBOARD_LOG_FORMAT=json RUST_LOG=${LAT_LOG:-info,switchboard::daemon=debug} \
+    "$BIN" run --config switchboard.toml 2>"$WORK/daemon.log" &
 DAEMON_PID=$!
 sleep 2
-"$PY" - "$LMTP_PORT" "$LAT_N" "$ROOT/examples/demo/Maildir/new" <<'PY'
-import os, random, smtplib, sqlite3, sys, time
-port, n, src = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+"$PY" - "$LMTP_PORT" "$LAT_N" "$LAT_SOLO" "$WORK/daemon.log" <<'PY'
+import datetime, json, random, smtplib, sqlite3, sys, time
+port, n, solo, log = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 db = sqlite3.connect("state.db")
-sent = {}
-for i in range(n):
-    mid = f"lat-{i}@bench.test"
-    body = (f"From: Lat Customer {i} <lat{i}@customer.test>\r\nTo: support@example.test\r\n"
-            f"Subject: {'What are your opening hours?' if i % 2 else 'My parcel arrived damaged'}\r\n"
-            f"Message-ID: <{mid}>\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\n\r\n"
-            "Hello, could you help me with this? Thanks, Lat\r\n")
-    with smtplib.LMTP("127.0.0.1", port) as s:
-        s.sendmail(f"lat{i}@customer.test", ["support@example.test"], body)
-    sent[mid] = time.time()
-    time.sleep(random.uniform(0.02, 0.08))
-deadline = time.time() + 60
-lat = {}
-while time.time() < deadline and len(lat) < n:
-    for mid, at in db.execute("select message_id, updated_at from messages where state = 'done' and message_id like 'lat-%'"):
-        if mid in sent:
-            lat[mid] = at / 1000.0 - sent[mid]
-    time.sleep(0.2)
-v = sorted(lat.values())
-if not v:
-    sys.exit("no message was handled")
-q = lambda p: v[min(len(v) - 1, int(p * len(v)))] * 1000
-print(f"latency: {len(v)}/{n} handled; p50 {q(0.5):.0f} ms, p90 {q(0.9):.0f} ms, p99 {q(0.99):.0f} ms, max {v[-1] * 1000:.0f} ms")
+
+def deliver(prefix, count, gap):
+    sent = {}
+    for i in range(count):
+        mid = f"{prefix}-{i}@bench.test"
+        body = (f"From: Lat Customer {i} <{prefix}{i}@customer.test>\r\nTo: support@example.test\r\n"
+                f"Subject: {'What are your opening hours?' if i % 2 else 'My parcel arrived damaged'}\r\n"
+                f"Message-ID: <{mid}>\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\n\r\n"
+                "Hello, could you help me with this? Thanks, Lat\r\n")
+        with smtplib.LMTP("127.0.0.1", port) as s:
+            s.sendmail(f"{prefix}{i}@customer.test", ["support@example.test"], body)
+        sent[mid] = time.time()
+        time.sleep(gap())
+    deadline = time.time() + 60
+    done = {}
+    while time.time() < deadline and len(done) < count:
+        for mid, at in db.execute("select message_id, updated_at from messages where state = 'done' and message_id like ?", (prefix + "-%",)):
+            if mid in sent:
+                done[mid] = at / 1000.0
+        time.sleep(0.2)
+    return sent, done
+
+def wakes():
+    out = []
+    for line in open(log, errors="replace"):
+        try:
+            j = json.loads(line)
+        except ValueError:
+            continue
+        if j.get("fields", {}).get("message") == "woken by the server":
+            t = datetime.datetime.fromisoformat(j["timestamp"].replace("Z", "+00:00"))
+            out.append(t.timestamp())
+    return sorted(out)
+
+def pct(v):
+    v = sorted(v)
+    q = lambda p: v[min(len(v) - 1, int(p * len(v)))] * 1000
+    return f"p50 {q(0.5):.0f} ms, p90 {q(0.9):.0f} ms, p99 {q(0.99):.0f} ms, max {v[-1] * 1000:.0f} ms"
+
+def report(name, sent, done, count):
+    if not done:
+        sys.exit(f"{name}: no message was handled")
+    lat = [done[m] - sent[m] for m in done]
+    print(f"latency ({name}): {len(done)}/{count} handled; delivery -> done {pct(lat)}")
+    # Our own share: from the last IDLE notification before the message was
+    # done to the message being done.
+    # A message delivered while a pass was running and picked up by it
+    # without a notification counts from its delivery.
+    ws = wakes()
+    own = []
+    for m, at in done.items():
+        before = [w for w in ws if w <= at]
+        own.append(at - max([sent[m]] + before[-1:]))
+    if own:
+        print(f"  own share (notification -> done): {len(own)} messages; {pct(own)}")
+    else:
+        print("  own share: no notification recorded (server without IDLE?)")
+
+if n:
+    sent, done = deliver("lat", n, lambda: random.uniform(0.02, 0.08))
+    report("bursts", sent, done, n)
+if solo:
+    sent, done = deliver("solo", solo, lambda: 0.8)
+    report("one at a time", sent, done, solo)
 PY
+[ -n "${SAVE_LOG:-}" ] && cp "$WORK/daemon.log" "$SAVE_LOG"
 
 # Optional: COMPARE=3 runs that many interleaved rounds of imapfilter (six
 # server-side SEARCH + MOVE rules, no bodies read, nothing recorded) and
@@ -221,8 +270,9 @@ EOF2
         seed_inbox
         rm -f "$WORK"/state.db*
         /usr/bin/time -o "$WORK/time" -f "round $r switchboard: %e s, peak RSS %M KB" \
-            "$BIN" run --once --config switchboard.toml 2>"$WORK/once.log" >/dev/null ||
+            ${SB_WRAP:-} "$BIN" run --once --config switchboard.toml 2>"$WORK/once.log" >/dev/null ||
             { tail -5 "$WORK/once.log"; exit 1; }
         cat "$WORK/time" >&2
+        [ -n "${SAVE_ONCE:-}" ] && cp "$WORK/once.log" "$SAVE_ONCE.$r"
     done
 fi

@@ -430,6 +430,25 @@ fn raw_features(ws: &[String], stem: &rust_stemmers::Stemmer) -> (Vec<String>, V
 /// A sparse vector: (feature, value), sorted by feature.
 type Sparse = Vec<(u32, f32)>;
 
+/// Term counts of a word list in the two feature blocks (word features,
+/// character features), with the list's stemmed words.
+#[derive(Debug, Default, Clone)]
+struct Counts {
+    tf: [HashMap<u32, u32>; 2],
+    stems: Vec<String>,
+}
+
+impl Counts {
+    fn add(&mut self, other: &Counts) {
+        for (mine, theirs) in self.tf.iter_mut().zip(&other.tf) {
+            for (k, v) in theirs {
+                *mine.entry(*k).or_default() += v;
+            }
+        }
+        self.stems.extend(other.stems.iter().cloned());
+    }
+}
+
 /// TF-IDF vocabulary of the two feature blocks.
 #[derive(Debug, Default)]
 struct Vocab {
@@ -516,26 +535,25 @@ impl Vocab {
     /// Sparse unit vector of a word list, computed without allocating per
     /// feature: every n-gram is looked up from one reused buffer, so the
     /// memory a question needs is bounded by its distinct known features.
+    #[cfg(test)]
     fn vector_words(&self, ws: &[String], stem: &rust_stemmers::Stemmer) -> Sparse {
-        let mut tf: [HashMap<u32, u32>; 2] = [HashMap::default(), HashMap::default()];
+        self.normalise(self.counts(ws, stem).tf)
+    }
+
+    /// Term counts of a word list (both blocks) with its stemmed words.
+    fn counts(&self, ws: &[String], stem: &rust_stemmers::Stemmer) -> Counts {
+        let mut c = Counts::default();
         let mut buf = String::new();
-        let mut prev: Option<String> = None;
         let mut padded: Vec<char> = Vec::new();
         for w in ws {
             let stemmed = stem.stem(w).into_owned();
             if let Some(&i) = self.word.get(stemmed.as_str()) {
-                *tf[0].entry(i).or_default() += 1;
+                *c.tf[0].entry(i).or_default() += 1;
             }
-            if let Some(p) = &prev {
-                buf.clear();
-                buf.push_str(p);
-                buf.push(' ');
-                buf.push_str(&stemmed);
-                if let Some(&i) = self.word.get(buf.as_str()) {
-                    *tf[0].entry(i).or_default() += 1;
-                }
+            if let Some(p) = c.stems.last() {
+                self.count_pair(p, &stemmed, &mut buf, &mut c.tf[0]);
             }
-            prev = Some(stemmed);
+            c.stems.push(stemmed);
             padded.clear();
             padded.push(' ');
             padded.extend(w.chars());
@@ -548,12 +566,41 @@ impl Vocab {
                     buf.clear();
                     buf.extend(win);
                     if let Some(&i) = self.chars.get(buf.as_str()) {
-                        *tf[1].entry(i).or_default() += 1;
+                        *c.tf[1].entry(i).or_default() += 1;
                     }
                 }
             }
         }
-        self.normalise(tf)
+        c
+    }
+
+    /// Counts the word pair `a b` when the vocabulary has it.
+    fn count_pair(&self, a: &str, b: &str, buf: &mut String, tf: &mut HashMap<u32, u32>) {
+        buf.clear();
+        buf.push_str(a);
+        buf.push(' ');
+        buf.push_str(b);
+        if let Some(&i) = self.word.get(buf.as_str()) {
+            *tf.entry(i).or_default() += 1;
+        }
+    }
+
+    /// The counts of word lists joined end to end, from their separate
+    /// counts: the same as counting the joined list, without looking up
+    /// every n-gram again (only the word pairs across each join are new).
+    fn join<'a>(&self, parts: impl Iterator<Item = &'a Counts>) -> Counts {
+        let mut out = Counts::default();
+        let mut buf = String::new();
+        for part in parts {
+            let (Some(first), Some(prev)) = (part.stems.first(), out.stems.last()) else {
+                out.add(part);
+                continue;
+            };
+            let (first, prev) = (first.clone(), prev.clone());
+            self.count_pair(&prev, &first, &mut buf, &mut out.tf[0]);
+            out.add(part);
+        }
+        out
     }
 
     /// Per block `(1 + ln tf) · idf`, L2-normalised, each block scaled by
@@ -847,6 +894,19 @@ impl Knn {
     /// The highest cosine similarity to an example of each class.
     fn per_class_max(&self, q: &Sparse) -> Vec<f32> {
         self.neighbours(q).0
+    }
+
+    /// The highest cosine similarity to any example.
+    fn best_similarity(&self, q: &Sparse) -> f32 {
+        let mut acc = vec![0f32; self.labels.len()];
+        for &(f, v) in q {
+            if let Some(list) = self.postings.get(f as usize) {
+                for &(e, w) in list {
+                    acc[e as usize] += v * w;
+                }
+            }
+        }
+        acc.into_iter().fold(0f32, f32::max)
     }
 
     /// The highest cosine similarity to an example of each class, and the
@@ -1177,27 +1237,39 @@ impl Matcher {
         }
     }
 
-    fn score(&self, ws: &[String], stem: &rust_stemmers::Stemmer) -> Scored {
-        let x = self.vocab.vector_words(ws, stem);
-        let content: Vec<&String> = ws.iter().filter(|w| is_content(w)).collect();
+    /// Scores a word list from its counts (see [`Vocab::counts`]).
+    fn score(&self, ws: &[String], counts: Counts) -> Scored {
+        let content: Vec<(&String, &String)> = ws
+            .iter()
+            .zip(&counts.stems)
+            .filter(|(w, _)| is_content(w))
+            .collect();
         let known = if content.is_empty() {
             0.0
         } else {
-            content.iter().filter(|w| self.speller.knows(w)).count() as f64 / content.len() as f64
+            content
+                .iter()
+                .filter(|(w, _)| self.speller.knows(w))
+                .count() as f64
+                / content.len() as f64
         };
         let terms = content
             .iter()
-            .map(|w| {
-                let st = stem.stem(w).into_owned();
+            .map(|(_, st)| {
                 let idf = self
                     .vocab
                     .word
                     .get(st.as_str())
                     .and_then(|i| self.vocab.idf.get(*i as usize))
                     .map(|v| f64::from(*v));
-                (st, idf.unwrap_or(self.vocab.max_idf), idf.is_some())
+                (
+                    (*st).clone(),
+                    idf.unwrap_or(self.vocab.max_idf),
+                    idf.is_some(),
+                )
             })
             .collect();
+        let x = self.vocab.normalise(counts.tf);
         let z = self.model.logits(&x);
         let mut p = z.clone();
         softmax(&mut p);
@@ -1485,14 +1557,20 @@ impl FaqIndex {
                 ws
             })
             .collect();
+        // Each segment's terms are counted once: for setting aside and,
+        // joined, for scoring.
+        let seg_counts: Vec<Counts> = seg_words
+            .iter()
+            .map(|ws| m.vocab.counts(ws, &stem))
+            .collect();
         // Set aside sentences that resemble no example.
         let mut keep = vec![true; segments.len()];
         if segments.len() > 1 {
-            let rel: Vec<f32> = seg_words
+            let rel: Vec<f32> = seg_counts
                 .iter()
-                .map(|ws| {
-                    let x = m.vocab.vector_words(ws, &stem);
-                    m.knn.per_class_max(&x).into_iter().fold(0f32, f32::max)
+                .map(|c| {
+                    let x = m.vocab.normalise(c.tf.clone());
+                    m.knn.best_similarity(&x)
                 })
                 .collect();
             let best = rel.iter().copied().fold(0f32, f32::max);
@@ -1514,7 +1592,14 @@ impl FaqIndex {
         if ws.is_empty() {
             return None;
         }
-        let s = m.score(&ws, &stem);
+        let joined = m.vocab.join(
+            seg_counts
+                .iter()
+                .zip(&keep)
+                .filter(|(_, k)| **k)
+                .map(|(c, _)| c),
+        );
+        let s = m.score(&ws, joined);
         // The out-of-scope class (after the entries) is never a candidate.
         let mut order: Vec<usize> = (0..self.entries.len().min(s.p.len())).collect();
         order.sort_by(|a, b| s.p[*b].total_cmp(&s.p[*a]).then(a.cmp(b)));
@@ -1632,6 +1717,43 @@ mod tests {
         let (w, c) = raw_features(&words("card arrived"), &stemmer());
         assert_eq!(w, vec!["card", "arriv", "card arriv"]);
         assert!(c.contains(&" c".to_string()) && c.contains(&"card ".to_string()));
+    }
+
+    #[test]
+    fn joined_counts_equal_counting_the_joined_words() {
+        let stem = stemmer();
+        let texts = [
+            "where is my order",
+            "my order has not arrived",
+            "order arrived damaged",
+            "how do I reset my password",
+        ];
+        let (vocab, _) = Vocab::build(&texts, &stem);
+        let parts = [
+            words("Hello, where is my"),
+            Vec::new(),
+            words("order? It has not arrived"),
+            words("reset password"),
+        ];
+        let counts: Vec<Counts> = parts.iter().map(|p| vocab.counts(p, &stem)).collect();
+        let all: Vec<String> = parts.concat();
+        let whole = vocab.counts(&all, &stem);
+        let joined = vocab.join(counts.iter());
+        assert_eq!(joined.stems, whole.stems);
+        for b in 0..2 {
+            let mut a: Vec<_> = joined.tf[b].iter().collect();
+            let mut w: Vec<_> = whole.tf[b].iter().collect();
+            a.sort();
+            w.sort();
+            assert_eq!(a, w, "block {b}");
+        }
+        // "my order" crosses the first join: counted once, as in the whole.
+        let pair = vocab.word.get("my order").copied();
+        assert!(pair.is_some_and(|i| joined.tf[0].get(&i) == Some(&1)));
+        assert_eq!(
+            vocab.normalise(joined.tf.clone()),
+            vocab.vector_words(&all, &stem)
+        );
     }
 
     #[test]

@@ -74,6 +74,14 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
                     ],
                 )
             })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(
+                        "switchboard_wake_to_filed_seconds".into(),
+                    ),
+                    &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
+                )
+            })
             .and_then(|b| b.install());
         match built {
             Ok(()) => info!("metrics on http://{addr}/metrics"),

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub mod health;
 pub mod lease;
@@ -464,12 +464,29 @@ pub async fn run_imap(
             warn!(mailbox = %mb.name, old, new, "UIDVALIDITY changed: rescanning (already handled messages are recognised by Message-ID)");
         }
         uid_validity = imap.uid_validity;
+        // When the server last announced new mail (IDLE): the time from
+        // there to the end of the pass it started is switchboard's own
+        // share of the delivery latency.
+        let mut woke: Option<Instant> = None;
         loop {
             let mut idle_for = IDLE_PERIOD;
             let mut tally = Tally::default();
             let health = shared.health.clone();
             let mut r =
                 drain_with(&mut imap, &shared, &info, &mut |o| tally.see(&health, &o)).await;
+            if let Some(at) = woke.take()
+                && r.is_ok()
+                && tally.filed > 0
+            {
+                let took = at.elapsed();
+                metrics::histogram!("switchboard_wake_to_filed_seconds").record(took.as_secs_f64());
+                debug!(
+                    mailbox = %mb.name,
+                    filed = tally.filed,
+                    ms = took.as_secs_f64() * 1000.0,
+                    "filed after the server's notification"
+                );
+            }
             if r.is_ok() && !once {
                 r = follow_up(&mut imap, &shared, &info).await;
             }
@@ -517,7 +534,11 @@ pub async fn run_imap(
                     imap.logout().await;
                     return Ok(handled);
                 }
-                Ok(Wake::Changed | Wake::Timeout) => {}
+                Ok(Wake::Changed) => {
+                    debug!(mailbox = %mb.name, "woken by the server");
+                    woke = Some(Instant::now());
+                }
+                Ok(Wake::Timeout) => {}
                 Err(e) => {
                     let text = e.to_string();
                     shared.health.failed(&mb.name, e.kind(), &text, true);
