@@ -24,6 +24,7 @@
 # The seeded mail is a mix drawn from the demo corpus (routine questions,
 # complaints, automatic mail, non-English...), each copy with a unique
 # Message-ID and sender so that per-sender reply limits do not mask work.
+# BATCH sets the mailbox's batch_size (default 100, the product default).
 # SB_WRAP="perf record -g -o /tmp/sb.perf" prefixes the route-only runs.
 # With COMPARE=R, then R interleaved rounds of imapfilter (server-side
 # SEARCH + MOVE rules) and switchboard route-only on the same N messages.
@@ -37,9 +38,11 @@ LAT_SOLO=${LAT_SOLO:-30}
 PY=/usr/bin/python3
 [ -x "$PY" ] || PY=python3
 
-echo "building release binary..." >&2
-cargo build --release --quiet
-BIN=$ROOT/target/release/switchboard
+# PROFILE=dist measures the binary the Debian package ships (thin LTO).
+PROFILE=${PROFILE:-release}
+echo "building the $PROFILE binary..." >&2
+cargo build --profile "$PROFILE" --quiet
+BIN=$ROOT/target/$PROFILE/switchboard
 
 DIR=$(mktemp -d /tmp/sbbench.XXXXXX)
 chmod 0755 "$DIR"
@@ -98,7 +101,7 @@ password_file = "pw"
 batch_size = $1
 EOF
 }
-write_config 200
+write_config "${BATCH:-100}"
 
 INBOX=$MAILDIR_ROOT/example.test/support
 seed_inbox() { # a fresh support mailbox holding N messages

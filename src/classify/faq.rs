@@ -522,7 +522,7 @@ impl Vocab {
                         *tf[b].entry(remap[b][*id as usize]).or_default() += 1;
                     }
                 }
-                v.normalise(tf)
+                v.normalise(&tf)
             })
             .collect();
         (v, xs)
@@ -537,7 +537,7 @@ impl Vocab {
     /// memory a question needs is bounded by its distinct known features.
     #[cfg(test)]
     fn vector_words(&self, ws: &[String], stem: &rust_stemmers::Stemmer) -> Sparse {
-        self.normalise(self.counts(ws, stem).tf)
+        self.normalise(&self.counts(ws, stem).tf)
     }
 
     /// Term counts of a word list (both blocks) with its stemmed words.
@@ -605,15 +605,15 @@ impl Vocab {
 
     /// Per block `(1 + ln tf) · idf`, L2-normalised, each block scaled by
     /// 1/√2.
-    fn normalise(&self, tf: [HashMap<u32, u32>; 2]) -> Sparse {
+    fn normalise(&self, tf: &[HashMap<u32, u32>; 2]) -> Sparse {
         let mut out = Vec::new();
         for block in tf {
             if block.is_empty() {
                 continue;
             }
             let mut block: Sparse = block
-                .into_iter()
-                .map(|(i, c)| (i, (1.0 + (c as f32).ln()) * self.idf[i as usize]))
+                .iter()
+                .map(|(&i, &c)| (i, (1.0 + (c as f32).ln()) * self.idf[i as usize]))
                 .collect();
             block.sort_unstable_by_key(|(i, _)| *i);
             let norm = block.iter().map(|(_, v)| v * v).sum::<f32>().sqrt();
@@ -1269,7 +1269,7 @@ impl Matcher {
                 )
             })
             .collect();
-        let x = self.vocab.normalise(counts.tf);
+        let x = self.vocab.normalise(&counts.tf);
         let z = self.model.logits(&x);
         let mut p = z.clone();
         softmax(&mut p);
@@ -1569,7 +1569,7 @@ impl FaqIndex {
             let rel: Vec<f32> = seg_counts
                 .iter()
                 .map(|c| {
-                    let x = m.vocab.normalise(c.tf.clone());
+                    let x = m.vocab.normalise(&c.tf);
                     m.knn.best_similarity(&x)
                 })
                 .collect();
@@ -1750,10 +1750,7 @@ mod tests {
         // "my order" crosses the first join: counted once, as in the whole.
         let pair = vocab.word.get("my order").copied();
         assert!(pair.is_some_and(|i| joined.tf[0].get(&i) == Some(&1)));
-        assert_eq!(
-            vocab.normalise(joined.tf.clone()),
-            vocab.vector_words(&all, &stem)
-        );
+        assert_eq!(vocab.normalise(&joined.tf), vocab.vector_words(&all, &stem));
     }
 
     #[test]

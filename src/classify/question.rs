@@ -332,7 +332,10 @@ fn split_greeting(line: &str) -> Option<String> {
     let n = norm(line);
     let g = GREETINGS
         .iter()
-        .filter(|g| n == **g || n.starts_with(&format!("{g} ")))
+        .filter(|g| {
+            n.strip_prefix(**g)
+                .is_some_and(|r| r.is_empty() || r.starts_with(' '))
+        })
         .max_by_key(|g| g.len())?;
     // Where the greeting ends in the original text: after its words and
     // an optional addressee or name, at the first comma, colon, '!' or
@@ -377,7 +380,7 @@ fn is_sign_off(line: &str, sender: &[String]) -> bool {
         if n == *s {
             return true;
         }
-        let Some(rest) = n.strip_prefix(&format!("{s} ")) else {
+        let Some(rest) = n.strip_prefix(*s).and_then(|r| r.strip_prefix(' ')) else {
             return false;
         };
         // The rest of the line is a name (after the formula's punctuation).
@@ -390,6 +393,20 @@ fn is_sign_off(line: &str, sender: &[String]) -> bool {
         rest.split(' ').count() <= 3
             && (is_name(after.trim(), sender)
                 || rest.split(' ').all(|w| sender.contains(&w.to_string())))
+    })
+}
+
+/// Whether normalised text ends with an abbreviation ("e.g." is "e g"
+/// once normalised, "Mr." is "mr") as a word of its own: the full stop
+/// after it does not end a sentence.
+fn ends_with_abbreviation(n: &str) -> bool {
+    [
+        "e g", "i e", "mr", "mrs", "ms", "dr", "no", "nr", "etc", "st",
+    ]
+    .iter()
+    .any(|a| {
+        n.strip_suffix(a)
+            .is_some_and(|head| head.is_empty() || head.ends_with(' '))
     })
 }
 
@@ -406,9 +423,7 @@ fn sentences(text: &str) -> Vec<String> {
                 && chars.get(i + 1).is_some_and(|n| n.is_whitespace())
                 // "e.g. ", "Mr. ", "No. 5": not ends.
                 && !cur.trim_end_matches('.').ends_with(|ch: char| ch.is_uppercase() && cur.trim().len() < 4)
-                && !["e.g", "i.e", "mr", "mrs", "ms", "dr", "no", "nr", "etc", "st"]
-                    .iter()
-                    .any(|a| norm(&cur).ends_with(&format!(" {a}")) || norm(&cur) == *a);
+                && !ends_with_abbreviation(&norm(&cur));
             if end {
                 let t = cur.trim().to_string();
                 if !t.is_empty() {
@@ -497,6 +512,20 @@ mod tests {
 
     fn kept(body: &str, name: &str) -> Vec<String> {
         extract(None, body, name).sentences
+    }
+
+    #[test]
+    fn abbreviations_do_not_end_sentences() {
+        assert_eq!(
+            sentences(
+                "Some items, e.g. the mugs, are missing. Mr. Lee knows. See order no. 5 please."
+            ),
+            vec![
+                "Some items, e.g. the mugs, are missing.",
+                "Mr. Lee knows.",
+                "See order no. 5 please."
+            ]
+        );
     }
 
     #[test]
