@@ -24,6 +24,7 @@
 # The seeded mail is a mix drawn from the demo corpus (routine questions,
 # complaints, automatic mail, non-English...), each copy with a unique
 # Message-ID and sender so that per-sender reply limits do not mask work.
+# ROUTE_ONLY=1 skips runs 1 and 2 (only the COMPARE rounds).
 # BATCH sets the mailbox's batch_size (default 100, the product default).
 # SB_WRAP="perf record -g -o /tmp/sb.perf" prefixes the route-only runs.
 # With COMPARE=R, then R interleaved rounds of imapfilter (server-side
@@ -130,6 +131,8 @@ for i in range(n):
 PY
     chown -R mail:mail "$MAILDIR_ROOT"
 }
+cd "$WORK"
+if [ -z "${ROUTE_ONLY:-}" ]; then
 echo "seeding $N messages into $INBOX/new ..." >&2
 seed_inbox
 
@@ -240,14 +243,15 @@ if solo:
     report("one at a time", sent, done, solo)
 PY
 [ -n "${SAVE_LOG:-}" ] && cp "$WORK/daemon.log" "$SAVE_LOG"
+fi
 
 # Optional: COMPARE=3 runs that many interleaved rounds of imapfilter (six
 # server-side SEARCH + MOVE rules, no bodies read, nothing recorded) and
 # switchboard route-only (auto_reply = false, fresh state) on the same N.
 ROUNDS=${COMPARE:-0}
 if [ "$ROUNDS" -gt 0 ]; then
-    kill "$DAEMON_PID" 2>/dev/null || true
-    wait "$DAEMON_PID" 2>/dev/null || true
+    [ -n "${DAEMON_PID:-}" ] && kill "$DAEMON_PID" 2>/dev/null || true
+    [ -n "${DAEMON_PID:-}" ] && wait "$DAEMON_PID" 2>/dev/null || true
     DAEMON_PID=
     command -v imapfilter >/dev/null || { echo "imapfilter not installed (apt-get install imapfilter)" >&2; exit 1; }
     cat >"$WORK/imapfilter.lua" <<EOF2
