@@ -385,6 +385,15 @@ fn read_sql(t: &mut Table<'_>, base: &Path) -> Option<Backend> {
         } else {
             base.join(path).display().to_string()
         };
+        if !Path::new(&full).is_file() {
+            ctx.warning(
+                url.span.clone(),
+                format!(
+                    "the database {full} does not exist (yet): until it does, this lookup \
+                     fails and the messages that need it go to a person"
+                ),
+            );
+        }
         // Read-only, whatever the file's permissions.
         format!("sqlite://{full}?mode=ro")
     } else if url.value.starts_with("postgres://") || url.value.starts_with("postgresql://") {
@@ -443,5 +452,22 @@ fn read_command(t: &mut Table<'_>, base: &Path) -> Option<Backend> {
     if first.contains('/') && !Path::new(first.as_str()).is_absolute() {
         *first = base.join(first.as_str()).display().to_string();
     }
+    if first.contains('/') && !is_executable(Path::new(first.as_str())) {
+        if let Some(span) = c.first().map(|a| a.span.clone()) {
+            ctx.warning(
+                span,
+                format!(
+                    "{first} is not an executable file: until it is, this lookup fails \
+                     and the messages that need it go to a person"
+                ),
+            );
+        }
+    }
     Some(Backend::Command { argv })
+}
+
+/// Whether a path is a file someone may execute.
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }

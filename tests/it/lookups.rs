@@ -453,6 +453,11 @@ route = "billing"
             "secrets are never written in the config",
         ),
         (at("\"carrier-pigeon\""), "`kind` is one of"),
+        // A missing database is a warning (it may appear later), at the URL.
+        (
+            at("\"sqlite://orders.db\""),
+            "warning: the database T/orders.db does not exist (yet)",
+        ),
         (at("\"refnud\""), "lookup \"refnud\" is not defined"),
     ] {
         let needle = format!("{pos}{message}");
