@@ -452,16 +452,17 @@ fn read_command(t: &mut Table<'_>, base: &Path) -> Option<Backend> {
     if first.contains('/') && !Path::new(first.as_str()).is_absolute() {
         *first = base.join(first.as_str()).display().to_string();
     }
-    if first.contains('/') && !is_executable(Path::new(first.as_str())) {
-        if let Some(span) = c.first().map(|a| a.span.clone()) {
-            ctx.warning(
-                span,
-                format!(
-                    "{first} is not an executable file: until it is, this lookup fails \
-                     and the messages that need it go to a person"
-                ),
-            );
-        }
+    if first.contains('/')
+        && !is_executable(Path::new(first.as_str()))
+        && let Some(span) = c.first().map(|a| a.span.clone())
+    {
+        ctx.warning(
+            span,
+            format!(
+                "{first} is not an executable file: until it is, this lookup fails \
+                 and the messages that need it go to a person"
+            ),
+        );
     }
     Some(Backend::Command { argv })
 }
