@@ -292,14 +292,41 @@ fn follow_due(shared: &Shared, mb: &MailboxInfo) -> bool {
         || crate::pipeline::follow::has_deadlines(&shared.knowledge.borrow())
 }
 
+/// When the follow-through check of a mailbox last ran: it runs every
+/// `[daemon] sla_check`, not after every pass (a busy mailbox or a
+/// Maildir poll would otherwise check on every new message).
+#[derive(Debug, Default)]
+struct FollowClock {
+    last: Option<Instant>,
+}
+
+impl FollowClock {
+    /// Whether the check is due now (and, if so, records it as run).
+    fn due(&mut self, every: Duration) -> bool {
+        let now = Instant::now();
+        if self.last.is_some_and(|l| now.duration_since(l) < every) {
+            return false;
+        }
+        self.last = Some(now);
+        true
+    }
+
+    /// How long until the check is due again.
+    fn until_due(&self, every: Duration) -> Duration {
+        self.last
+            .map_or(Duration::ZERO, |l| every.saturating_sub(l.elapsed()))
+    }
+}
+
 /// Reminds and escalates overdue conversations (see
-/// [`crate::pipeline::follow`]).
+/// [`crate::pipeline::follow`]), at most every `sla_check`.
 async fn follow_up<S: MailSource>(
     src: &mut S,
     shared: &Shared,
     mb: &MailboxInfo,
+    clock: &mut FollowClock,
 ) -> Result<(), PipelineError> {
-    if !follow_due(shared, mb) {
+    if !follow_due(shared, mb) || !clock.due(shared.sla_check) {
         return Ok(());
     }
     let k = shared.knowledge.borrow().clone();
@@ -338,12 +365,13 @@ pub async fn run_maildir(
     shared.health.connected(&mb.name);
     let info = mailbox_info(&mb);
     let mut handled = 0;
+    let mut follow = FollowClock::default();
     loop {
         let mut tally = Tally::default();
         let health = shared.health.clone();
         let mut r = drain_with(&mut src, &shared, &info, &mut |o| tally.see(&health, &o)).await;
         if r.is_ok() && !once {
-            r = follow_up(&mut src, &shared, &info).await;
+            r = follow_up(&mut src, &shared, &info, &mut follow).await;
         }
         handled += tally.filed as usize;
         shared.health.checked(&mb.name, tally.checked, tally.filed);
@@ -426,6 +454,7 @@ pub async fn run_imap(
     let mut last_error: Option<String> = None;
     let mut handled = 0;
     let mut uid_validity: Option<u32> = None;
+    let mut follow = FollowClock::default();
     loop {
         if shared.stopping() {
             return Ok(handled);
@@ -488,10 +517,14 @@ pub async fn run_imap(
                 );
             }
             if r.is_ok() && !once {
-                r = follow_up(&mut imap, &shared, &info).await;
+                r = follow_up(&mut imap, &shared, &info, &mut follow).await;
             }
             if follow_due(&shared, &info) {
-                idle_for = idle_for.min(shared.sla_check);
+                idle_for = idle_for.min(
+                    follow
+                        .until_due(shared.sla_check)
+                        .max(Duration::from_millis(100)),
+                );
             }
             handled += tally.filed as usize;
             shared.health.checked(&mb.name, tally.checked, tally.filed);
@@ -721,4 +754,21 @@ fn spawn_mailbox(
         }),
     };
     handle.id()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn follow_through_runs_once_per_period_not_per_pass() {
+        let mut c = FollowClock::default();
+        let every = Duration::from_secs(30);
+        assert_eq!(c.until_due(every), Duration::ZERO, "due at start");
+        assert!(c.due(every), "the first pass checks");
+        assert!(!c.due(every), "a pass right after does not");
+        let left = c.until_due(every);
+        assert!(left > Duration::from_secs(29) && left <= every, "{left:?}");
+        assert!(c.due(Duration::ZERO), "a zero period is always due");
+    }
 }
