@@ -427,6 +427,16 @@ fn raw_features(ws: &[String], stem: &rust_stemmers::Stemmer) -> (Vec<String>, V
     (word, chars)
 }
 
+/// The key of a character n-gram in the vocabulary: a 64-bit hash of its
+/// text (two different n-grams of one FAQ sharing a key is a chance of
+/// about one in 10^10; it would only merge their weights).
+fn gram_key(gram: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = rustc_hash::FxHasher::default();
+    gram.hash(&mut h);
+    h.finish()
+}
+
 /// A sparse vector: (feature, value), sorted by feature.
 type Sparse = Vec<(u32, f32)>;
 
@@ -453,7 +463,9 @@ impl Counts {
 #[derive(Debug, Default)]
 struct Vocab {
     word: HashMap<String, u32>,
-    chars: HashMap<String, u32>,
+    /// Character n-grams by [`gram_key`]: looked up straight from the
+    /// question's text, without building a string per n-gram.
+    chars: HashMap<u64, u32>,
     idf: Vec<f32>,
     /// The IDF of a word no example uses.
     max_idf: f64,
@@ -509,7 +521,7 @@ impl Vocab {
                 if b == 0 {
                     v.word.insert(k, idx);
                 } else {
-                    v.chars.insert(k, idx);
+                    v.chars.insert(gram_key(&k), idx);
                 }
             }
         }
@@ -544,7 +556,8 @@ impl Vocab {
     fn counts(&self, ws: &[String], stem: &rust_stemmers::Stemmer) -> Counts {
         let mut c = Counts::default();
         let mut buf = String::new();
-        let mut padded: Vec<char> = Vec::new();
+        let mut padded = String::new();
+        let mut bounds: Vec<usize> = Vec::new();
         for w in ws {
             let stemmed = stem.stem(w).into_owned();
             if let Some(&i) = self.word.get(stemmed.as_str()) {
@@ -556,16 +569,20 @@ impl Vocab {
             c.stems.push(stemmed);
             padded.clear();
             padded.push(' ');
-            padded.extend(w.chars());
+            padded.push_str(w);
             padded.push(' ');
+            // Byte offsets of the characters, and of the end.
+            bounds.clear();
+            bounds.extend(padded.char_indices().map(|(i, _)| i));
+            bounds.push(padded.len());
+            let chars = bounds.len() - 1;
             for n in 2..=5 {
-                if n > padded.len() {
+                if n > chars {
                     break;
                 }
-                for win in padded.windows(n) {
-                    buf.clear();
-                    buf.extend(win);
-                    if let Some(&i) = self.chars.get(buf.as_str()) {
+                for start in 0..=chars - n {
+                    let gram = &padded[bounds[start]..bounds[start + n]];
+                    if let Some(&i) = self.chars.get(&gram_key(gram)) {
                         *c.tf[1].entry(i).or_default() += 1;
                     }
                 }
