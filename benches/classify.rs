@@ -188,6 +188,28 @@ fn demo_set(b: divan::Bencher) {
     });
 }
 
+/// The whole demo corpus (39 messages) per iteration: steadier than one
+/// message per sample, for comparing builds.
+#[divan::bench(sample_count = 40)]
+fn demo_corpus_all_messages(b: divan::Bencher) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = switchboard::demo::extract(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let (cfg, _) = Config::load(&config).unwrap_or_else(|d| panic!("{d}"));
+    let (k, _) = Knowledge::load(&cfg).unwrap_or_else(|d| panic!("{d}"));
+    let msgs: Vec<Vec<u8>> = std::fs::read_dir(dir.path().join("examples/demo/Maildir/new"))
+        .map(|r| {
+            r.flatten()
+                .filter_map(|e| std::fs::read(e.path()).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    b.bench_local(|| {
+        for m in &msgs {
+            divan::black_box(dry_run(divan::black_box(m), &k));
+        }
+    });
+}
+
 #[divan::bench(sample_count = 5)]
 fn load_knowledge_1000_faq_200_rules(b: divan::Bencher) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));

@@ -556,6 +556,20 @@ const STOPWORDS: &[(whatlang::Lang, &[&str])] = &[
     ),
 ];
 
+/// For each stop word, the languages of [`STOPWORDS`] whose list holds it.
+static STOPWORD_LANGS: std::sync::LazyLock<std::collections::HashMap<&'static str, u32>> =
+    std::sync::LazyLock::new(|| {
+        let mut m = std::collections::HashMap::new();
+        for (i, (_, list)) in STOPWORDS.iter().enumerate() {
+            for w in list.iter() {
+                *m.entry(*w).or_insert(0u32) |= 1 << i;
+            }
+        }
+        m
+    });
+
+const _: () = assert!(STOPWORDS.len() <= 32, "one bit per language");
+
 /// Detects the language of a text among `allowed`. Returns `None` for
 /// texts too short or too mixed to tell.
 pub fn detect_language(text: &str, allowed: &[whatlang::Lang]) -> Option<String> {
@@ -569,10 +583,21 @@ pub fn detect_language(text: &str, allowed: &[whatlang::Lang]) -> Option<String>
         return None;
     }
     let allowed_ok = |l: whatlang::Lang| allowed.is_empty() || allowed.contains(&l);
+    // Stop words of each language counted in one pass: a word's entry says
+    // which languages' lists hold it (bit i: STOPWORDS[i]).
+    let mut counts = [0usize; STOPWORDS.len()];
+    for w in &words {
+        if let Some(&langs) = STOPWORD_LANGS.get(w) {
+            for (i, c) in counts.iter_mut().enumerate() {
+                *c += usize::from(langs & (1 << i) != 0);
+            }
+        }
+    }
     let mut scores: Vec<(usize, whatlang::Lang)> = STOPWORDS
         .iter()
-        .filter(|(l, _)| allowed_ok(*l))
-        .map(|(l, list)| (words.iter().filter(|w| list.contains(w)).count(), *l))
+        .zip(counts)
+        .filter(|((l, _), _)| allowed_ok(*l))
+        .map(|((l, _), n)| (n, *l))
         .collect();
     scores.sort_by_key(|s| std::cmp::Reverse(s.0));
     let best = scores.first().copied().unwrap_or((0, whatlang::Lang::Eng));
