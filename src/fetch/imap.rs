@@ -653,54 +653,60 @@ impl MailSource for Imap {
     async fn fetch(&mut self, ids: &[MsgRef], max_size: u64) -> Result<Vec<Fetched>, FetchError> {
         let t = self.cfg.timeout.max(Duration::from_secs(60));
         let wanted = uids(ids);
-        // Sizes first, so big messages are fetched as a prefix only.
+        // One FETCH for size and the first `head` bytes: the whole message
+        // for nearly all mail. A message longer than that but within
+        // `max_size` is fetched whole by a second FETCH; a longer one
+        // stays a prefix (headers and first text part).
+        let head = PREFIX_BYTES.min(max_size);
+        let first = format!("(UID RFC822.SIZE BODY.PEEK[]<0.{head}>)");
+        let mut out = Vec::with_capacity(wanted.len());
         let mut sizes = std::collections::HashMap::new();
+        let mut rest: Vec<u32> = Vec::new();
         for set in uid_sets(&wanted) {
             let s = self.session()?;
             let fetches: Vec<Fetch> = Self::timed(t, async {
-                s.uid_fetch(&set, "(UID RFC822.SIZE)")
+                s.uid_fetch(&set, &first).await?.try_collect().await
+            })
+            .await?;
+            for f in fetches {
+                let (Some(uid), Some(body)) = (f.uid, f.body()) else {
+                    continue;
+                };
+                let size = f.size.map_or(body.len() as u64, u64::from);
+                if size as usize > body.len() && size <= max_size {
+                    sizes.insert(uid, size);
+                    rest.push(uid);
+                    continue;
+                }
+                out.push(Fetched {
+                    id: MsgRef::Uid(uid),
+                    raw: body.to_vec(),
+                    size,
+                    truncated: size as usize > body.len(),
+                    unreadable: None,
+                });
+            }
+        }
+        for set in uid_sets(&rest) {
+            let s = self.session()?;
+            let fetches: Vec<Fetch> = Self::timed(t, async {
+                s.uid_fetch(&set, "(UID BODY.PEEK[])")
                     .await?
                     .try_collect()
                     .await
             })
             .await?;
             for f in fetches {
-                if let (Some(uid), Some(size)) = (f.uid, f.size) {
-                    sizes.insert(uid, u64::from(size));
-                }
-            }
-        }
-        let (small, big): (Vec<u32>, Vec<u32>) = wanted
-            .iter()
-            .filter(|u| sizes.contains_key(u))
-            .partition(|u| sizes.get(u).is_some_and(|s| *s <= max_size));
-        let mut out = Vec::with_capacity(wanted.len());
-        for (list, query, truncated) in [
-            (small, "(UID BODY.PEEK[])".to_string(), false),
-            (
-                big,
-                format!("(UID BODY.PEEK[]<0.{}>)", PREFIX_BYTES.min(max_size)),
-                true,
-            ),
-        ] {
-            for set in uid_sets(&list) {
-                let s = self.session()?;
-                let fetches: Vec<Fetch> = Self::timed(t, async {
-                    s.uid_fetch(&set, &query).await?.try_collect().await
-                })
-                .await?;
-                for f in fetches {
-                    let (Some(uid), Some(body)) = (f.uid, f.body()) else {
-                        continue;
-                    };
-                    out.push(Fetched {
-                        id: MsgRef::Uid(uid),
-                        raw: body.to_vec(),
-                        size: sizes.get(&uid).copied().unwrap_or(body.len() as u64),
-                        truncated,
-                        unreadable: None,
-                    });
-                }
+                let (Some(uid), Some(body)) = (f.uid, f.body()) else {
+                    continue;
+                };
+                out.push(Fetched {
+                    id: MsgRef::Uid(uid),
+                    raw: body.to_vec(),
+                    size: sizes.get(&uid).copied().unwrap_or(body.len() as u64),
+                    truncated: false,
+                    unreadable: None,
+                });
             }
         }
         self.drain_unsolicited();

@@ -655,3 +655,29 @@ async fn big_messages_permanent_smtp_refusal_and_move_fallback() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_longer_than_the_first_fetch_is_read_whole() {
+    // The first FETCH reads 256 KiB of each message; this one is longer
+    // (but within max_message_size) and what decides it comes after a
+    // 300 KB attachment: it goes to the complaints queue only if it was
+    // fetched whole (a prefix would leave it with the default queue).
+    let srv = Servers::start();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = srv.write_config(dir.path(), "");
+    let blob = "QUJD".repeat(75_000);
+    let long = format!(
+        "From: Alice <{ALICE}>\r\nTo: {SUPPORT}\r\nSubject: Photo\r\nMessage-ID: <long1@customer.test>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: image/jpeg\r\nContent-Transfer-Encoding: base64\r\n\r\n{blob}\r\n--b\r\nContent-Type: text/plain\r\n\r\nHello, my parcel arrived damaged, see the photo.\r\n--b--\r\n"
+    );
+    assert!(long.len() > 300_000);
+    smtp_send(srv.smtp_port, ALICE, SUPPORT, long.as_bytes()).await;
+    srv.wait_postfix_queue_empty(LONG);
+    let out = run_once(&config);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let mut support = Client::login(srv.imap_port, SUPPORT).await;
+    assert_eq!(support.count("INBOX").await, 0, "{log}");
+    let complaints = support.messages("Queues/Complaints").await;
+    assert_eq!(complaints.len(), 1, "{log}");
+    assert!(complaints[0].raw.len() > 300_000, "stored whole");
+}
