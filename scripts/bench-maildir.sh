@@ -23,9 +23,14 @@ for i in range(n):
 PY
 sed -e "s#^rules_dir.*#rules_dir = \"$ROOT/rules\"#" \
     -e "s#^templates_dir.*#templates_dir = \"$ROOT/templates\"#" \
+    -e "s#^extra_rules_dirs.*#extra_rules_dirs = [\"$ROOT/examples/demo/rules\"]#" \
+    -e "s#^extra_templates_dirs.*#extra_templates_dirs = [\"$ROOT/examples/demo/templates\"]#" \
     -e 's#^\[company\]#auto_reply = false\n\n[company]#' \
     examples/demo/switchboard.toml >"$DIR/switchboard.toml"
+# The demo's order lookup reads orders.db next to the config.
+cp examples/demo/orders.db "$DIR/"
 START=$(date +%s.%N)
-/usr/bin/time -o "$DIR/time" -f '%M' target/release/switchboard run --once --config "$DIR/switchboard.toml" 2>"$DIR/once.log" >/dev/null
+/usr/bin/time -o "$DIR/time" -f '%M' target/release/switchboard run --once --config "$DIR/switchboard.toml" 2>"$DIR/once.log" >/dev/null ||
+    { tail -20 "$DIR/once.log" >&2; exit 1; }
 END=$(date +%s.%N)
 python3 -c "import sys; n,s,e,kb=int(sys.argv[1]),float(sys.argv[2]),float(sys.argv[3]),int(sys.argv[4]); print(f'maildir: {n} messages in {e-s:.2f} s = {n/(e-s):.0f} msg/s; peak RSS {kb/1024:.0f} MiB')" "$N" "$START" "$END" "$(tail -1 "$DIR/time")"
