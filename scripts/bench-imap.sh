@@ -242,7 +242,7 @@ if solo:
     sent, done = deliver("solo", solo, lambda: 0.8)
     report("one at a time", sent, done, solo)
 PY
-[ -n "${SAVE_LOG:-}" ] && cp "$WORK/daemon.log" "$SAVE_LOG"
+if [ -n "${SAVE_LOG:-}" ]; then cp "$WORK/daemon.log" "$SAVE_LOG"; fi
 fi
 
 # Optional: COMPARE=3 runs that many interleaved rounds of imapfilter (six
@@ -280,6 +280,6 @@ EOF2
             ${SB_WRAP:-} "$BIN" run --once --config switchboard.toml 2>"$WORK/once.log" >/dev/null ||
             { tail -5 "$WORK/once.log"; exit 1; }
         cat "$WORK/time" >&2
-        [ -n "${SAVE_ONCE:-}" ] && cp "$WORK/once.log" "$SAVE_ONCE.$r"
+        if [ -n "${SAVE_ONCE:-}" ]; then cp "$WORK/once.log" "$SAVE_ONCE.$r"; fi
     done
 fi

@@ -600,6 +600,12 @@ impl Imap {
         result
     }
 
+    /// Whether this session waits with IDLE (configured and offered by
+    /// the server), rather than polling.
+    pub fn idles(&self) -> bool {
+        self.cfg.idle && self.caps.idle
+    }
+
     /// Logs out (best effort).
     pub async fn logout(mut self) {
         if let Some(mut s) = self.session.take() {
@@ -660,7 +666,6 @@ impl MailSource for Imap {
         let head = PREFIX_BYTES.min(max_size);
         let first = format!("(UID RFC822.SIZE BODY.PEEK[]<0.{head}>)");
         let mut out = Vec::with_capacity(wanted.len());
-        let mut sizes = std::collections::HashMap::new();
         let mut rest: Vec<u32> = Vec::new();
         for set in uid_sets(&wanted) {
             let s = self.session()?;
@@ -668,23 +673,46 @@ impl MailSource for Imap {
                 s.uid_fetch(&set, &first).await?.try_collect().await
             })
             .await?;
-            for f in fetches {
-                let (Some(uid), Some(body)) = (f.uid, f.body()) else {
-                    continue;
-                };
-                let size = f.size.map_or(body.len() as u64, u64::from);
-                if size as usize > body.len() && size <= max_size {
-                    sizes.insert(uid, size);
-                    rest.push(uid);
-                    continue;
+            // A server may send a message's size and body in separate
+            // responses (RFC 3501 allows it): gather both per UID.
+            let mut got: std::collections::BTreeMap<u32, (Option<u64>, Option<Vec<u8>>)> =
+                std::collections::BTreeMap::new();
+            for f in &fetches {
+                let Some(uid) = f.uid else { continue };
+                let e = got.entry(uid).or_default();
+                if let Some(n) = f.size {
+                    e.0 = Some(u64::from(n));
                 }
-                out.push(Fetched {
-                    id: MsgRef::Uid(uid),
-                    raw: body.to_vec(),
-                    size,
-                    truncated: size as usize > body.len(),
-                    unreadable: None,
-                });
+                if let Some(b) = f.body() {
+                    e.1 = Some(b.to_vec());
+                }
+            }
+            for (uid, (size, body)) in got {
+                let Some(body) = body else { continue };
+                let len = body.len() as u64;
+                // Fewer bytes than asked for: that is the whole message.
+                // All of them: it may be longer — fetched whole when its
+                // size is known to be within max_size (also when the
+                // server under-reports it), else kept as a prefix.
+                if len < head {
+                    out.push(Fetched {
+                        id: MsgRef::Uid(uid),
+                        raw: body,
+                        size: size.unwrap_or(len).max(len),
+                        truncated: false,
+                        unreadable: None,
+                    });
+                } else if size.is_some_and(|n| n <= max_size) {
+                    rest.push(uid);
+                } else {
+                    out.push(Fetched {
+                        id: MsgRef::Uid(uid),
+                        raw: body,
+                        size: size.unwrap_or(len),
+                        truncated: true,
+                        unreadable: None,
+                    });
+                }
             }
         }
         for set in uid_sets(&rest) {
@@ -703,7 +731,7 @@ impl MailSource for Imap {
                 out.push(Fetched {
                     id: MsgRef::Uid(uid),
                     raw: body.to_vec(),
-                    size: sizes.get(&uid).copied().unwrap_or(body.len() as u64),
+                    size: body.len() as u64,
                     truncated: false,
                     unreadable: None,
                 });

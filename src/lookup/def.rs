@@ -385,7 +385,7 @@ fn read_sql(t: &mut Table<'_>, base: &Path) -> Option<Backend> {
         } else {
             base.join(path).display().to_string()
         };
-        if !Path::new(&full).is_file() {
+        if path != ":memory:" && !Path::new(&full).is_file() {
             ctx.warning(
                 url.span.clone(),
                 format!(
