@@ -778,19 +778,15 @@ impl Store {
         before: i64,
         now: i64,
     ) -> Result<u64, StoreError> {
-        let mut tx = self.write_tx().await?;
-        let n = sqlx::query(
+        let q = sqlx::query(
             "UPDATE messages SET state = 'done', updated_at = $1, \
              last_error = 'no longer in the inbox after an interruption: recorded as filed' \
              WHERE state IN ('decided', 'sent', 'archived') AND mailbox = $2 AND updated_at < $3",
         )
         .bind(now)
         .bind(mailbox)
-        .bind(before)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        tx.commit().await?;
+        .bind(before);
+        let n = self.exec_fenced(q).await?;
         Ok(n)
     }
 

@@ -104,6 +104,18 @@ impl Store {
     /// Begins a write transaction; on a fenced handle, checks the lease
     /// first (and on PostgreSQL keeps it locked until the transaction
     /// ends, so a new holder's claim waits for this write to finish).
+    /// Runs one statement in its own fenced write transaction (see
+    /// [`Store::write_tx`]); returns the rows it changed.
+    pub(crate) async fn exec_fenced<'q>(
+        &self,
+        q: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let n = q.execute(&mut *tx).await?.rows_affected();
+        tx.commit().await?;
+        Ok(n)
+    }
+
     pub(crate) async fn write_tx(&self) -> Result<Transaction<'static, Any>, StoreError> {
         let mut tx = self.pool.begin().await?;
         if let Some(f) = &self.fence {

@@ -345,8 +345,7 @@ impl Store {
         note: &str,
         now: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.write_tx().await?;
-        sqlx::query(
+        let q = sqlx::query(
             "UPDATE messages SET state = 'decided', verdict = $1, folder = $2, queue = $3, \
              last_error = $4, updated_at = $5 WHERE key = $6 AND state <> 'done'",
         )
@@ -355,10 +354,8 @@ impl Store {
         .bind(queue)
         .bind(note)
         .bind(now)
-        .bind(key)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        .bind(key);
+        self.exec_fenced(q).await?;
         Ok(())
     }
 
@@ -371,18 +368,15 @@ impl Store {
         error: &str,
         now: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.write_tx().await?;
-        sqlx::query(
+        let q = sqlx::query(
             "UPDATE messages SET state = 'deferred', retry_at = $1, last_error = $2, updated_at = $3 \
              WHERE key = $4 AND state <> 'done'",
         )
         .bind(retry_at)
         .bind(error)
         .bind(now)
-        .bind(key)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        .bind(key);
+        self.exec_fenced(q).await?;
         Ok(())
     }
 
@@ -460,8 +454,7 @@ impl Store {
 
     /// Appends to the audit log.
     pub async fn audit(&self, e: &AuditEvent) -> Result<(), StoreError> {
-        let mut tx = self.write_tx().await?;
-        sqlx::query(
+        let q = sqlx::query(
             "INSERT INTO audit (at, event, mailbox, message_key, message_id, sender, ticket, queue, rep, detail, data) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
@@ -475,10 +468,8 @@ impl Store {
         .bind(&e.queue)
         .bind(&e.rep)
         .bind(&e.detail)
-        .bind(&e.data)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        .bind(&e.data);
+        self.exec_fenced(q).await?;
         Ok(())
     }
 

@@ -165,33 +165,26 @@ impl Store {
         checked_in: bool,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.write_tx().await?;
-        let n = sqlx::query(
+        let q = sqlx::query(
             "UPDATE conversations SET closed_at = $1, \
              checked_in_at = CASE WHEN $2 = 1 THEN COALESCE(checked_in_at, $1) ELSE checked_in_at END \
              WHERE ticket = $3 AND closed_at IS NULL",
         )
         .bind(now)
         .bind(i64::from(checked_in))
-        .bind(ticket)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        tx.commit().await?;
+        .bind(ticket);
+        let n = self.exec_fenced(q).await?;
         Ok(n == 1)
     }
 
     /// The reminder for an overdue conversation went out.
     pub async fn sla_reminded(&self, ticket: &str, now: i64) -> Result<(), StoreError> {
-        let mut tx = self.write_tx().await?;
-        sqlx::query(
+        let q = sqlx::query(
             "UPDATE conversations SET reminded_at = $1 WHERE ticket = $2 AND reminded_at IS NULL",
         )
         .bind(now)
-        .bind(ticket)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        .bind(ticket);
+        self.exec_fenced(q).await?;
         Ok(())
     }
 
