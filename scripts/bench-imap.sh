@@ -14,7 +14,11 @@
 # and reports:
 #   1. backlog triage: `switchboard run --once` over N messages already in
 #      INBOX — wall time, messages/s, peak RSS (from /usr/bin/time or
-#      /proc), and where the messages ended up;
+#      /proc), and where the messages ended up; then the replies against
+#      the raw SMTP floor: the time switchboard spent sending its replies
+#      and storing their Sent copies (its "answered" debug lines), and the
+#      time a plain Python smtplib client takes to send the same messages
+#      (the Sent copies) to the same Postfix over one connection;
 #   2. delivery -> action latency with IDLE: time from the LMTP delivery
 #      being acknowledged by Dovecot to switchboard recording the message as
 #      done (moved, or answered and moved), p50/p90/p99/max; and
@@ -57,6 +61,12 @@ trap cleanup EXIT
 tests/harness/mailservers.sh start "$DIR" support@example.test alice@customer.test >/dev/null
 # shellcheck disable=SC1091
 . "$DIR/env"
+# Postfix accepts every reply and discards it, as a relay would accept
+# them: the harness otherwise refuses recipients outside its test domains
+# at RCPT, and a refusal is not the reply path being measured.
+postconf -c "$POSTFIX_CONFIG_DIR" -e 'virtual_mailbox_domains = example.test' \
+    'default_transport = discard' 'relay_transport = discard'
+postfix -c "$POSTFIX_CONFIG_DIR" reload >/dev/null 2>&1
 
 WORK=$DIR/work
 mkdir -p "$WORK"
@@ -139,6 +149,7 @@ seed_inbox
 echo "backlog run: switchboard run --once over $N messages..." >&2
 cd "$WORK"
 START=$(date +%s.%N)
+export RUST_LOG=${RUST_LOG:-info,switchboard::pipeline=debug}
 if [ -x /usr/bin/time ]; then
     /usr/bin/time -f '%M' -o "$WORK/rss" "$BIN" run --once --config switchboard.toml 2>"$WORK/once.log"
     RSS_KB=$(tail -1 "$WORK/rss")
@@ -154,6 +165,7 @@ else
     wait $PID
 fi
 END=$(date +%s.%N)
+unset RUST_LOG
 "$PY" - "$START" "$END" "$N" "$RSS_KB" <<'PY'
 import sqlite3, sys
 start, end, n, rss = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -167,6 +179,40 @@ for v, s, c in rows:
 PY
 INBOX_LEFT=$(find "$INBOX/new" "$INBOX/cur" -type f | wc -l)
 echo "  left in INBOX: $INBOX_LEFT"
+
+echo "raw SMTP floor: the same replies over one smtplib connection..." >&2
+"$PY" - "$SMTP_PORT" "$INBOX/Sent" "$WORK/once.log" <<'PY'
+import email, os, re, smtplib, sys, time
+port, sent_dir, log = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+send_ms = copy_ms = batches = 0
+for line in open(log, errors="replace"):
+    if " answered " in line:
+        m = re.search(r"send_ms=(\d+) copy_ms=(\d+)", line)
+        if m:
+            send_ms += int(m.group(1)); copy_ms += int(m.group(2)); batches += 1
+msgs = []
+for sub in ("cur", "new"):
+    d = os.path.join(sent_dir, sub)
+    for f in sorted(os.listdir(d)) if os.path.isdir(d) else []:
+        raw = open(os.path.join(d, f), "rb").read()
+        to = email.message_from_bytes(raw).get("To", "")
+        addr = re.search(r"[\w.+-]+@[\w.-]+", to)
+        if addr:
+            msgs.append((addr.group(0), raw))
+if not msgs:
+    sys.exit("no Sent copies found: no reply was sent")
+start = time.time()
+with smtplib.SMTP("127.0.0.1", port) as s:
+    for to, raw in msgs:
+        s.sendmail("support@example.test", [to], raw)
+floor = time.time() - start
+ours = (send_ms + copy_ms) / 1000.0
+print(f"replies: {len(msgs)} Sent copies; switchboard sending + Sent copies {ours:.2f} s "
+      f"(send {send_ms / 1000:.2f} s, copies {copy_ms / 1000:.2f} s, {batches} batches) = "
+      f"{len(msgs) / ours:.0f} replies/s")
+print(f"  raw smtplib, one connection, same messages: {floor:.2f} s = {len(msgs) / floor:.0f} replies/s; "
+      f"switchboard at {100 * floor / ours:.0f}% of that floor")
+PY
 
 echo "latency run: $LAT_N deliveries 20-80 ms apart, then $LAT_SOLO one at a time, while the daemon idles..." >&2
 SWITCHBOARD_LOG_FORMAT=json RUST_LOG=${LAT_LOG:-info,switchboard::daemon=debug} \
