@@ -854,8 +854,11 @@ impl Model {
 /// Nearest examples: an inverted index over the examples' TF-IDF vectors.
 #[derive(Debug, Default)]
 struct Knn {
-    /// feature → (example, value)
-    postings: Vec<Vec<(u32, f32)>>,
+    /// feature → (example, value), in one array: feature `f`'s list is
+    /// `entries[starts[f]..starts[f + 1]]` (a list per feature would cost
+    /// 24 bytes per feature of the vocabulary plus unused capacity).
+    starts: Vec<u32>,
+    entries: Vec<(u32, f32)>,
     /// Whether a feature counts for similarity (common ones do not).
     kept: Vec<bool>,
     labels: Vec<u32>,
@@ -864,28 +867,52 @@ struct Knn {
 
 impl Knn {
     fn build(xs: &[&Sparse], labels: &[usize], classes: usize, dim: usize) -> Knn {
-        let mut postings: Vec<Vec<(u32, f32)>> = vec![Vec::new(); dim];
-        for (e, x) in xs.iter().enumerate() {
-            for &(f, v) in x.iter() {
-                postings[f as usize].push((e as u32, v));
+        let mut counts = vec![0u32; dim];
+        for x in xs {
+            for &(f, _) in x.iter() {
+                counts[f as usize] += 1;
             }
         }
         // Features in more than a tenth of the examples (" th", "e ") say
         // little about which example is nearest but make up most of the
         // work of a lookup: similarity leaves them out.
-        let common = (xs.len() / 10).max(50);
-        let mut kept = vec![true; dim];
-        for (p, k) in postings.iter_mut().zip(kept.iter_mut()) {
-            if p.len() > common {
-                p.clear();
-                *k = false;
+        let common = (xs.len() / 10).max(50) as u32;
+        let kept: Vec<bool> = counts.iter().map(|&n| n <= common).collect();
+        let mut starts = Vec::with_capacity(dim + 1);
+        let mut total = 0u32;
+        for (n, k) in counts.iter().zip(&kept) {
+            starts.push(total);
+            if *k {
+                total += n;
+            }
+        }
+        starts.push(total);
+        let mut next: Vec<u32> = starts[..dim].to_vec();
+        let mut entries = vec![(0u32, 0f32); total as usize];
+        for (e, x) in xs.iter().enumerate() {
+            for &(f, v) in x.iter() {
+                if kept[f as usize] {
+                    let at = &mut next[f as usize];
+                    entries[*at as usize] = (e as u32, v);
+                    *at += 1;
+                }
             }
         }
         Knn {
-            postings,
+            starts,
+            entries,
             kept,
             labels: labels.iter().map(|l| *l as u32).collect(),
             classes,
+        }
+    }
+
+    /// The (example, value) list of a feature; empty for common ones.
+    fn posting(&self, f: u32) -> &[(u32, f32)] {
+        let f = f as usize;
+        match (self.starts.get(f), self.starts.get(f + 1)) {
+            (Some(&a), Some(&b)) => self.entries.get(a as usize..b as usize).unwrap_or(&[]),
+            _ => &[],
         }
     }
 
@@ -917,10 +944,8 @@ impl Knn {
     fn best_similarity(&self, q: &Sparse) -> f32 {
         let mut acc = vec![0f32; self.labels.len()];
         for &(f, v) in q {
-            if let Some(list) = self.postings.get(f as usize) {
-                for &(e, w) in list {
-                    acc[e as usize] += v * w;
-                }
+            for &(e, w) in self.posting(f) {
+                acc[e as usize] += v * w;
             }
         }
         acc.into_iter().fold(0f32, f32::max)
@@ -931,10 +956,8 @@ impl Knn {
     fn neighbours(&self, q: &Sparse) -> (Vec<f32>, Vec<f64>) {
         let mut acc = vec![0f32; self.labels.len()];
         for &(f, v) in q {
-            if let Some(list) = self.postings.get(f as usize) {
-                for &(e, w) in list {
-                    acc[e as usize] += v * w;
-                }
+            for &(e, w) in self.posting(f) {
+                acc[e as usize] += v * w;
             }
         }
         let mut best = vec![0f32; self.classes];

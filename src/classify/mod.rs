@@ -132,7 +132,7 @@ pub fn classify_scored(
 /// The FAQ result for `m` when the rules' outcome can depend on it
 /// (whether or not the message turns out to be a follow-up), else
 /// `None`. The expensive part of classification, done ahead on the
-/// blocking pool.
+/// parsing threads.
 pub fn score_faq(m: &Message, k: &Knowledge) -> Option<FaqResult> {
     let guard = loop_guard::inspect(m, &k.policy.our_addresses);
     let answers = answers_us(m, &k.policy.domain, &k.policy.reply.ticket_prefix);

@@ -84,7 +84,7 @@ async fn drain_pass<S: MailSource>(
     let mut filed = 0;
     let mut result = Ok(());
     let mut chunks = Chunks::new(&pending, shared.batch_size);
-    // Pipelined: while batch n is parsed and scored on the blocking pool,
+    // Pipelined: while batch n is parsed and scored on the parsing threads,
     // batch n+1 is fetched and earlier batches are filed over IMAP.
     let mut next = match chunks.next() {
         Some(c) if !shared.stopping() => Some(fetch_prepare(src, shared, mb, c).await),
@@ -188,8 +188,8 @@ impl<'a> Iterator for Chunks<'a> {
 }
 
 /// Hands memory freed by a batch back to the system. glibc keeps freed
-/// memory in per-thread arenas (one per blocking thread that parsed a
-/// batch); without this, a backlog's peak RSS grows by a few MiB per
+/// memory in per-thread arenas (one per parsing thread, see
+/// [`crate::pipeline::cpu`]); without this, a backlog's peak RSS grows by a few MiB per
 /// thread for memory that is no longer used.
 fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -200,7 +200,7 @@ fn release_freed_memory() {
 }
 
 /// Fetches a chunk and starts parsing and scoring it (with the knowledge
-/// of this moment) on the blocking pool.
+/// of this moment) on the parsing threads.
 async fn fetch_prepare<S: MailSource>(
     src: &mut S,
     shared: &Shared,

@@ -3,8 +3,8 @@
 //! the diagram:
 //!
 //! 1. **parse** the batch and score it against the FAQ where a decision
-//!    can depend on it ([`prepare_batch`], on the blocking pool, split
-//!    over the cores: it is the CPU work);
+//!    can depend on it ([`prepare_batch`], on [`cpu`]'s threads, one
+//!    per core: it is the CPU work);
 //! 2. **gather the facts** its decisions depend on, in a few queries
 //!    ([`facts`]);
 //! 3. **decide** every message purely ([`crate::decide::plan`]);
@@ -47,6 +47,7 @@
 //! atomic renames or IMAP `UID MOVE`). Nothing is deleted.
 
 mod act;
+pub mod cpu;
 mod facts;
 pub mod follow;
 
@@ -385,15 +386,12 @@ pub struct Prepared {
     took: std::time::Duration,
 }
 
-/// Parses a batch and scores it against the FAQ on the blocking pool,
+/// Parses a batch and scores it against the FAQ on the parsing threads ([`cpu`]),
 /// split over the available cores. The CPU-bound stage: the daemon runs
 /// it for the next batch while the current one is committed and filed.
 pub async fn prepare_batch(batch: Vec<Fetched>, k: Arc<Knowledge>) -> Prepared {
     let started = std::time::Instant::now();
-    let threads = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .clamp(1, 4);
-    let per = batch.len().div_ceil(threads).max(16);
+    let per = batch.len().div_ceil(cpu::threads()).max(16);
     let mut parts = Vec::new();
     let mut rest = batch;
     while !rest.is_empty() {
@@ -404,7 +402,7 @@ pub async fn prepare_batch(batch: Vec<Fetched>, k: Arc<Knowledge>) -> Prepared {
         .into_iter()
         .map(|part| {
             let k = k.clone();
-            tokio::task::spawn_blocking(move || {
+            cpu::run(move || {
                 part.into_iter()
                     .map(|f| prepare(f, &k))
                     .collect::<Vec<Item>>()
@@ -413,8 +411,9 @@ pub async fn prepare_batch(batch: Vec<Fetched>, k: Arc<Knowledge>) -> Prepared {
         .collect();
     let mut items = Vec::new();
     for t in tasks {
-        // The blocking pool is gone only when the runtime shuts down; the
-        // messages then stay in the inbox for the next run.
+        // Each message is scored under `catch_unwind`, so this is a bug
+        // in parsing or no thread at all; the messages then stay in the
+        // inbox for the next run.
         match t.await {
             Ok(part) => items.extend(part),
             Err(e) => {

@@ -77,6 +77,18 @@ impl Store {
             sql
         }
     }
+
+    /// A statement whose text depends on the batch (a row or a list item
+    /// per message). Not kept prepared: each distinct text would stay in
+    /// the connection's statement cache, and SQLite's compiled program
+    /// of a 200-row INSERT is large (6 MiB of the daemon's memory in a
+    /// backlog, measured).
+    pub(super) fn many<'q>(
+        &self,
+        sql: String,
+    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+        sqlx::query(sqlx::AssertSqlSafe(self.sql(sql))).persistent(false)
+    }
 }
 
 /// What the store knows that a batch's decisions depend on.
@@ -284,7 +296,7 @@ impl Store {
              sender, sender_domain, recipient_domain) VALUES {} ON CONFLICT (message_id) DO NOTHING",
             values(rows.len(), 9)
         );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(self.sql(sql)));
+        let mut q = self.many(sql);
         for r in rows {
             q = q
                 .bind(r.reply_id)
@@ -315,7 +327,7 @@ impl Store {
              queue, rep, detail, data) VALUES {}",
             values(events.len(), 11)
         );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(self.sql(sql)));
+        let mut q = self.many(sql);
         for e in events {
             q = q
                 .bind(e.at)
@@ -359,7 +371,7 @@ impl Store {
                 "UPDATE messages SET state = 'sent', updated_at = $1 WHERE state = 'sending' AND key IN ({})",
                 list(chunk.len(), 2)
             );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(self.sql(sql))).bind(now);
+            let mut q = self.many(sql).bind(now);
             for r in chunk {
                 q = q.bind(&r.key);
             }
@@ -373,7 +385,7 @@ impl Store {
                      ON CONFLICT (message_id) DO NOTHING",
                     values(linked.len(), 3)
                 );
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(self.sql(sql)));
+                let mut q = self.many(sql);
                 for r in &linked {
                     q = q.bind(&r.reply_id).bind(&r.ticket).bind(1i64);
                 }
@@ -419,7 +431,7 @@ impl Store {
                  reply_message_id, attempts, retry_at, last_error FROM messages WHERE key IN ({})",
                 list(chunk.len(), 1)
             );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(self.sql(sql)));
+            let mut q = self.many(sql);
             for k in chunk {
                 q = q.bind(k);
             }
@@ -436,7 +448,7 @@ impl Store {
                 "SELECT message_id, ticket, auto_reply FROM thread_ids WHERE message_id IN ({})",
                 list(chunk.len(), 1)
             );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(self.sql(sql)));
+            let mut q = self.many(sql);
             for id in chunk {
                 q = q.bind(*id);
             }
@@ -462,7 +474,7 @@ impl Store {
                  FROM conversations WHERE ticket IN ({})",
                 list(chunk.len(), 1)
             );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(self.sql(sql)));
+            let mut q = self.many(sql);
             for t in chunk {
                 q = q.bind(t);
             }
@@ -474,7 +486,7 @@ impl Store {
                 "SELECT draft_id, ticket, text FROM drafts WHERE outcome IS NULL AND ticket IN ({})",
                 list(chunk.len(), 1)
             );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(self.sql(sql)));
+            let mut q = self.many(sql);
             for t in chunk {
                 q = q.bind(t);
             }
@@ -490,7 +502,7 @@ impl Store {
                 "SELECT name, value FROM counters WHERE name IN ({})",
                 list(counters.len(), 1)
             );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(self.sql(sql)));
+            let mut q = self.many(sql);
             for c in counters {
                 q = q.bind(c);
             }
@@ -527,7 +539,7 @@ impl Store {
                      WHERE {column} IN ({}) GROUP BY {column}, template",
                     list(chunk.len(), 1)
                 );
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(self.sql(sql)));
+                let mut q = self.many(sql);
                 for a in chunk {
                     q = q.bind(*a);
                 }
@@ -615,7 +627,7 @@ impl Store {
                  attempts = messages.attempts + excluded.attempts",
                 values(chunk.len(), 19)
             );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(self.sql(sql)));
+            let mut q = self.many(sql);
             for m in chunk {
                 let state = m.state.unwrap_or(State::Decided);
                 q = q
@@ -681,7 +693,7 @@ impl Store {
                  updated_at = excluded.updated_at",
                 values(chunk.len(), 14)
             );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(self.sql(sql)));
+            let mut q = self.many(sql);
             for w in chunk {
                 q = q
                     .bind(&w.ticket)
@@ -717,7 +729,7 @@ impl Store {
                  ON CONFLICT (message_id) DO NOTHING",
                 values(chunk.len(), 3)
             );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(self.sql(sql)));
+            let mut q = self.many(sql);
             for (id, t, auto) in chunk {
                 q = q.bind(id).bind(t).bind(i64::from(*auto));
             }
@@ -752,7 +764,7 @@ impl Store {
                  ON CONFLICT (message_id) DO NOTHING",
                 values(chunk.len(), 3)
             );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(self.sql(sql)));
+            let mut q = self.many(sql);
             for (id, t) in chunk {
                 q = q.bind(id).bind(t).bind(2i64);
             }
@@ -803,7 +815,7 @@ impl Store {
                  AND state IN ('decided', 'sent', 'archived', 'done')",
                 list(chunk.len(), 2)
             );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(self.sql(sql))).bind(now);
+            let mut q = self.many(sql).bind(now);
             for k in chunk {
                 q = q.bind(k);
             }
