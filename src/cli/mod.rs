@@ -183,6 +183,7 @@ pub fn protocol_trace(target: &str, level: tracing::Level) -> bool {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    switchboard::daemon::tune_allocator();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -229,6 +229,7 @@ fn parse_inner(raw: &[u8], opts: &ParseOptions) -> Result<Message, ParseError> {
         .map(|d| d.to_timestamp());
     m.return_path = parsed.header_raw("Return-Path").map(return_path);
 
+    m.headers.reserve_exact(parsed.headers().len());
     for h in parsed.headers() {
         let name = h.name().to_ascii_lowercase();
         let value = match h.value() {

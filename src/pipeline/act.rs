@@ -94,11 +94,12 @@ impl Filing {
         if !flags.is_empty() {
             let mut names: Vec<String> = flags.iter().map(|f| format!("{f:?}")).collect();
             names.sort();
-            self.flags
-                .entry(names)
-                .or_insert_with(|| (flags, Vec::new()))
-                .1
-                .push(w.item.id.clone());
+            match self.flags.get_mut(&names) {
+                Some((_, ids)) => ids.push(w.item.id.clone()),
+                None => {
+                    self.flags.insert(names, (flags, vec![w.item.id.clone()]));
+                }
+            }
         }
         let folder = match &w.step {
             Step::Reply(s) => s.folder.as_str(),
@@ -111,9 +112,13 @@ impl Filing {
                 .or_default()
                 .push(d.clone());
         }
-        let (ids, keys) = self.moves.entry(folder.to_string()).or_default();
-        ids.push(w.item.id.clone());
-        keys.push(w.item.key.clone());
+        if !self.moves.contains_key(folder) {
+            self.moves.insert(folder.to_string(), Default::default());
+        }
+        if let Some((ids, keys)) = self.moves.get_mut(folder) {
+            ids.push(w.item.id.clone());
+            keys.push(w.item.key.clone());
+        }
         self.count += 1;
         self.since.get_or_insert_with(std::time::Instant::now);
     }

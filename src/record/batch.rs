@@ -20,18 +20,34 @@ const CHUNK: usize = 200;
 
 /// `$start, $start+1, …` for an `IN (…)` list.
 fn list(n: usize, start: usize) -> String {
-    (start..start + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    let mut out = String::with_capacity(n * 7);
+    push_list(&mut out, n, start);
+    out
+}
+
+fn push_list(out: &mut String, n: usize, start: usize) {
+    use std::fmt::Write;
+    for i in start..start + n {
+        if i > start {
+            out.push_str(", ");
+        }
+        // Writing to a String cannot fail.
+        let _ = write!(out, "${i}");
+    }
 }
 
 /// `($1, $2), ($3, $4), …` for a multi-row `VALUES`.
 fn values(rows: usize, cols: usize) -> String {
-    (0..rows)
-        .map(|r| format!("({})", list(cols, r * cols + 1)))
-        .collect::<Vec<_>>()
-        .join(", ")
+    let mut out = String::with_capacity(rows * (cols * 7 + 4));
+    for r in 0..rows {
+        if r > 0 {
+            out.push_str(", ");
+        }
+        out.push('(');
+        push_list(&mut out, cols, r * cols + 1);
+        out.push(')');
+    }
+    out
 }
 
 /// For SQLite, `$1, $2, …` numbered in order of appearance become
