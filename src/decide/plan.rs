@@ -228,9 +228,14 @@ fn history(
             .iter()
             .filter(|(_, s, _)| domain(s) == sd)
             .count() as u32;
-    let mut seen = r.recipients_hour.clone();
-    seen.extend(ledger.replies.iter().map(|(rc, _, _)| rc.clone()));
-    h.replies_last_hour = seen.len() as u32;
+    // Distinct recipients: the hour's, plus those this batch adds.
+    let added: std::collections::HashSet<&String> = ledger
+        .replies
+        .iter()
+        .map(|(rc, _, _)| rc)
+        .filter(|rc| !r.answered_this_hour.contains(*rc))
+        .collect();
+    h.replies_last_hour = r.recipients_hour.saturating_add(added.len() as u32);
     h
 }
 

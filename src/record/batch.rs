@@ -139,11 +139,14 @@ pub struct ReplyFacts {
     pub from_sender: HashMap<(String, String), i64>,
     /// Recipient → last automatic reply of any kind (ms).
     pub any_to_recipient: HashMap<String, i64>,
-    /// Replies in the last hour per recipient domain / sender domain.
+    /// Replies in the last hour per recipient domain / sender domain (for
+    /// the domains of the batch's recipients and senders).
     pub recipient_domain_hour: HashMap<String, u32>,
     pub sender_domain_hour: HashMap<String, u32>,
     /// Distinct recipients in the last hour.
-    pub recipients_hour: HashSet<String>,
+    pub recipients_hour: u32,
+    /// Which of the batch's recipients are among them.
+    pub answered_this_hour: HashSet<String>,
 }
 
 /// A message row as the commit writes it.
@@ -573,23 +576,55 @@ impl Store {
                 }
             }
         }
+        // The last hour, aggregated by the database and only for what
+        // this batch needs: reading every reply of the hour made each
+        // batch cost O(replies per hour) (16 ms per message arriving
+        // alone after a backlog of 5,000 replies, measured).
         let hour_ago = now - 3_600_000;
-        for r in sqlx::query(
-            "SELECT recipient, recipient_domain, sender_domain FROM replies WHERE sent_at > $1",
-        )
-        .bind(hour_ago)
-        .fetch_all(&self.pool)
-        .await?
-        {
-            let rcpt: String = r.try_get("recipient")?;
-            let rd: Option<String> = r.try_get("recipient_domain")?;
-            let sd: Option<String> = r.try_get("sender_domain")?;
-            f.recipients_hour.insert(rcpt);
-            if let Some(d) = rd {
-                *f.recipient_domain_hour.entry(d).or_default() += 1;
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(DISTINCT recipient) FROM replies WHERE sent_at > $1")
+                .bind(hour_ago)
+                .fetch_one(&self.pool)
+                .await?;
+        f.recipients_hour = u32::try_from(n).unwrap_or(u32::MAX);
+        let mut rcpts: Vec<&String> = recipients.iter().collect();
+        rcpts.sort();
+        rcpts.dedup();
+        for chunk in rcpts.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT DISTINCT recipient FROM replies WHERE sent_at > $1 AND recipient IN ({})",
+                list(chunk.len(), 2)
+            );
+            let mut q = self.many(sql).bind(hour_ago);
+            for a in chunk {
+                q = q.bind(*a);
             }
-            if let Some(d) = sd {
-                *f.sender_domain_hour.entry(d).or_default() += 1;
+            for r in q.fetch_all(&self.pool).await? {
+                f.answered_this_hour.insert(r.try_get("recipient")?);
+            }
+        }
+        for (column, list_of, out) in [
+            ("recipient_domain", recipients, &mut f.recipient_domain_hour),
+            ("sender_domain", senders, &mut f.sender_domain_hour),
+        ] {
+            let mut domains: Vec<String> = list_of.iter().map(|a| domain_of(a)).collect();
+            domains.sort();
+            domains.dedup();
+            for chunk in domains.chunks(CHUNK) {
+                let sql = format!(
+                    "SELECT {column} AS domain, COUNT(*) AS n FROM replies \
+                     WHERE sent_at > $1 AND {column} IN ({}) GROUP BY {column}",
+                    list(chunk.len(), 2)
+                );
+                let mut q = self.many(sql).bind(hour_ago);
+                for d in chunk {
+                    q = q.bind(d);
+                }
+                for r in q.fetch_all(&self.pool).await? {
+                    let d: String = r.try_get("domain")?;
+                    let n: i64 = r.try_get("n")?;
+                    out.insert(d, u32::try_from(n).unwrap_or(u32::MAX));
+                }
             }
         }
         Ok(f)

@@ -440,3 +440,69 @@ async fn close_matches_get_a_draft_for_the_person_not_a_reply() {
         "no draft for automatic mail"
     );
 }
+
+/// The hourly limits count the reply log (aggregated by the store for the
+/// batch's recipients and domains) plus the replies the batch itself
+/// already decided.
+#[tokio::test]
+async fn hourly_limits_count_the_log_and_the_batch() {
+    let config = format!(
+        "{}\n[limits]\nmax_replies_per_hour = 3\nper_domain_per_hour = 2\n",
+        crate::common::BASE_CONFIG
+    );
+    let mut env = Env::with_setup(Setup::with(&config, crate::common::BASE_RULES)).await;
+    for (i, from) in [
+        "a@one.example",
+        "b@one.example",
+        "c@two.example",
+        "e@three.example",
+    ]
+    .iter()
+    .enumerate()
+    {
+        env.deliver(&format!("{i}.q"), &question(&format!("h{i}"), from));
+    }
+    let out = env.run(env.outbox().await, Duration::from_secs(1)).await;
+    let verdicts: Vec<(&str, &str)> = out
+        .iter()
+        .map(|o| (o.verdict.as_str(), o.why.as_str()))
+        .collect();
+    assert_eq!(
+        verdicts.iter().filter(|(v, _)| *v == "reply").count(),
+        3,
+        "{verdicts:?}"
+    );
+    assert!(
+        verdicts
+            .iter()
+            .any(|(v, why)| *v != "reply" && why.contains("circuit breaker")),
+        "{verdicts:?}"
+    );
+    assert_eq!(env.sent_files(), 3);
+
+    // Next batch: the log already holds two replies to one.example and
+    // three recipients this hour.
+    env.deliver("5.q", &question("h5", "f@one.example"));
+    env.deliver("6.q", &question("h6", "g@four.example"));
+    let out = env.run(env.outbox().await, Duration::from_secs(1)).await;
+    let why = |addr: &str| {
+        out.iter()
+            .find(|o| o.from.contains(addr))
+            .map(|o| (o.verdict.clone(), o.why.clone()))
+    };
+    let f = why("f@one.example").unwrap_or_else(|| panic!("{out:?}"));
+    assert_ne!(f.0, "reply");
+    assert!(
+        f.1.contains("2 automatic replies to one.example"),
+        "{}",
+        f.1
+    );
+    let g = why("g@four.example").unwrap_or_else(|| panic!("{out:?}"));
+    assert_ne!(g.0, "reply");
+    assert!(
+        g.1.contains("circuit breaker: automatic replies to 3 recipients"),
+        "{}",
+        g.1
+    );
+    assert_eq!(env.sent_files(), 3);
+}
