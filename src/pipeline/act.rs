@@ -138,7 +138,7 @@ impl Filing {
     }
 
     /// Flags (one `UID STORE` per flag set), files (one `UID MOVE` per
-    /// folder) and marks each folder's messages done (one transaction each).
+    /// folder) and marks the moved messages done (one transaction).
     pub async fn flush<S: MailSource>(
         &mut self,
         p: &Pipeline,
@@ -158,11 +158,18 @@ impl Filing {
         for (_, (flags, ids)) in flags {
             src.add_flags(&ids, &flags).await?;
         }
-        // Each folder's messages are marked done right after their move:
-        // a later failure must not leave moved messages looking unfiled.
+        // The moved messages are marked done in one transaction after the
+        // moves — also when a later move fails, so that no moved message
+        // looks unfiled. (A crash in between is settled after the next
+        // complete drain: `Store::settle_filed`.)
+        let mut moved: Vec<String> = Vec::new();
+        let mut result = Ok(());
         for (folder, (ids, keys)) in moves {
-            src.move_to(&folder, &ids).await?;
-            p.store.finish(&keys, p.now()).await?;
+            if let Err(e) = src.move_to(&folder, &ids).await {
+                result = Err(PipelineError::from(e));
+                break;
+            }
+            moved.extend(keys);
             // The drafts go next to their messages (a draft that cannot be
             // stored is only a lost suggestion).
             if let Some(raws) = drafts.get(&folder) {
@@ -175,6 +182,10 @@ impl Filing {
                 }
             }
         }
+        if !moved.is_empty() {
+            p.store.finish(&moved, p.now()).await?;
+        }
+        result?;
         tracing::debug!(
             messages = count,
             file_ms = t.elapsed().as_millis() as u64,

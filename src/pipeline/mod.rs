@@ -14,7 +14,7 @@
 //!    one transaction) and store their copies (one `APPEND` for the
 //!    batch where the server has MULTIAPPEND and LITERAL+);
 //! 6. **file** ([`Filing`]): set flags (one command per flag set), file
-//!    the messages (one move per folder) and mark each folder's messages
+//!    the messages (one move per folder) and mark the moved messages
 //!    done in one transaction — gathered over the batches of a backlog, a couple of
 //!    thousand messages or two seconds at a time, because a server's cost
 //!    per `UID MOVE` grows with the size of the inbox.
