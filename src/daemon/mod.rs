@@ -110,7 +110,12 @@ async fn drain_pass<S: MailSource>(
             release_freed_memory();
         }
         let prepared = match prepared.await {
-            Ok(p) => p,
+            // Messages whose parsing failed stay in the inbox: the pass
+            // is not complete (nothing is settled as filed after it).
+            Ok(p) => {
+                complete &= p.complete;
+                p
+            }
             // The messages stay in the inbox for the next pass.
             Err(e) => {
                 error!(mailbox = %mb.name, "preparing a batch failed: {e}");
@@ -191,7 +196,8 @@ impl<'a> Iterator for Chunks<'a> {
 /// By default glibc raises both after a large block is freed (up to
 /// 32 MiB for the trim threshold), so each thread's arena then keeps that
 /// much freed memory: about 1 MiB of a backlog's peak, measured. An
-/// admin's own `MALLOC_TRIM_THRESHOLD_` / `MALLOC_MMAP_THRESHOLD_` win.
+/// admin's own `MALLOC_TRIM_THRESHOLD_` / `MALLOC_MMAP_THRESHOLD_`, or
+/// any `glibc.malloc.*` in `GLIBC_TUNABLES`, win.
 /// Call before any thread is started.
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -199,7 +205,8 @@ pub fn tune_allocator() {
         ("MALLOC_TRIM_THRESHOLD_", libc::M_TRIM_THRESHOLD),
         ("MALLOC_MMAP_THRESHOLD_", libc::M_MMAP_THRESHOLD),
     ] {
-        if std::env::var_os(var).is_none() {
+        let tuned = std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc."));
+        if std::env::var_os(var).is_none() && !tuned {
             // SAFETY: mallopt only sets an allocator parameter; called
             // before other threads exist.
             unsafe {

@@ -28,7 +28,9 @@ struct Pool {
     jobs: Mutex<Sender<Job>>,
 }
 
-static POOL: OnceLock<Result<Pool, String>> = OnceLock::new();
+static POOL: OnceLock<Pool> = OnceLock::new();
+/// Serialises starting the pool, so that one start runs at a time.
+static STARTING: Mutex<()> = Mutex::new(());
 
 /// How many threads the pool has: the cores this process may use, 1–4.
 pub fn threads() -> usize {
@@ -37,21 +39,37 @@ pub fn threads() -> usize {
         .clamp(1, 4)
 }
 
-fn pool() -> &'static Result<Pool, String> {
-    POOL.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
-        for i in 0..threads() {
-            let rx = rx.clone();
-            std::thread::Builder::new()
-                .name(format!("switchboard-cpu-{i}"))
-                .spawn(move || work(&rx))
-                .map_err(|e| e.to_string())?;
+/// The pool, started on first use. A failed start (no thread could be
+/// created) is not remembered: the next call tries again.
+fn pool() -> Result<&'static Pool, String> {
+    if let Some(p) = POOL.get() {
+        return Ok(p);
+    }
+    let _one_at_a_time = STARTING.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(p) = POOL.get() {
+        return Ok(p);
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<Job>();
+    let rx = Arc::new(Mutex::new(rx));
+    let mut started = 0;
+    let mut error = None;
+    for i in 0..threads() {
+        let rx = rx.clone();
+        match std::thread::Builder::new()
+            .name(format!("switchboard-cpu-{i}"))
+            .spawn(move || work(&rx))
+        {
+            Ok(_) => started += 1,
+            Err(e) => error = Some(e.to_string()),
         }
-        Ok(Pool {
-            jobs: Mutex::new(tx),
-        })
-    })
+    }
+    // With fewer threads than wanted the pool still works, only slower.
+    if started == 0 {
+        return Err(error.unwrap_or_else(|| "no thread was started".into()));
+    }
+    Ok(POOL.get_or_init(|| Pool {
+        jobs: Mutex::new(tx),
+    }))
 }
 
 fn work(rx: &Mutex<Receiver<Job>>) {
@@ -69,30 +87,33 @@ fn work(rx: &Mutex<Receiver<Job>>) {
     }
 }
 
-/// Runs `f` on one of the threads and waits for its result without
-/// blocking the async worker. A panic in `f` is caught and returned as
-/// [`CpuError::Panicked`].
-pub async fn run<T, F>(f: F) -> Result<T, CpuError>
+/// Hands `f` to one of the threads at once (before the returned future
+/// is awaited, so that several jobs run side by side) and returns its
+/// result without blocking the async worker. A panic in `f` is caught and
+/// returned as [`CpuError::Panicked`].
+pub fn run<T, F>(f: F) -> impl std::future::Future<Output = Result<T, CpuError>>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    let pool = pool().as_ref().map_err(|e| CpuError::NoThread(e.clone()))?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let job: Job = Box::new(move || {
         let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
         let _ = tx.send(out);
     });
-    let sent = match pool.jobs.lock() {
-        Ok(jobs) => jobs.send(job),
-        Err(poisoned) => poisoned.into_inner().send(job),
-    };
-    if sent.is_err() {
-        return Err(CpuError::NoThread("the threads have stopped".into()));
-    }
-    match rx.await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(_)) | Err(_) => Err(CpuError::Panicked),
+    let submitted = pool().and_then(|pool| {
+        let sent = match pool.jobs.lock() {
+            Ok(jobs) => jobs.send(job),
+            Err(poisoned) => poisoned.into_inner().send(job),
+        };
+        sent.map_err(|_| "the threads have stopped".to_string())
+    });
+    async move {
+        submitted.map_err(CpuError::NoThread)?;
+        match rx.await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(_)) | Err(_) => Err(CpuError::Panicked),
+        }
     }
 }
 
@@ -108,6 +129,14 @@ mod tests {
         assert!(name.unwrap().starts_with("switchboard-cpu-"));
         let panicked = run(|| -> u32 { panic!("boom") }).await;
         assert!(matches!(panicked, Err(CpuError::Panicked)));
+        // A job starts when it is handed over, not when it is awaited.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pending = run(move || tx.send(()).is_ok());
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_secs(5)).is_ok(),
+            "the job did not start before it was awaited"
+        );
+        assert!(pending.await.unwrap());
         // Every thread still takes jobs after the panic.
         let mut all = Vec::new();
         for i in 0..(threads() * 3) as u32 {

@@ -384,6 +384,9 @@ struct Work {
 pub struct Prepared {
     items: Vec<Item>,
     took: std::time::Duration,
+    /// Every message of the batch is in `items` (a part whose parsing
+    /// failed leaves its messages in the inbox).
+    pub complete: bool,
 }
 
 /// Parses a batch and scores it against the FAQ on the parsing threads ([`cpu`]),
@@ -410,6 +413,7 @@ pub async fn prepare_batch(batch: Vec<Fetched>, k: Arc<Knowledge>) -> Prepared {
         })
         .collect();
     let mut items = Vec::new();
+    let mut complete = true;
     for t in tasks {
         // Each message is scored under `catch_unwind`, so this is a bug
         // in parsing or no thread at all; the messages then stay in the
@@ -417,6 +421,7 @@ pub async fn prepare_batch(batch: Vec<Fetched>, k: Arc<Knowledge>) -> Prepared {
         match t.await {
             Ok(part) => items.extend(part),
             Err(e) => {
+                complete = false;
                 tracing::error!("parsing a batch failed: {e}; its messages stay in the inbox")
             }
         }
@@ -424,6 +429,7 @@ pub async fn prepare_batch(batch: Vec<Fetched>, k: Arc<Knowledge>) -> Prepared {
     Prepared {
         items,
         took: started.elapsed(),
+        complete,
     }
 }
 
@@ -523,6 +529,7 @@ impl Pipeline {
         let Prepared {
             mut items,
             took: parsed,
+            ..
         } = prepared;
         let mut attempt = 0;
         let mut looked_up = false;
