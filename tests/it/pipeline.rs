@@ -506,3 +506,33 @@ async fn hourly_limits_count_the_log_and_the_batch() {
     );
     assert_eq!(env.sent_files(), 3);
 }
+
+/// A recipient answered earlier this hour and again in this batch counts
+/// once towards the breaker (distinct recipients).
+#[tokio::test]
+async fn a_recipient_answered_again_counts_once_towards_the_breaker() {
+    let config = format!(
+        "{}\n[limits]\nmax_replies_per_hour = 3\nper_domain_per_hour = 100\nper_sender_interval = \"200ms\"\n",
+        crate::common::BASE_CONFIG
+    );
+    let mut env = Env::with_setup(Setup::with(&config, crate::common::BASE_RULES)).await;
+    env.deliver("1.q", &question("r1", "a@one.example"));
+    env.deliver("2.q", &question("r2", "b@two.example"));
+    let out = env.run(env.outbox().await, Duration::from_secs(1)).await;
+    assert!(out.iter().all(|o| o.verdict == "reply"), "{out:?}");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // a again (allowed after the interval), then c: two distinct
+    // recipients this hour before c, so c is still answered.
+    env.deliver("3.q", &question("r3", "a@one.example"));
+    env.deliver("4.q", &question("r4", "c@three.example"));
+    let out = env.run(env.outbox().await, Duration::from_secs(1)).await;
+    let verdicts: Vec<(&str, &str, &str)> = out
+        .iter()
+        .map(|o| (o.from.as_str(), o.verdict.as_str(), o.why.as_str()))
+        .collect();
+    assert!(
+        verdicts.iter().all(|(_, v, _)| *v == "reply"),
+        "{verdicts:?}"
+    );
+    assert_eq!(env.sent_files(), 4);
+}
