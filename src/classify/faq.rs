@@ -411,20 +411,30 @@ fn raw_features(ws: &[String], stem: &rust_stemmers::Stemmer) -> (Vec<String>, V
     }
     let mut chars = Vec::new();
     for w in ws {
-        let padded: Vec<char> = std::iter::once(' ')
-            .chain(w.chars())
-            .chain(std::iter::once(' '))
-            .collect();
-        for n in 2..=5 {
-            if n > padded.len() {
-                break;
-            }
-            for win in padded.windows(n) {
-                chars.push(win.iter().collect());
-            }
-        }
+        for_each_gram(w, |g| chars.push(g.to_string()));
     }
     (word, chars)
+}
+
+/// Calls `f` with each character n-gram (2 to 5 characters) of `w`
+/// padded with a space each side, shortest first, left to right.
+fn for_each_gram(w: &str, mut f: impl FnMut(&str)) {
+    let mut padded = String::with_capacity(w.len() + 2);
+    padded.push(' ');
+    padded.push_str(w);
+    padded.push(' ');
+    // Byte offsets of the characters, and of the end.
+    let mut bounds: Vec<usize> = padded.char_indices().map(|(i, _)| i).collect();
+    bounds.push(padded.len());
+    let chars = bounds.len() - 1;
+    for n in 2..=5 {
+        if n > chars {
+            break;
+        }
+        for start in 0..=chars - n {
+            f(&padded[bounds[start]..bounds[start + n]]);
+        }
+    }
 }
 
 /// The key of a character n-gram in the vocabulary: a 64-bit hash of its
@@ -627,26 +637,12 @@ impl Vocab {
     fn features(&self, w: &str, stem: &rust_stemmers::Stemmer) -> WordFeatures {
         let stemmed = stem.stem(w).into_owned();
         let word = self.word.get(stemmed.as_str()).copied();
-        let mut padded = String::with_capacity(w.len() + 2);
-        padded.push(' ');
-        padded.push_str(w);
-        padded.push(' ');
-        // Byte offsets of the characters, and of the end.
-        let mut bounds: Vec<usize> = padded.char_indices().map(|(i, _)| i).collect();
-        bounds.push(padded.len());
-        let chars = bounds.len() - 1;
         let mut grams = Vec::new();
-        for n in 2..=5 {
-            if n > chars {
-                break;
+        for_each_gram(w, |g| {
+            if let Some(&i) = self.chars.get(&gram_key(g)) {
+                grams.push(i);
             }
-            for start in 0..=chars - n {
-                let gram = &padded[bounds[start]..bounds[start + n]];
-                if let Some(&i) = self.chars.get(&gram_key(gram)) {
-                    grams.push(i);
-                }
-            }
-        }
+        });
         WordFeatures {
             stem: stemmed,
             word,
@@ -1005,24 +1001,24 @@ impl Knn {
 
     /// The highest cosine similarity to any example.
     fn best_similarity(&self, q: &Sparse) -> f32 {
+        self.similarities(q).into_iter().fold(0f32, f32::max)
+    }
+
+    /// The similarity of `q` to every example, by example.
+    fn similarities(&self, q: &Sparse) -> Vec<f32> {
         let mut acc = vec![0f32; self.labels.len()];
         for &(f, v) in q {
             for &(e, w) in self.posting(f) {
                 acc[e as usize] += v * w;
             }
         }
-        acc.into_iter().fold(0f32, f32::max)
+        acc
     }
 
     /// The highest cosine similarity to an example of each class, and the
     /// vote of the nearest examples (similarity², normalised).
     fn neighbours(&self, q: &Sparse) -> (Vec<f32>, Vec<f64>) {
-        let mut acc = vec![0f32; self.labels.len()];
-        for &(f, v) in q {
-            for &(e, w) in self.posting(f) {
-                acc[e as usize] += v * w;
-            }
-        }
+        let acc = self.similarities(q);
         let mut best = vec![0f32; self.classes];
         for (s, c) in acc.iter().zip(&self.labels) {
             let c = *c as usize;

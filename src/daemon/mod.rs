@@ -201,16 +201,20 @@ impl<'a> Iterator for Chunks<'a> {
 /// Call before any thread is started.
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    for (var, param) in [
-        ("MALLOC_TRIM_THRESHOLD_", libc::M_TRIM_THRESHOLD),
-        ("MALLOC_MMAP_THRESHOLD_", libc::M_MMAP_THRESHOLD),
-    ] {
-        let tuned = std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc."));
-        if std::env::var_os(var).is_none() && !tuned {
-            // SAFETY: mallopt only sets an allocator parameter; called
-            // before other threads exist.
-            unsafe {
-                libc::mallopt(param, 128 * 1024);
+    {
+        if std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc.")) {
+            return;
+        }
+        for (var, param) in [
+            ("MALLOC_TRIM_THRESHOLD_", libc::M_TRIM_THRESHOLD),
+            ("MALLOC_MMAP_THRESHOLD_", libc::M_MMAP_THRESHOLD),
+        ] {
+            if std::env::var_os(var).is_none() {
+                // SAFETY: mallopt only sets an allocator parameter; called
+                // before other threads exist.
+                unsafe {
+                    libc::mallopt(param, 128 * 1024);
+                }
             }
         }
     }

@@ -112,12 +112,15 @@ impl Filing {
                 .or_default()
                 .push(d.clone());
         }
-        if !self.moves.contains_key(folder) {
-            self.moves.insert(folder.to_string(), Default::default());
-        }
-        if let Some((ids, keys)) = self.moves.get_mut(folder) {
-            ids.push(w.item.id.clone());
-            keys.push(w.item.key.clone());
+        match self.moves.get_mut(folder) {
+            Some((ids, keys)) => {
+                ids.push(w.item.id.clone());
+                keys.push(w.item.key.clone());
+            }
+            None => {
+                let entry = (vec![w.item.id.clone()], vec![w.item.key.clone()]);
+                self.moves.insert(folder.to_string(), entry);
+            }
         }
         self.count += 1;
         self.since.get_or_insert_with(std::time::Instant::now);

@@ -292,6 +292,14 @@ pub struct SentReply {
     pub audit: AuditEvent,
 }
 
+/// The distinct values of a list, sorted.
+fn sorted_unique(list: &[String]) -> Vec<&String> {
+    let mut l: Vec<&String> = list.iter().collect();
+    l.sort();
+    l.dedup();
+    l
+}
+
 fn domain_of(addr: &str) -> String {
     addr.rsplit_once('@')
         .map(|(_, d)| d.trim().to_lowercase())
@@ -548,10 +556,11 @@ impl Store {
         now: i64,
     ) -> Result<ReplyFacts, StoreError> {
         let mut f = ReplyFacts::default();
-        for (column, list_of, to) in [("recipient", recipients, true), ("sender", senders, false)] {
-            let mut l: Vec<&String> = list_of.iter().collect();
-            l.sort();
-            l.dedup();
+        let rcpts = sorted_unique(recipients);
+        for (column, l, to) in [
+            ("recipient", &rcpts, true),
+            ("sender", &sorted_unique(senders), false),
+        ] {
             for chunk in l.chunks(CHUNK) {
                 let sql = format!(
                     "SELECT {column} AS addr, template, MAX(sent_at) AS last FROM replies \
@@ -587,9 +596,6 @@ impl Store {
                 .fetch_one(&self.pool)
                 .await?;
         f.recipients_hour = u32::try_from(n).unwrap_or(u32::MAX);
-        let mut rcpts: Vec<&String> = recipients.iter().collect();
-        rcpts.sort();
-        rcpts.dedup();
         for chunk in rcpts.chunks(CHUNK) {
             let sql = format!(
                 "SELECT DISTINCT recipient FROM replies WHERE sent_at > $1 AND recipient IN ({})",

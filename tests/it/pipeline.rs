@@ -441,16 +441,18 @@ async fn close_matches_get_a_draft_for_the_person_not_a_reply() {
     );
 }
 
+/// The test setup with these `[limits]`.
+async fn with_limits(limits: &str) -> Env {
+    let config = format!("{}\n[limits]\n{limits}\n", crate::common::BASE_CONFIG);
+    Env::with_setup(Setup::with(&config, crate::common::BASE_RULES)).await
+}
+
 /// The hourly limits count the reply log (aggregated by the store for the
 /// batch's recipients and domains) plus the replies the batch itself
 /// already decided.
 #[tokio::test]
 async fn hourly_limits_count_the_log_and_the_batch() {
-    let config = format!(
-        "{}\n[limits]\nmax_replies_per_hour = 3\nper_domain_per_hour = 2\n",
-        crate::common::BASE_CONFIG
-    );
-    let mut env = Env::with_setup(Setup::with(&config, crate::common::BASE_RULES)).await;
+    let mut env = with_limits("max_replies_per_hour = 3\nper_domain_per_hour = 2").await;
     for (i, from) in [
         "a@one.example",
         "b@one.example",
@@ -511,11 +513,10 @@ async fn hourly_limits_count_the_log_and_the_batch() {
 /// once towards the breaker (distinct recipients).
 #[tokio::test]
 async fn a_recipient_answered_again_counts_once_towards_the_breaker() {
-    let config = format!(
-        "{}\n[limits]\nmax_replies_per_hour = 3\nper_domain_per_hour = 100\nper_sender_interval = \"200ms\"\n",
-        crate::common::BASE_CONFIG
-    );
-    let mut env = Env::with_setup(Setup::with(&config, crate::common::BASE_RULES)).await;
+    let mut env = with_limits(
+        "max_replies_per_hour = 3\nper_domain_per_hour = 100\nper_sender_interval = \"200ms\"",
+    )
+    .await;
     env.deliver("1.q", &question("r1", "a@one.example"));
     env.deliver("2.q", &question("r2", "b@two.example"));
     let out = env.run(env.outbox().await, Duration::from_secs(1)).await;
