@@ -84,6 +84,7 @@ async fn drain_pass<S: MailSource>(
     let mut filed = 0;
     let mut result = Ok(());
     let mut chunks = Chunks::new(&pending, shared.batch_size);
+    let mut since_trim = 0;
     // Pipelined: while batch n is parsed and scored on the parsing threads,
     // batch n+1 is fetched and earlier batches are filed over IMAP.
     let mut next = match chunks.next() {
@@ -102,13 +103,6 @@ async fn drain_pass<S: MailSource>(
             Some(c) if !shared.stopping() => Some(fetch_prepare(src, shared, mb, c).await),
             _ => None,
         };
-        if filing.len() >= FILE_EVERY || filing.age() >= FILE_AFTER {
-            if let Err(e) = filing.flush(&shared.pipeline, src).await {
-                result = Err(e);
-                break;
-            }
-            release_freed_memory();
-        }
         let prepared = match prepared.await {
             // Messages whose parsing failed stay in the inbox: the pass
             // is not complete (nothing is settled as filed after it).
@@ -123,11 +117,38 @@ async fn drain_pass<S: MailSource>(
                 break;
             }
         };
-        match shared
-            .pipeline
-            .process_prepared(src, mb, &k, prepared, &mut filing)
-            .await
-        {
+        since_trim += prepared.len();
+        let p = &shared.pipeline;
+        let loads = match p.loads(src, &k, &prepared, &filing).await {
+            Ok(l) => l,
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        };
+        // Earlier batches are filed while this one is decided and
+        // committed: the server moves mail while switchboard thinks.
+        let mut due = if filing.len() >= FILE_EVERY || filing.age() >= FILE_AFTER {
+            std::mem::take(&mut filing)
+        } else {
+            Filing::default()
+        };
+        let (staged, filed_due) = tokio::join!(p.stage(mb, &k, prepared, loads), due.flush(p, src));
+        let staged = match (staged, filed_due) {
+            (Ok(s), Ok(())) => s,
+            // A decided batch that was not acted on is resumed from its
+            // recorded state in the next pass. A failed mail source is
+            // reported first: nothing more is sent on it.
+            (_, Err(e @ PipelineError::Source(_))) | (Err(e), _) | (_, Err(e)) => {
+                result = Err(e);
+                break;
+            }
+        };
+        if since_trim >= FILE_EVERY {
+            since_trim = 0;
+            release_freed_memory();
+        }
+        match p.finish(src, mb, &k, staged, &mut filing).await {
             Ok(outcomes) => {
                 for o in outcomes {
                     filed += usize::from(o.folder.is_some());

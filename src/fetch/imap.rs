@@ -17,7 +17,7 @@ use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_imap::extensions::idle::IdleResponse;
 use async_imap::types::Fetch;
@@ -789,7 +789,14 @@ impl MailSource for Imap {
         for set in uid_sets(&list) {
             if self.caps.mv {
                 let s = self.session()?;
+                let started = Instant::now();
                 Self::timed(t, s.uid_mv(&set, &dest)).await?;
+                tracing::trace!(
+                    folder,
+                    messages = list.len(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "moved"
+                );
             } else {
                 let s = self.session()?;
                 Self::timed(t, s.uid_copy(&set, &dest)).await?;

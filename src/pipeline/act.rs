@@ -7,12 +7,12 @@
 //! 2. Copies of the replies go to the Sent folder.
 //! 3. Flags: one `UID STORE` per distinct flag set.
 //! 4. Filing: one `UID MOVE` per destination folder.
-//! 5. The filed messages are marked done, one transaction per folder.
+//! 5. The filed messages are marked done, in one transaction.
 //!
 //! Steps 3–5 are gathered over several batches of a backlog ([`Filing`]):
 //! the decisions are committed and the replies sent batch by batch, the
 //! moves happen a few thousand messages (or a couple of seconds) at a
-//! time.
+//! time, while the next batch is decided and committed.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -72,15 +72,22 @@ pub(super) async fn act<S: MailSource>(
 pub struct Filing {
     /// (flags, messages) to flag, by the flags' names.
     flags: BTreeMap<Vec<String>, (Vec<Flag>, Vec<MsgRef>)>,
-    /// Messages to move (and their keys, to mark done once moved), by
-    /// destination folder.
-    moves: BTreeMap<String, (Vec<MsgRef>, Vec<String>)>,
+    /// Messages to move, by destination folder.
+    moves: BTreeMap<String, Group>,
     /// Draft answers to store next to their messages, by folder.
     drafts: BTreeMap<String, Vec<Vec<u8>>>,
     /// How many messages wait.
     count: usize,
-    /// When the oldest entry was added.
-    since: Option<std::time::Instant>,
+}
+
+/// The messages waiting for one folder.
+#[derive(Debug)]
+struct Group {
+    ids: Vec<MsgRef>,
+    /// Their keys, to mark them done once moved.
+    keys: Vec<String>,
+    /// When the first of them was added.
+    since: std::time::Instant,
 }
 
 impl Filing {
@@ -113,17 +120,20 @@ impl Filing {
                 .push(d.clone());
         }
         match self.moves.get_mut(folder) {
-            Some((ids, keys)) => {
-                ids.push(w.item.id.clone());
-                keys.push(w.item.key.clone());
+            Some(g) => {
+                g.ids.push(w.item.id.clone());
+                g.keys.push(w.item.key.clone());
             }
             None => {
-                let entry = (vec![w.item.id.clone()], vec![w.item.key.clone()]);
-                self.moves.insert(folder.to_string(), entry);
+                let g = Group {
+                    ids: vec![w.item.id.clone()],
+                    keys: vec![w.item.key.clone()],
+                    since: std::time::Instant::now(),
+                };
+                self.moves.insert(folder.to_string(), g);
             }
         }
         self.count += 1;
-        self.since.get_or_insert_with(std::time::Instant::now);
     }
 
     /// Messages waiting to be filed.
@@ -135,9 +145,20 @@ impl Filing {
         self.count == 0
     }
 
+    /// Messages waiting to be moved to `folder`.
+    pub fn waiting_for(&self, folder: &str) -> u32 {
+        self.moves
+            .get(folder)
+            .map_or(0, |g| u32::try_from(g.ids.len()).unwrap_or(u32::MAX))
+    }
+
     /// How long the oldest waiting message has waited.
     pub fn age(&self) -> std::time::Duration {
-        self.since.map(|t| t.elapsed()).unwrap_or_default()
+        self.moves
+            .values()
+            .map(|g| g.since.elapsed())
+            .max()
+            .unwrap_or_default()
     }
 
     /// Flags (one `UID STORE` per flag set), files (one `UID MOVE` per
@@ -147,7 +168,7 @@ impl Filing {
         p: &Pipeline,
         src: &mut S,
     ) -> Result<(), PipelineError> {
-        if self.is_empty() {
+        if self.is_empty() && self.flags.is_empty() {
             return Ok(());
         }
         let t = std::time::Instant::now();
@@ -156,18 +177,18 @@ impl Filing {
             moves,
             drafts,
             count,
-            ..
         } = std::mem::take(self);
         for (_, (flags, ids)) in flags {
             src.add_flags(&ids, &flags).await?;
         }
+        let flagged = t.elapsed();
         // The moved messages are marked done in one transaction after the
         // moves — also when a later move fails, so that no moved message
         // looks unfiled. (A crash in between is settled after the next
         // complete drain: `Store::settle_filed`.)
         let mut moved: Vec<String> = Vec::new();
         let mut result = Ok(());
-        for (folder, (ids, keys)) in moves {
+        for (folder, Group { ids, keys, .. }) in moves {
             if let Err(e) = src.move_to(&folder, &ids).await {
                 result = Err(PipelineError::from(e));
                 break;
@@ -185,12 +206,15 @@ impl Filing {
                 }
             }
         }
+        let filed = t.elapsed();
         if !moved.is_empty() {
             p.store.finish(&moved, p.now()).await?;
         }
         result?;
         tracing::debug!(
             messages = count,
+            flag_ms = flagged.as_millis() as u64,
+            move_ms = (filed - flagged).as_millis() as u64,
             file_ms = t.elapsed().as_millis() as u64,
             "filed"
         );

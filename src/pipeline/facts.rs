@@ -1,7 +1,7 @@
 //! Stage 2 of a batch: the facts its decisions depend on, gathered in a
 //! few queries (and, for least-loaded queues, one `STATUS` per person).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::{Item, PipelineError};
 use crate::decide::assign::TeamFacts;
@@ -21,12 +21,66 @@ pub struct BatchFacts {
 /// The counter every batch with replies moves (see [`gather`]).
 pub const REPLIES_COUNTER: &str = "replies";
 
-/// Reads everything the batch's decisions depend on.
-pub async fn gather<S: MailSource>(
-    store: &Store,
+/// Open messages per representative (see [`loads`]).
+pub type Loads = HashMap<String, u32>;
+
+/// The open loads of the members of least-loaded queues and of anyone
+/// with `max_open`: one `STATUS` per person and batch, plus the messages
+/// decided for their folder but not moved there yet (`unfiled`), so that
+/// a backlog filed a few thousand messages at a time still respects
+/// `max_open` and spreads evenly.
+pub async fn loads<S: MailSource>(
     src: &mut S,
     k: &Knowledge,
     items: &[Item],
+    unfiled: impl Fn(&str) -> u32,
+) -> Result<Loads, PipelineError> {
+    let mut loads = Loads::new();
+    if items.is_empty() || k.reps.is_empty() {
+        return Ok(loads);
+    }
+    let mut needed: HashSet<&str> = HashSet::new();
+    for q in k
+        .queues
+        .values()
+        .filter(|q| q.strategy == Strategy::LeastLoaded)
+    {
+        needed.extend(q.members.iter().map(String::as_str));
+    }
+    needed.extend(
+        k.reps
+            .values()
+            .filter(|r| r.max_open.is_some())
+            .map(|r| r.id.as_str()),
+    );
+    let mut needed: Vec<&str> = needed.into_iter().collect();
+    needed.sort_unstable();
+    for id in needed {
+        let Some(r) = k.reps.get(id) else { continue };
+        match src.count(&r.folder).await {
+            Ok(n) => {
+                metrics::gauge!("switchboard_rep_open_messages", "rep" => id.to_string())
+                    .set(f64::from(n));
+                loads.insert(id.to_string(), n.saturating_add(unfiled(&r.folder)));
+            }
+            Err(e) if matches!(e, crate::fetch::FetchError::Protocol(_)) => {
+                tracing::warn!(rep = %id, folder = %r.folder, "cannot count open messages: {e}");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(loads)
+}
+
+/// Reads everything else the batch's decisions depend on from the store.
+/// `loads` are the open loads read with [`loads`] (the one fact that
+/// comes from the mail server, read before, so that this stage can run
+/// while the server is busy filing).
+pub async fn gather(
+    store: &Store,
+    k: &Knowledge,
+    items: &[Item],
+    loads: Loads,
     now: i64,
 ) -> Result<BatchFacts, PipelineError> {
     let keys: Vec<String> = items.iter().map(|i| i.key.clone()).collect();
@@ -75,40 +129,7 @@ pub async fn gather<S: MailSource>(
             team.rotation.insert(q.to_string(), (*v).max(0) as u64);
         }
     }
-    // Open loads: of the members of least-loaded queues and of anyone with
-    // `max_open`, counted once per batch.
-    if !items.is_empty() && !k.reps.is_empty() {
-        let mut needed: HashSet<&str> = HashSet::new();
-        for q in k
-            .queues
-            .values()
-            .filter(|q| q.strategy == Strategy::LeastLoaded)
-        {
-            needed.extend(q.members.iter().map(String::as_str));
-        }
-        needed.extend(
-            k.reps
-                .values()
-                .filter(|r| r.max_open.is_some())
-                .map(|r| r.id.as_str()),
-        );
-        let mut needed: Vec<&str> = needed.into_iter().collect();
-        needed.sort_unstable();
-        for id in needed {
-            let Some(r) = k.reps.get(id) else { continue };
-            match src.count(&r.folder).await {
-                Ok(n) => {
-                    metrics::gauge!("switchboard_rep_open_messages", "rep" => id.to_string())
-                        .set(f64::from(n));
-                    team.loads.insert(id.to_string(), n);
-                }
-                Err(e) if matches!(e, crate::fetch::FetchError::Protocol(_)) => {
-                    tracing::warn!(rep = %id, folder = %r.folder, "cannot count open messages: {e}");
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
+    team.loads = loads;
     let decide = plan::Facts {
         tickets: stored.tickets.clone(),
         auto_replies: stored.auto_replies.clone(),

@@ -389,6 +389,17 @@ pub struct Prepared {
     pub complete: bool,
 }
 
+impl Prepared {
+    /// Messages in the batch.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
 /// Parses a batch and scores it against the FAQ on the parsing threads ([`cpu`]),
 /// split over the available cores. The CPU-bound stage: the daemon runs
 /// it for the next batch while the current one is committed and filed.
@@ -526,6 +537,34 @@ impl Pipeline {
         prepared: Prepared,
         filing: &mut Filing,
     ) -> Result<Vec<Outcome>, PipelineError> {
+        let loads = self.loads(src, k, &prepared, filing).await?;
+        let staged = self.stage(mb, k, prepared, loads).await?;
+        self.finish(src, mb, k, staged, filing).await
+    }
+
+    /// Stage 2, the part read from the mail server: the open loads of
+    /// the people the batch may be assigned to (see [`facts::loads`]).
+    pub async fn loads<S: MailSource>(
+        &self,
+        src: &mut S,
+        k: &Knowledge,
+        prepared: &Prepared,
+        filing: &Filing,
+    ) -> Result<facts::Loads, PipelineError> {
+        facts::loads(src, k, &prepared.items, |f| filing.waiting_for(f)).await
+    }
+
+    /// Stages 2–4 without the mail server: gather the stored facts,
+    /// decide, and commit the decisions in one transaction. The caller
+    /// may meanwhile use the mail source for something else (filing
+    /// earlier batches); [`Pipeline::finish`] then acts.
+    pub async fn stage(
+        &self,
+        mb: &MailboxInfo,
+        k: &Arc<Knowledge>,
+        prepared: Prepared,
+        loads: facts::Loads,
+    ) -> Result<Staged, PipelineError> {
         let Prepared {
             mut items,
             took: parsed,
@@ -536,7 +575,7 @@ impl Pipeline {
         let (work, commit, gathered, decided, committed) = loop {
             let now = self.now();
             let t = std::time::Instant::now();
-            let facts = facts::gather(&self.store, src, k, &items, now).await?;
+            let facts = facts::gather(&self.store, k, &items, loads.clone(), now).await?;
             if !looked_up {
                 looked_up = true;
                 lookups(k, &mut items, &facts.stored, now).await;
@@ -568,6 +607,26 @@ impl Pipeline {
             })
             .collect();
         drop(commit);
+        Ok(Staged {
+            work,
+            took: [parsed, gathered, decided, committed],
+        })
+    }
+
+    /// Stage 5 for a committed batch: send the replies, store their
+    /// copies, and add the flags and moves to `filing`.
+    pub async fn finish<S: MailSource>(
+        &self,
+        src: &mut S,
+        mb: &MailboxInfo,
+        k: &Arc<Knowledge>,
+        staged: Staged,
+        filing: &mut Filing,
+    ) -> Result<Vec<Outcome>, PipelineError> {
+        let Staged {
+            work,
+            took: [parsed, gathered, decided, committed],
+        } = staged;
         let t = std::time::Instant::now();
         let n = work.len();
         let out = act::act(self, src, mb, k, work, filing).await;
@@ -583,6 +642,14 @@ impl Pipeline {
         );
         out
     }
+}
+
+/// A batch decided and committed, its side effects still to do
+/// ([`Pipeline::finish`]).
+pub struct Staged {
+    work: Vec<Work>,
+    /// Parsing, facts, deciding, committing.
+    took: [std::time::Duration; 4],
 }
 
 /// Runs the lookups for the messages of a batch that are to be decided

@@ -290,6 +290,56 @@ timezone = "UTC"
     assert_eq!(c.count("Reps/Ben").await, got[1] + 1);
 }
 
+/// A backlog is read in several batches and filed a few thousand
+/// messages at a time: the messages decided for someone but not moved
+/// yet count towards their load, or the emptiest person would get every
+/// batch until the next filing, past their `max_open`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_counts_the_messages_not_filed_yet() {
+    let srv = Servers::start();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = setup(
+        &srv,
+        dir.path(),
+        r#"
+[[queue]]
+name = "sales"
+folder = "Queues/Sales"
+strategy = "least_loaded"
+members = ["ann", "ben"]
+
+[[rep]]
+id = "ann"
+folder = "Reps/Ann"
+
+[[rep]]
+id = "ben"
+folder = "Reps/Ben"
+max_open = 60
+"#,
+    );
+    // Ann has 40 open messages, Ben none.
+    let mut c = Client::login(srv.imap_port, SUPPORT).await;
+    for i in 0..40 {
+        let m = customer_mail(
+            "x@customer.test",
+            SUPPORT,
+            "old",
+            "old",
+            &format!("old{i}@x"),
+            "",
+        );
+        c.append("Reps/Ann", &m).await;
+    }
+    // 150 requests: batches of 50, then 100.
+    seed(&srv, "q", 150);
+    let log = once(&config);
+    let got = counts(&mut c, &["Reps/Ann", "Reps/Ben", "Queues/Sales", "INBOX"]).await;
+    // Ben gets the first 40 to catch up, then they alternate until Ben is
+    // full at 60; the rest goes to Ann.
+    assert_eq!(got, vec![130, 60, 0, 0], "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sticky_follow_ups_replies_to_auto_replies_and_escalation() {
     let srv = Servers::start();
