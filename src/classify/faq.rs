@@ -451,28 +451,31 @@ fn gram_key(gram: &str) -> u64 {
 type Sparse = Vec<(u32, f32)>;
 
 /// Term counts of a word list in the two feature blocks (word features,
-/// character features), with the list's stemmed words.
+/// character features): each block's feature ids, once per occurrence
+/// (counted when normalised), with the list's words' features.
 #[derive(Debug, Default, Clone)]
 struct Counts {
-    tf: [HashMap<u32, u32>; 2],
-    stems: Vec<String>,
+    ids: [Vec<u32>; 2],
+    words: Vec<std::rc::Rc<WordFeatures>>,
 }
 
 impl Counts {
     fn add(&mut self, other: &Counts) {
-        for (mine, theirs) in self.tf.iter_mut().zip(&other.tf) {
-            for (k, v) in theirs {
-                *mine.entry(*k).or_default() += v;
-            }
+        for (mine, theirs) in self.ids.iter_mut().zip(&other.ids) {
+            mine.extend_from_slice(theirs);
         }
-        self.stems.extend(other.stems.iter().cloned());
+        self.words.extend(other.words.iter().cloned());
     }
 }
 
 /// TF-IDF vocabulary of the two feature blocks.
 #[derive(Debug, Default)]
 struct Vocab {
+    /// Stemmed words.
     word: HashMap<String, u32>,
+    /// Pairs of neighbouring stemmed words, by the two words' features
+    /// (see [`pair_key`]): both words of a pair are features themselves.
+    pairs: HashMap<u64, u32>,
     /// Character n-grams by [`gram_key`]: looked up straight from the
     /// question's text, without building a string per n-gram.
     chars: HashMap<u64, u32>,
@@ -484,14 +487,13 @@ struct Vocab {
     id: u64,
 }
 
-/// What counting needs of one word: its stem, the stem's word feature
-/// and the character n-grams the vocabulary knows. Pure functions of the
+/// What counting needs of one word: its stem's word feature and the
+/// character n-grams the vocabulary knows. Pure functions of the
 /// word and the vocabulary, so they are cached per thread: the words of
 /// mail repeat, and stemming plus four lookups per letter were a sixth
 /// of a backlog's CPU.
 #[derive(Debug)]
 struct WordFeatures {
-    stem: String,
     word: Option<u32>,
     grams: Box<[u32]>,
 }
@@ -508,6 +510,11 @@ struct WordCache {
 
 thread_local! {
     static WORDS: std::cell::RefCell<WordCache> = std::cell::RefCell::new(WordCache::default());
+}
+
+/// The key of the pair of word features `a b`.
+fn pair_key(a: u32, b: u32) -> u64 {
+    (u64::from(a) << 32) | u64::from(b)
 }
 
 /// A distinct id per vocabulary built in this process (0: none).
@@ -554,6 +561,7 @@ impl Vocab {
             ..Vocab::default()
         };
         let mut remap: [Vec<u32>; 2] = [Vec::new(), Vec::new()];
+        let mut pairs = Vec::new();
         for (b, map) in ids.into_iter().enumerate() {
             let mut keys: Vec<(String, u32)> = map.into_iter().collect();
             keys.sort();
@@ -564,23 +572,32 @@ impl Vocab {
                 v.idf
                     .push((((1.0 + n) / (1.0 + f64::from(d))).ln() + 1.0) as f32);
                 remap[b][old as usize] = idx;
-                if b == 0 {
-                    v.word.insert(k, idx);
-                } else {
+                if b == 1 {
                     v.chars.insert(gram_key(&k), idx);
+                } else if k.contains(' ') {
+                    pairs.push((k, idx));
+                } else {
+                    v.word.insert(k, idx);
                 }
+            }
+        }
+        for (k, idx) in pairs {
+            let ids = k
+                .split_once(' ')
+                .and_then(|(a, b)| Some((*v.word.get(a)?, *v.word.get(b)?)));
+            if let Some((a, b)) = ids {
+                v.pairs.insert(pair_key(a, b), idx);
             }
         }
         let xs = docs
             .into_iter()
-            .map(|doc| {
-                let mut tf: [HashMap<u32, u32>; 2] = [HashMap::default(), HashMap::default()];
-                for (b, list) in doc.iter().enumerate() {
-                    for id in list {
-                        *tf[b].entry(remap[b][*id as usize]).or_default() += 1;
+            .map(|mut doc| {
+                for (b, list) in doc.iter_mut().enumerate() {
+                    for id in list.iter_mut() {
+                        *id = remap[b][*id as usize];
                     }
                 }
-                v.normalise(&tf)
+                v.normalise(&doc)
             })
             .collect();
         (v, xs)
@@ -595,13 +612,12 @@ impl Vocab {
     /// memory a question needs is bounded by its distinct known features.
     #[cfg(test)]
     fn vector_words(&self, ws: &[String], stem: &rust_stemmers::Stemmer) -> Sparse {
-        self.normalise(&self.counts(ws, stem).tf)
+        self.normalise(&self.counts(ws, stem).ids)
     }
 
     /// Term counts of a word list (both blocks) with its stemmed words.
     fn counts(&self, ws: &[String], stem: &rust_stemmers::Stemmer) -> Counts {
         let mut c = Counts::default();
-        let mut buf = String::new();
         WORDS.with(|cache| {
             let mut cache = cache.borrow_mut();
             if cache.vocab != self.id || cache.words.len() >= WORD_CACHE {
@@ -618,25 +634,22 @@ impl Vocab {
                     }
                 };
                 if let Some(i) = f.word {
-                    *c.tf[0].entry(i).or_default() += 1;
+                    c.ids[0].push(i);
                 }
-                if let Some(p) = c.stems.last() {
-                    self.count_pair(p, &f.stem, &mut buf, &mut c.tf[0]);
+                if let Some(i) = c.words.last().and_then(|p| self.pair(p, &f)) {
+                    c.ids[0].push(i);
                 }
-                c.stems.push(f.stem.clone());
-                for &g in f.grams.iter() {
-                    *c.tf[1].entry(g).or_default() += 1;
-                }
+                c.ids[1].extend_from_slice(&f.grams);
+                c.words.push(f);
             }
         });
         c
     }
 
-    /// A word's stem, its word feature and its known character n-grams
+    /// A word's word feature (of its stem) and its known character n-grams
     /// (of 2 to 5 characters of the word padded with a space each side).
     fn features(&self, w: &str, stem: &rust_stemmers::Stemmer) -> WordFeatures {
-        let stemmed = stem.stem(w).into_owned();
-        let word = self.word.get(stemmed.as_str()).copied();
+        let word = self.word.get(stem.stem(w).as_ref()).copied();
         let mut grams = Vec::new();
         for_each_gram(w, |g| {
             if let Some(&i) = self.chars.get(&gram_key(g)) {
@@ -644,21 +657,14 @@ impl Vocab {
             }
         });
         WordFeatures {
-            stem: stemmed,
             word,
             grams: grams.into_boxed_slice(),
         }
     }
 
-    /// Counts the word pair `a b` when the vocabulary has it.
-    fn count_pair(&self, a: &str, b: &str, buf: &mut String, tf: &mut HashMap<u32, u32>) {
-        buf.clear();
-        buf.push_str(a);
-        buf.push(' ');
-        buf.push_str(b);
-        if let Some(&i) = self.word.get(buf.as_str()) {
-            *tf.entry(i).or_default() += 1;
-        }
+    /// The feature of the word pair `a b`, when the vocabulary has it.
+    fn pair(&self, a: &WordFeatures, b: &WordFeatures) -> Option<u32> {
+        self.pairs.get(&pair_key(a.word?, b.word?)).copied()
     }
 
     /// The counts of word lists joined end to end, from their separate
@@ -666,32 +672,35 @@ impl Vocab {
     /// every n-gram again (only the word pairs across each join are new).
     fn join<'a>(&self, parts: impl Iterator<Item = &'a Counts>) -> Counts {
         let mut out = Counts::default();
-        let mut buf = String::new();
         for part in parts {
-            let (Some(first), Some(prev)) = (part.stems.first(), out.stems.last()) else {
-                out.add(part);
-                continue;
+            let pair = match (out.words.last(), part.words.first()) {
+                (Some(prev), Some(first)) => self.pair(prev, first),
+                _ => None,
             };
-            let (first, prev) = (first.clone(), prev.clone());
-            self.count_pair(&prev, &first, &mut buf, &mut out.tf[0]);
+            out.ids[0].extend(pair);
             out.add(part);
         }
         out
     }
 
     /// Per block `(1 + ln tf) · idf`, L2-normalised, each block scaled by
-    /// 1/√2.
-    fn normalise(&self, tf: &[HashMap<u32, u32>; 2]) -> Sparse {
+    /// 1/√2, from the blocks' feature ids (once per occurrence).
+    fn normalise(&self, ids: &[Vec<u32>; 2]) -> Sparse {
         let mut out = Vec::new();
-        for block in tf {
+        let mut sorted = Vec::new();
+        for block in ids {
             if block.is_empty() {
                 continue;
             }
-            let mut block: Sparse = block
-                .iter()
-                .map(|(&i, &c)| (i, (1.0 + (c as f32).ln()) * self.idf[i as usize]))
-                .collect();
-            block.sort_unstable_by_key(|(i, _)| *i);
+            sorted.clear();
+            sorted.extend_from_slice(block);
+            sorted.sort_unstable();
+            let mut block: Sparse = Vec::with_capacity(sorted.len());
+            for run in sorted.chunk_by(|a, b| a == b) {
+                let i = run[0];
+                let c = run.len() as f32;
+                block.push((i, (1.0 + c.ln()) * self.idf[i as usize]));
+            }
             let norm = block.iter().map(|(_, v)| v * v).sum::<f32>().sqrt();
             if norm > 0.0 {
                 let k = norm * std::f32::consts::SQRT_2;
@@ -1258,8 +1267,9 @@ impl Calibrator {
 
 /// Everything built from the examples.
 struct Matcher {
-    /// Stemmed content words of each entry's examples.
-    entry_words: Vec<std::collections::HashSet<String>>,
+    /// Stemmed content words of each entry's examples (their word
+    /// features).
+    entry_words: Vec<std::collections::HashSet<u32>>,
     vocab: Vocab,
     speller: Speller,
     model: Model,
@@ -1276,9 +1286,9 @@ struct Scored {
     sims: Vec<f32>,
     content: usize,
     known: f64,
-    /// Stemmed content words with their IDF weight and whether the FAQ
-    /// uses them at all.
-    terms: Vec<(String, f64, bool)>,
+    /// Stemmed content words: their word feature (none when no example
+    /// uses them) and IDF weight.
+    terms: Vec<(Option<u32>, f64)>,
 }
 
 impl Matcher {
@@ -1320,8 +1330,10 @@ impl Matcher {
         let mut entry_words = vec![std::collections::HashSet::new(); classes];
         for (t, l) in texts.iter().zip(labels) {
             for w in words(t) {
-                if is_content(&w) {
-                    entry_words[*l].insert(stem.stem(&w).into_owned());
+                if is_content(&w)
+                    && let Some(&i) = vocab.word.get(stem.stem(&w).as_ref())
+                {
+                    entry_words[*l].insert(i);
                 }
             }
         }
@@ -1338,9 +1350,9 @@ impl Matcher {
 
     /// Scores a word list from its counts (see [`Vocab::counts`]).
     fn score(&self, ws: &[String], counts: Counts) -> Scored {
-        let content: Vec<(&String, &String)> = ws
+        let content: Vec<(&String, &std::rc::Rc<WordFeatures>)> = ws
             .iter()
-            .zip(&counts.stems)
+            .zip(&counts.words)
             .filter(|(w, _)| is_content(w))
             .collect();
         let known = if content.is_empty() {
@@ -1354,21 +1366,18 @@ impl Matcher {
         };
         let terms = content
             .iter()
-            .map(|(_, st)| {
-                let idf = self
-                    .vocab
+            .map(|(_, f)| {
+                let idf = f
                     .word
-                    .get(st.as_str())
-                    .and_then(|i| self.vocab.idf.get(*i as usize))
+                    .and_then(|i| self.vocab.idf.get(i as usize))
                     .map(|v| f64::from(*v));
                 (
-                    (*st).clone(),
+                    f.word.filter(|_| idf.is_some()),
                     idf.unwrap_or(self.vocab.max_idf),
-                    idf.is_some(),
                 )
             })
             .collect();
-        let x = self.vocab.normalise(&counts.tf);
+        let x = self.vocab.normalise(&counts.ids);
         let z = self.model.logits(&x);
         let mut p = z.clone();
         softmax(&mut p);
@@ -1402,7 +1411,7 @@ impl Matcher {
             foreign: s
                 .terms
                 .iter()
-                .filter(|t| t.2 && !self.entry_words[i].contains(&t.0))
+                .filter(|t| t.0.is_some_and(|w| !self.entry_words[i].contains(&w)))
                 .map(|t| t.1)
                 .sum(),
             vote: s.vote[i],
@@ -1422,7 +1431,7 @@ impl Matcher {
                 let hit: f64 = s
                     .terms
                     .iter()
-                    .filter(|t| self.entry_words[i].contains(&t.0))
+                    .filter(|t| t.0.is_some_and(|w| self.entry_words[i].contains(&w)))
                     .map(|t| t.1)
                     .sum();
                 if total > 0.0 { hit / total } else { 0.0 }
@@ -1668,7 +1677,7 @@ impl FaqIndex {
             let rel: Vec<f32> = seg_counts
                 .iter()
                 .map(|c| {
-                    let x = m.vocab.normalise(&c.tf);
+                    let x = m.vocab.normalise(&c.ids);
                     m.knn.best_similarity(&x)
                 })
                 .collect();
@@ -1838,18 +1847,25 @@ mod tests {
         let all: Vec<String> = parts.concat();
         let whole = vocab.counts(&all, &stem);
         let joined = vocab.join(counts.iter());
-        assert_eq!(joined.stems, whole.stems);
+        let stems = |c: &Counts| c.words.iter().map(|f| f.word).collect::<Vec<_>>();
+        assert_eq!(stems(&joined), stems(&whole));
         for b in 0..2 {
-            let mut a: Vec<_> = joined.tf[b].iter().collect();
-            let mut w: Vec<_> = whole.tf[b].iter().collect();
+            let mut a = joined.ids[b].clone();
+            let mut w = whole.ids[b].clone();
             a.sort();
             w.sort();
             assert_eq!(a, w, "block {b}");
         }
         // "my order" crosses the first join: counted once, as in the whole.
-        let pair = vocab.word.get("my order").copied();
-        assert!(pair.is_some_and(|i| joined.tf[0].get(&i) == Some(&1)));
-        assert_eq!(vocab.normalise(&joined.tf), vocab.vector_words(&all, &stem));
+        let id = |w: &str| vocab.word.get(w).copied();
+        let pair = id("my")
+            .zip(id("order"))
+            .and_then(|(a, b)| vocab.pairs.get(&pair_key(a, b)).copied());
+        assert!(pair.is_some_and(|i| joined.ids[0].iter().filter(|x| **x == i).count() == 1));
+        assert_eq!(
+            vocab.normalise(&joined.ids),
+            vocab.vector_words(&all, &stem)
+        );
     }
 
     #[test]

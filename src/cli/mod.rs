@@ -243,6 +243,19 @@ pub fn load_all(
     std::sync::Arc<switchboard::knowledge::Knowledge>,
     switchboard::diag::Diagnostics,
 )> {
+    load_all_then(path, |_| {})
+}
+
+/// [`load_all`], calling `configured` with the configuration before the
+/// rules, FAQ and templates are loaded.
+pub fn load_all_then(
+    path: &std::path::Path,
+    configured: impl FnOnce(&switchboard::config::Config),
+) -> Option<(
+    switchboard::config::Config,
+    std::sync::Arc<switchboard::knowledge::Knowledge>,
+    switchboard::diag::Diagnostics,
+)> {
     use switchboard::config::Config;
     use switchboard::knowledge::Knowledge;
     let (cfg, mut warnings) = match Config::load(path) {
@@ -257,6 +270,7 @@ pub fn load_all(
             return None;
         }
     };
+    configured(&cfg);
     match Knowledge::load(&cfg) {
         Ok((k, w)) => {
             warnings.extend(w);

@@ -42,7 +42,12 @@ const STATUS_EVERY: Duration = Duration::from_secs(10);
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     super::init_logging("info");
     let path = a.config.path();
-    let Some((mut cfg, k, warnings)) = super::load_all(&path) else {
+    // The IMAP servers are connected to while the rules and the FAQ load
+    // (a server's first SELECT of a large inbox takes a while).
+    let mut early = switchboard::daemon::Early::new();
+    let Some((mut cfg, k, warnings)) = super::load_all_then(&path, |cfg| {
+        early = switchboard::daemon::connect_early(cfg);
+    }) else {
         return Ok(ExitCode::from(2));
     };
     if let Some(name) = a.instance.as_deref().map(str::trim) {
@@ -149,7 +154,8 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     ));
     let reporter = (!a.once).then(|| tokio::spawn(report_loop(health.clone())));
     let watchdog = spawn_watchdog();
-    let filed = switchboard::daemon::run(cfg, krx, pipeline, srx, a.once, health.clone()).await;
+    let filed =
+        switchboard::daemon::run(cfg, krx, pipeline, srx, a.once, health.clone(), early).await;
     notify(&[NotifyState::Stopping]);
     signals.abort();
     if let Some(r) = reporter {

@@ -509,12 +509,35 @@ pub const IDLE_PERIOD: Duration = Duration::from_secs(25 * 60);
 /// and drain again on every change, reconnecting with backoff after any
 /// failure. One failing mailbox never affects the others: each has its
 /// own task and connection.
+/// IMAP connections opened at start, while the rules and the FAQ were
+/// loading (the server's first SELECT of a large inbox takes a while),
+/// by mailbox name; see [`connect_early`].
+pub type Early = HashMap<String, tokio::task::JoinHandle<Result<Imap, FetchError>>>;
+
+/// Starts connecting to every IMAP mailbox of `cfg`, for [`run`].
+pub fn connect_early(cfg: &Config) -> Early {
+    cfg.mailboxes
+        .iter()
+        .filter_map(|m| match &m.kind {
+            MailboxKind::Imap(icfg) => {
+                let icfg = icfg.clone();
+                Some((
+                    m.name.clone(),
+                    tokio::spawn(async move { Imap::connect(&icfg).await }),
+                ))
+            }
+            MailboxKind::Maildir { .. } => None,
+        })
+        .collect()
+}
+
 pub async fn run_imap(
     mb: MailboxConfig,
     icfg: ImapConfig,
     mut shared: Shared,
     once: bool,
     retry: (Duration, Duration),
+    mut early: Option<tokio::task::JoinHandle<Result<Imap, FetchError>>>,
 ) -> Result<usize, FetchError> {
     let info = mailbox_info(&mb);
     shared.batch_size = icfg.batch_size as usize;
@@ -528,7 +551,14 @@ pub async fn run_imap(
         if shared.stopping() {
             return Ok(handled);
         }
-        let mut imap = match Imap::connect(&icfg).await {
+        let connected = match early.take() {
+            Some(h) => match h.await {
+                Ok(r) => r,
+                Err(_) => Imap::connect(&icfg).await,
+            },
+            None => Imap::connect(&icfg).await,
+        };
+        let mut imap = match connected {
             Ok(c) => {
                 shared.health.connected(&mb.name);
                 if last_error.take().is_some() {
@@ -680,6 +710,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
     once: bool,
     health: Health,
+    mut early: Early,
 ) -> anyhow::Result<RunSummary> {
     let shared = Shared {
         pipeline,
@@ -731,7 +762,8 @@ pub async fn run(
                             let mut mine = shared.clone();
                             mine.shutdown = rx;
                             mine.pipeline.store = mine.pipeline.store.fenced(fence);
-                            let id = spawn_mailbox(&mut tasks, mb.clone(), mine, once, retry);
+                            let first = early.remove(&mb.name);
+                            let id = spawn_mailbox(&mut tasks, mb.clone(), mine, once, retry, first);
                             names.insert(id, mb.name.clone());
                             running.insert(mb.name, (tx, id, token));
                         }
@@ -744,6 +776,10 @@ pub async fn run(
                 }
                 if first {
                     first = false;
+                    // Connections to mailboxes other instances work.
+                    for (_, h) in early.drain() {
+                        h.abort();
+                    }
                     health.leases_settled(&leases.instance().name);
                     let skipped = cfg.mailboxes.len() - leases.held();
                     if skipped > 0 {
@@ -810,6 +846,7 @@ fn spawn_mailbox(
     shared: Shared,
     once: bool,
     retry: (Duration, Duration),
+    early: Option<tokio::task::JoinHandle<Result<Imap, FetchError>>>,
 ) -> tokio::task::Id {
     let handle = match mb.kind.clone() {
         MailboxKind::Maildir { path } => tasks.spawn(async move {
@@ -821,7 +858,7 @@ fn spawn_mailbox(
         }),
         MailboxKind::Imap(icfg) => tasks.spawn(async move {
             let name = mb.name.clone();
-            (name, run_imap(mb, icfg, shared, once, retry).await)
+            (name, run_imap(mb, icfg, shared, once, retry, early).await)
         }),
     };
     handle.id()
