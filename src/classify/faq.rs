@@ -252,14 +252,30 @@ const NEUTRAL: &[&str] = &[
 /// Normalises text for features: Unicode NFKC, lower case, apostrophes
 /// dropped (`don't` → `dont`), then runs of letters and digits.
 pub fn words(text: &str) -> Vec<String> {
-    let t: String = text
-        .nfkc()
-        .flat_map(char::to_lowercase)
-        .filter(|c| !matches!(c, '\'' | '’' | '`'))
-        .collect();
+    let t = if text.is_ascii() {
+        folded_ascii(text)
+    } else {
+        folded(text)
+    };
     t.split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty() && w.chars().count() <= 40)
         .map(str::to_string)
+        .collect()
+}
+
+/// NFKC, lower case, apostrophes dropped.
+fn folded(text: &str) -> String {
+    text.nfkc()
+        .flat_map(char::to_lowercase)
+        .filter(|c| !matches!(c, '\'' | '’' | '`'))
+        .collect()
+}
+
+/// [`folded`] for ASCII text (its own NFKC form), without decoding.
+fn folded_ascii(text: &str) -> String {
+    text.bytes()
+        .filter(|b| !matches!(b, b'\'' | b'`'))
+        .map(|b| char::from(b.to_ascii_lowercase()))
         .collect()
 }
 
@@ -1825,6 +1841,14 @@ mod tests {
         let (w, c) = raw_features(&words("card arrived"), &stemmer());
         assert_eq!(w, vec!["card", "arriv", "card arriv"]);
         assert!(c.contains(&" c".to_string()) && c.contains(&"card ".to_string()));
+    }
+
+    #[test]
+    fn ascii_folding_equals_the_general_folding() {
+        let every: String = (0u8..128).map(char::from).collect();
+        for t in [every.as_str(), "Where's my ORDER #1234? `quoted` ''", ""] {
+            assert_eq!(folded_ascii(t), folded(t), "{t:?}");
+        }
     }
 
     #[test]

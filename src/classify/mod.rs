@@ -94,6 +94,17 @@ pub fn classify_scored(
     ctx: &Context,
     scored: Option<&FaqResult>,
 ) -> Classification {
+    classify_with(m, k, ctx, scored).0
+}
+
+/// [`classify_scored`], and whether the classification's FAQ result is
+/// `scored` (false when no rule needed the FAQ).
+pub fn classify_with(
+    m: &Message,
+    k: &Knowledge,
+    ctx: &Context,
+    scored: Option<&FaqResult>,
+) -> (Classification, bool) {
     let guard = loop_guard::inspect(m, &k.policy.our_addresses);
     let auth = auth::inspect(m, &k.policy.reply.trusted_authserv_ids);
     let follow_up = ctx.follow_up || answers_us(m, &k.policy.domain, &k.policy.reply.ticket_prefix);
@@ -102,7 +113,8 @@ pub fn classify_scored(
         lookups: ctx.lookups.clone(),
     };
     let mut facts = facts(m, &FaqResult::default(), &guard, &ctx);
-    let faq = if rules::decided_without_faq(&k.rules, &facts) {
+    let without_faq = rules::decided_without_faq(&k.rules, &facts);
+    let faq = if without_faq {
         FaqResult {
             reason: "not scored: a rule decided before any rule that looks at the FAQ".into(),
             ..FaqResult::default()
@@ -119,14 +131,15 @@ pub fn classify_scored(
         faq
     };
     let rules = rules::run(&k.rules, &facts);
-    Classification {
+    let c = Classification {
         faq,
         guard,
         auth,
         rules,
         follow_up,
         lookups: ctx.lookups,
-    }
+    };
+    (c, !without_faq && scored.is_some())
 }
 
 /// The FAQ result for `m` when the rules' outcome can depend on it

@@ -362,6 +362,11 @@ pub struct Prior<'a> {
     pub scored: Option<&'a crate::classify::FaqResult>,
     /// What the lookups found for it.
     pub lookups: Option<&'a crate::lookup::LookupFacts>,
+    /// Its classification, made ahead (on the parsing threads) with the
+    /// default [`Context`]: used when the message turns out to continue
+    /// no known conversation and has no lookups, as the same pure
+    /// function would give the same result.
+    pub classified: Option<&'a Classification>,
 }
 
 /// Decides one message.
@@ -411,15 +416,16 @@ pub fn plan(
         }
     }
     let existing = ticket.as_deref().and_then(|t| ledger.thread(facts, t));
-    let c: Classification = classify::classify_scored(
-        m,
-        k,
-        &Context {
-            follow_up: ticket.is_some(),
-            lookups: prior.lookups.cloned().unwrap_or_default(),
-        },
-        prior.scored,
-    );
+    let ctx = Context {
+        follow_up: ticket.is_some(),
+        lookups: prior.lookups.cloned().unwrap_or_default(),
+    };
+    let c: Classification = match prior.classified {
+        Some(c) if !ctx.follow_up && ctx.lookups == crate::lookup::LookupFacts::default() => {
+            c.clone()
+        }
+        _ => classify::classify_scored(m, k, &ctx, prior.scored),
+    };
     let proposed = decide::proposed_reply(&c, k);
     let recipient = decide::reply_address(m, k.policy.reply.address, &k.policy.our_addresses)
         .map(|a| a.key())

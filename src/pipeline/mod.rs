@@ -311,8 +311,14 @@ struct Item {
     /// Identity in the store: the Message-ID, or a hash.
     key: String,
     parsed: Result<Message, String>,
-    /// The FAQ result, scored ahead when the decision can depend on it.
+    /// The FAQ result, scored ahead when the decision can depend on it,
+    /// unless it is the one in `classified` (see [`Item::scored`]).
     faq: Option<crate::classify::FaqResult>,
+    faq_in_classified: bool,
+    /// The classification, made ahead for the common case: a message that
+    /// continues no conversation the store knows and has no lookups (see
+    /// [`plan::Prior::classified`]).
+    classified: Option<crate::classify::Classification>,
     /// What the lookups found (run after the store's facts are read).
     lookups: crate::lookup::LookupFacts,
 }
@@ -320,6 +326,15 @@ struct Item {
 impl Item {
     fn message(&self) -> Option<&Message> {
         self.parsed.as_ref().ok()
+    }
+
+    /// The FAQ result scored ahead, wherever it is kept.
+    fn scored(&self) -> Option<&crate::classify::FaqResult> {
+        if self.faq_in_classified {
+            self.classified.as_ref().map(|c| &c.faq)
+        } else {
+            self.faq.as_ref()
+        }
     }
 
     fn outcome(&self) -> Outcome {
@@ -455,6 +470,8 @@ fn prepare(f: Fetched, k: &Knowledge) -> Item {
             id: f.id,
             parsed: Err(why),
             faq: None,
+            classified: None,
+            faq_in_classified: false,
             lookups: Default::default(),
         },
         None => match parse::parse(&f.raw, &parse_options(k, Some(f.size))) {
@@ -463,11 +480,21 @@ fn prepare(f: Fetched, k: &Knowledge) -> Item {
                 // A bug in scoring must cost this message (parked, with
                 // the reason), not its batch.
                 match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    crate::classify::score_faq(&m, k)
+                    let faq = crate::classify::score_faq(&m, k);
+                    let (c, faq_in_c) = crate::classify::classify_with(
+                        &m,
+                        k,
+                        &crate::classify::Context::default(),
+                        faq.as_ref(),
+                    );
+                    // The FAQ result is kept once (see `Item::scored`).
+                    (faq.filter(|_| !faq_in_c), c, faq_in_c)
                 })) {
-                    Ok(faq) => Item {
+                    Ok((faq, c, faq_in_classified)) => Item {
                         key,
                         faq,
+                        faq_in_classified,
+                        classified: Some(c),
                         id: f.id,
                         parsed: Ok(m),
                         lookups: Default::default(),
@@ -477,6 +504,8 @@ fn prepare(f: Fetched, k: &Knowledge) -> Item {
                         Item {
                             key,
                             faq: None,
+                            classified: None,
+                            faq_in_classified: false,
                             id: f.id,
                             parsed: Err("internal error while classifying the message".into()),
                             lookups: Default::default(),
@@ -489,6 +518,8 @@ fn prepare(f: Fetched, k: &Knowledge) -> Item {
                 id: f.id,
                 parsed: Err(format!("cannot parse the message: {e}")),
                 faq: None,
+                classified: None,
+                faq_in_classified: false,
                 lookups: Default::default(),
             },
         },
@@ -794,7 +825,8 @@ fn decide_batch(
             &mut ledger,
             plan::Prior {
                 ticket: resumed_ticket.as_deref(),
-                scored: item.faq.as_ref(),
+                scored: item.scored(),
+                classified: item.classified.as_ref(),
                 lookups: Some(&item.lookups),
             },
             &mb.folders,

@@ -321,6 +321,42 @@ async fn duplicates_rate_limit_and_follow_ups() {
     assert_ne!(out[0].ticket.as_deref(), Some("SB-1001"));
 }
 
+/// The customer writes again in reply to their own earlier mail: only the
+/// store knows the conversation (the message names none of our ids or
+/// tickets). Classified ahead as a new question, it must still be decided
+/// as the follow-up it is: the same ticket, and a person answers.
+#[tokio::test]
+async fn a_follow_up_only_the_store_knows_is_decided_as_one() {
+    let mut env = Env::new().await;
+    let first = message(
+        "",
+        "Broken lamp",
+        "The lamp I ordered arrived broken. I would like to talk to someone.\n",
+    );
+    let first_id = String::from_utf8_lossy(&first)
+        .split("Message-ID: <")
+        .nth(1)
+        .and_then(|s| s.split('>').next())
+        .unwrap_or_default()
+        .to_string();
+    env.deliver("1.a", &first);
+    let out = env.run(env.outbox().await, Duration::from_secs(1)).await;
+    assert_eq!(out[0].verdict, "route", "{}", out[0].why);
+    let ticket = out[0].ticket.clone();
+    assert!(ticket.is_some());
+    // Alone, this is a question the FAQ answers (see `question`).
+    let again = message(
+        &format!("In-Reply-To: <{first_id}>\nReferences: <{first_id}>"),
+        "Opening hours",
+        "What are your opening hours on Saturday?\n",
+    );
+    env.deliver("2.b", &again);
+    let out = env.run(env.outbox().await, Duration::from_secs(1)).await;
+    assert_eq!(out[0].ticket, ticket, "{}", out[0].why);
+    assert_eq!(out[0].verdict, "route", "{}", out[0].why);
+    assert_eq!(env.sent_files(), 0);
+}
+
 #[tokio::test]
 async fn unparseable_mail_is_parked_not_lost() {
     let mut env = Env::new().await;
