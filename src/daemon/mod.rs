@@ -505,10 +505,6 @@ impl Backoff {
 /// must re-issue at least every 29 minutes).
 pub const IDLE_PERIOD: Duration = Duration::from_secs(25 * 60);
 
-/// Runs an IMAP mailbox: connect, drain the backlog, then IDLE (or poll)
-/// and drain again on every change, reconnecting with backoff after any
-/// failure. One failing mailbox never affects the others: each has its
-/// own task and connection.
 /// IMAP connections opened at start, while the rules and the FAQ were
 /// loading (the server's first SELECT of a large inbox takes a while),
 /// by mailbox name; see [`connect_early`].
@@ -531,6 +527,13 @@ pub fn connect_early(cfg: &Config) -> Early {
         .collect()
 }
 
+/// Runs an IMAP mailbox: connect, drain the backlog, then IDLE (or poll)
+/// and drain again on every change, reconnecting with backoff after any
+/// failure. One failing mailbox never affects the others: each has its
+/// own task and connection.
+///
+/// `early`: a connection already being opened ([`connect_early`]), used
+/// first.
 pub async fn run_imap(
     mb: MailboxConfig,
     icfg: ImapConfig,
@@ -703,6 +706,8 @@ pub struct RunSummary {
 /// shutdown (or once through the backlog with `once`): the lease manager
 /// ([`lease::Leases`]) beats every third of `[daemon] lease_ttl` and
 /// starts, stops and hands over mailbox tasks as leases come and go.
+/// `early` ([`connect_early`]): connections of mailboxes another instance
+/// works are closed after the first lease round.
 pub async fn run(
     cfg: Config,
     knowledge: watch::Receiver<Arc<Knowledge>>,

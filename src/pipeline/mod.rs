@@ -574,7 +574,8 @@ impl Pipeline {
     }
 
     /// Stage 2, the part read from the mail server: the open loads of
-    /// the people the batch may be assigned to (see [`facts::loads`]).
+    /// the people the batch may be assigned to, including what waits in
+    /// `filing` for their folders.
     pub async fn loads<S: MailSource>(
         &self,
         src: &mut S,
