@@ -696,6 +696,7 @@ async fn lookups(k: &Knowledge, items: &mut [Item], stored: &crate::record::Stor
             parsed,
             key,
             lookups,
+            classified,
             ..
         } = item;
         let m = parsed.as_ref().ok()?;
@@ -707,11 +708,16 @@ async fn lookups(k: &Knowledge, items: &mut [Item], stored: &crate::record::Stor
                 _ => false,
             },
         };
-        if !decide_again
-            || crate::classify::loop_guard::inspect(m, &k.policy.our_addresses)
+        // Automatic mail: the loop guard's finding, from the
+        // classification made ahead (the guard does not depend on the
+        // context).
+        let automatic = match classified {
+            Some(c) => c.automatic(),
+            None => crate::classify::loop_guard::inspect(m, &k.policy.our_addresses)
                 .iter()
-                .any(|f| f.is_automatic())
-        {
+                .any(|f| f.is_automatic()),
+        };
+        if !decide_again || automatic {
             return None;
         }
         let sender = plan::sender_key(m);

@@ -93,6 +93,16 @@ impl Env {
     }
 }
 
+/// The Message-ID of a raw message, without angle brackets.
+fn message_id(raw: &[u8]) -> String {
+    String::from_utf8_lossy(raw)
+        .split("Message-ID: <")
+        .nth(1)
+        .and_then(|s| s.split('>').next())
+        .unwrap_or_default()
+        .to_string()
+}
+
 pub(crate) fn question(id: &str, from: &str) -> Vec<u8> {
     let raw = message(
         "",
@@ -333,12 +343,7 @@ async fn a_follow_up_only_the_store_knows_is_decided_as_one() {
         "Broken lamp",
         "The lamp I ordered arrived broken. I would like to talk to someone.\n",
     );
-    let first_id = String::from_utf8_lossy(&first)
-        .split("Message-ID: <")
-        .nth(1)
-        .and_then(|s| s.split('>').next())
-        .unwrap_or_default()
-        .to_string();
+    let first_id = message_id(&first);
     env.deliver("1.a", &first);
     let out = env.run(env.outbox().await, Duration::from_secs(1)).await;
     assert_eq!(out[0].verdict, "route", "{}", out[0].why);
@@ -425,12 +430,7 @@ async fn close_matches_get_a_draft_for_the_person_not_a_reply() {
         .skip(1)
         .collect::<Vec<_>>()
         .join("\r\n\r\n");
-    let original_id = String::from_utf8_lossy(&raw)
-        .split("Message-ID: <")
-        .nth(1)
-        .and_then(|s| s.split('>').next())
-        .unwrap_or_default()
-        .to_string();
+    let original_id = message_id(&raw);
     let answer = format!(
         "From: Ann <ann@shop.example>\r\nTo: jane@customer.example\r\nCc: support@shop.example\r\nSubject: Re: Phone\r\nMessage-ID: <ann-1@shop.example>\r\nIn-Reply-To: <{original_id}>\r\nDate: Mon, 23 Nov 2026 11:00:00 +0000\r\n\r\n{body}"
     );
