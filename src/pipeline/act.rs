@@ -78,6 +78,8 @@ pub struct Filing {
     drafts: BTreeMap<String, Vec<Vec<u8>>>,
     /// How many messages wait.
     count: usize,
+    /// When the oldest entry was added.
+    since: Option<std::time::Instant>,
 }
 
 /// The messages waiting for one folder.
@@ -86,8 +88,6 @@ struct Group {
     ids: Vec<MsgRef>,
     /// Their keys, to mark them done once moved.
     keys: Vec<String>,
-    /// When the first of them was added.
-    since: std::time::Instant,
 }
 
 impl Filing {
@@ -128,12 +128,12 @@ impl Filing {
                 let g = Group {
                     ids: vec![w.item.id.clone()],
                     keys: vec![w.item.key.clone()],
-                    since: std::time::Instant::now(),
                 };
                 self.moves.insert(folder.to_string(), g);
             }
         }
         self.count += 1;
+        self.since.get_or_insert_with(std::time::Instant::now);
     }
 
     /// Messages waiting to be filed.
@@ -154,11 +154,7 @@ impl Filing {
 
     /// How long the oldest waiting message has waited.
     pub fn age(&self) -> std::time::Duration {
-        self.moves
-            .values()
-            .map(|g| g.since.elapsed())
-            .max()
-            .unwrap_or_default()
+        self.since.map(|t| t.elapsed()).unwrap_or_default()
     }
 
     /// Flags (one `UID STORE` per flag set), files (one `UID MOVE` per
@@ -168,7 +164,7 @@ impl Filing {
         p: &Pipeline,
         src: &mut S,
     ) -> Result<(), PipelineError> {
-        if self.is_empty() && self.flags.is_empty() {
+        if self.is_empty() {
             return Ok(());
         }
         let t = std::time::Instant::now();
@@ -177,6 +173,7 @@ impl Filing {
             moves,
             drafts,
             count,
+            ..
         } = std::mem::take(self);
         for (_, (flags, ids)) in flags {
             src.add_flags(&ids, &flags).await?;
@@ -188,7 +185,7 @@ impl Filing {
         // complete drain: `Store::settle_filed`.)
         let mut moved: Vec<String> = Vec::new();
         let mut result = Ok(());
-        for (folder, Group { ids, keys, .. }) in moves {
+        for (folder, Group { ids, keys }) in moves {
             if let Err(e) = src.move_to(&folder, &ids).await {
                 result = Err(PipelineError::from(e));
                 break;
