@@ -215,6 +215,9 @@ pub struct ImapConfig {
     pub poll_interval: Duration,
     /// Messages fetched per round trip.
     pub batch_size: u32,
+    /// In a backlog, messages are moved to their folders this many at a
+    /// time (or every 2 s), over a second connection.
+    pub file_every: u32,
     /// Timeout of every single IMAP command.
     pub timeout: Duration,
     /// Accept invalid TLS certificates (test servers only).
@@ -999,6 +1002,11 @@ fn read_imap(ctx: &Ctx, t: &mut Table<'_>, base: &Path) -> Option<ImapConfig> {
     let batch_size = t
         .integer("batch_size")
         .map_or(100, |b| b.value.clamp(1, 1000) as u32);
+    let file_every = t
+        .integer("file_every")
+        .map_or(crate::daemon::FILE_EVERY as u32, |b| {
+            b.value.clamp(1, 100_000) as u32
+        });
     let timeout = t.duration("timeout").map_or(Duration::from_secs(60), |d| {
         d.value.max(Duration::from_secs(1))
     });
@@ -1017,6 +1025,7 @@ fn read_imap(ctx: &Ctx, t: &mut Table<'_>, base: &Path) -> Option<ImapConfig> {
         idle,
         poll_interval,
         batch_size,
+        file_every,
         timeout,
         danger_accept_invalid_certs: danger,
         use_move,

@@ -57,6 +57,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         shutdown: srx,
         max_size: cfg.limits.max_message_size,
         batch_size: 100,
+        file_every: switchboard::daemon::FILE_EVERY,
         health: Default::default(),
         sla_check: std::time::Duration::from_secs(30),
     };

@@ -34,6 +34,10 @@ pub struct Shared {
     pub max_size: u64,
     /// Messages fetched and processed per round trip.
     pub batch_size: usize,
+    /// Messages decided but not yet filed, at most: flags and moves for a
+    /// backlog are sent this many messages at a time, over a second
+    /// connection when the backend has one ([`FILE_EVERY`] by default).
+    pub file_every: usize,
     pub health: Health,
     /// How often service-level deadlines are checked.
     pub sla_check: Duration,
@@ -45,9 +49,8 @@ impl Shared {
     }
 }
 
-/// Messages decided but not yet filed, at most: flags and moves for a
-/// backlog are sent this many messages at a time.
-const FILE_EVERY: usize = 2_000;
+/// The default of [`Shared::file_every`].
+pub const FILE_EVERY: usize = 2_000;
 /// …or after this long, so that representatives see a backlog's mail
 /// arrive in their folders steadily.
 const FILE_AFTER: Duration = Duration::from_secs(2);
@@ -79,12 +82,94 @@ async fn drain_pass<S: MailSource>(
     seen: &mut (dyn FnMut(Outcome) + Send),
 ) -> Result<Pass, PipelineError> {
     let pending = src.pending().await?;
+    if pending.len() <= shared.file_every {
+        return work(src, shared, mb, seen, &pending, None).await;
+    }
+    // A backlog is filed over a second connection to the mailbox, so
+    // that the server moves mail while this one fetches the next batches
+    // (moving is most of the server's work). It connects while the first
+    // batches are read; without it, filing goes over this connection.
+    let opening = src.second();
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let (worked, filed_behind) = tokio::join!(
+        work(src, shared, mb, seen, &pending, Some(tx)),
+        file_behind(opening, &shared.pipeline, rx),
+    );
+    if let Err(e) = filed_behind {
+        // Nothing is lost: the messages it did not file are still in the
+        // inbox, decided, and are filed by the next pass.
+        warn!(mailbox = %mb.name, "filing over the second connection failed: {e}");
+    }
+    worked
+}
+
+/// Where a pass sends the filings that are due: the second connection's
+/// queue.
+type Filer = Option<tokio::sync::mpsc::Sender<Filing>>;
+
+/// Hands `due` to the second connection when it is free. Returns what is
+/// left to do here: nothing, or `due` itself when there is no second
+/// connection (any more). When the second connection is still busy with
+/// the previous filing, `due` goes back into `filing` to grow (fewer,
+/// larger moves while the server is slow).
+fn hand_over(filer: &Filer, due: Filing, filing: &mut Filing) -> Filing {
+    let Some(tx) = filer else {
+        return due;
+    };
+    match tx.try_send(due) {
+        Ok(()) => Filing::default(),
+        Err(tokio::sync::mpsc::error::TrySendError::Full(due)) => {
+            *filing = due;
+            Filing::default()
+        }
+        Err(tokio::sync::mpsc::error::TrySendError::Closed(due)) => due,
+    }
+}
+
+/// Files what the pass hands over, one filing after the other, over the
+/// second connection once `opening` has connected it. Returns at once
+/// when it cannot connect (the pass then files over its own connection),
+/// and on the first failure (the rest stays in the inbox, decided).
+async fn file_behind<S: MailSource>(
+    opening: impl Future<Output = Option<S>>,
+    p: &Pipeline,
+    mut rx: tokio::sync::mpsc::Receiver<Filing>,
+) -> Result<(), PipelineError> {
+    let Some(mut conn) = opening.await else {
+        return Ok(());
+    };
+    while let Some(mut filing) = rx.recv().await {
+        filing.flush(p, &mut conn).await?;
+    }
+    conn.close().await;
+    Ok(())
+}
+
+/// One pass over `pending`: fetch, prepare, decide, act, in batches, with
+/// filing handed to `filer` when there is one.
+async fn work<S: MailSource>(
+    src: &mut S,
+    shared: &Shared,
+    mb: &MailboxInfo,
+    seen: &mut (dyn FnMut(Outcome) + Send),
+    pending: &[MsgRef],
+    filer: Filer,
+) -> Result<Pass, PipelineError> {
     let mut complete = true;
     let mut filing = Filing::default();
     let mut filed = 0;
     let mut result = Ok(());
-    let mut chunks = Chunks::new(&pending, shared.batch_size);
+    let mut chunks = Chunks::new(pending, shared.batch_size);
     let mut since_trim = 0;
+    // Open loads: what the server counted at the first batch, plus what
+    // this pass has decided for each folder (filed or still waiting).
+    let mut counted = HashMap::new();
+    let mut handed: HashMap<String, u32> = HashMap::new();
+    let hand = |handed: &mut HashMap<String, u32>, f: &Filing| {
+        for (folder, n) in f.per_folder() {
+            *handed.entry(folder.to_string()).or_default() += n;
+        }
+    };
     // Pipelined: while batch n is parsed and scored on the parsing threads,
     // batch n+1 is fetched and earlier batches are filed over IMAP.
     let mut next = match chunks.next() {
@@ -119,7 +204,11 @@ async fn drain_pass<S: MailSource>(
         };
         since_trim += prepared.len();
         let p = &shared.pipeline;
-        let loads = match p.loads(src, &k, &prepared, &filing).await {
+        let added = |f: &str| {
+            let n = handed.get(f).copied().unwrap_or(0);
+            filing.waiting_for(f).saturating_add(n)
+        };
+        let loads = match p.loads(src, &k, &prepared, &mut counted, added).await {
             Ok(l) => l,
             Err(e) => {
                 result = Err(e);
@@ -128,8 +217,10 @@ async fn drain_pass<S: MailSource>(
         };
         // Earlier batches are filed while this one is decided and
         // committed: the server moves mail while switchboard thinks.
-        let mut due = if filing.len() >= FILE_EVERY || filing.age() >= FILE_AFTER {
-            std::mem::take(&mut filing)
+        let mut due = if filing.len() >= shared.file_every || filing.age() >= FILE_AFTER {
+            let due = std::mem::take(&mut filing);
+            hand(&mut handed, &due);
+            hand_over(&filer, due, &mut filing)
         } else {
             Filing::default()
         };
@@ -162,10 +253,17 @@ async fn drain_pass<S: MailSource>(
         }
         next = ahead;
     }
-    // What was decided is filed even when a later batch failed, unless
-    // the mail source failed: a timed-out command may leave the
-    // connection mid-command, so nothing more is sent on it (the messages
-    // are filed on resume, from their recorded state).
+    // What was decided is filed even when a later batch failed: over the
+    // second connection when there is one (waiting for it to be free),
+    // else over this one unless it failed — a timed-out command may leave
+    // the connection mid-command, so nothing more is sent on it (the
+    // messages are filed on resume, from their recorded state).
+    if let Some(tx) = &filer
+        && !filing.is_empty()
+        && let Err(back) = tx.send(std::mem::take(&mut filing)).await
+    {
+        filing = back.0;
+    }
     let flushed = if matches!(result, Err(PipelineError::Source(_))) {
         Ok(())
     } else {
@@ -226,15 +324,16 @@ pub fn tune_allocator() {
         if std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc.")) {
             return;
         }
-        for (var, param) in [
-            ("MALLOC_TRIM_THRESHOLD_", libc::M_TRIM_THRESHOLD),
-            ("MALLOC_MMAP_THRESHOLD_", libc::M_MMAP_THRESHOLD),
+        for (var, param, value) in [
+            ("MALLOC_TRIM_THRESHOLD_", libc::M_TRIM_THRESHOLD, 128 * 1024),
+            ("MALLOC_MMAP_THRESHOLD_", libc::M_MMAP_THRESHOLD, 128 * 1024),
+            ("MALLOC_ARENA_MAX", libc::M_ARENA_MAX, 2),
         ] {
             if std::env::var_os(var).is_none() {
                 // SAFETY: mallopt only sets an allocator parameter; called
                 // before other threads exist.
                 unsafe {
-                    libc::mallopt(param, 128 * 1024);
+                    libc::mallopt(param, value);
                 }
             }
         }
@@ -544,6 +643,7 @@ pub async fn run_imap(
 ) -> Result<usize, FetchError> {
     let info = mailbox_info(&mb);
     shared.batch_size = icfg.batch_size as usize;
+    shared.file_every = icfg.file_every as usize;
     let mut backoff = Backoff::new(retry.0.max(Duration::from_millis(200)), retry.1);
     // The last error logged: the same failure is logged once, not per retry.
     let mut last_error: Option<String> = None;
@@ -723,6 +823,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
         max_size: cfg.limits.max_message_size,
         batch_size: 100,
+        file_every: FILE_EVERY,
         health: health.clone(),
         sla_check: cfg.daemon.sla_check,
     };

@@ -642,6 +642,27 @@ fn flag_list(flags: &[Flag]) -> String {
 }
 
 impl MailSource for Imap {
+    fn second(&self) -> impl Future<Output = Option<Self>> + Send + 'static {
+        let cfg = self.cfg.clone();
+        async move {
+            let t = Instant::now();
+            match Imap::connect(&cfg).await {
+                Ok(i) => {
+                    debug!(server = %server(&cfg), connect_ms = t.elapsed().as_millis() as u64, "second connection for filing");
+                    Some(i)
+                }
+                Err(e) => {
+                    warn!(server = %server(&cfg), "no second connection for filing a backlog ({e}); filing over the first");
+                    None
+                }
+            }
+        }
+    }
+
+    async fn close(self) {
+        self.logout().await;
+    }
+
     async fn count(&mut self, folder: &str) -> Result<u32, FetchError> {
         self.status_count(folder).await
     }

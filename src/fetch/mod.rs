@@ -126,7 +126,21 @@ impl FetchError {
 }
 
 /// One mailbox backend.
-pub trait MailSource: Send {
+pub trait MailSource: Send + Sized + 'static {
+    /// Another connection to the same mailbox, so that a backlog is filed
+    /// over it while this one fetches. `None` when the backend has no use
+    /// for one, or it cannot be opened (the caller then files over this
+    /// one). Default: `None`.
+    fn second(&self) -> impl Future<Output = Option<Self>> + Send + 'static {
+        std::future::ready(None)
+    }
+
+    /// Ends a connection opened with [`MailSource::second`] (best
+    /// effort). Default: nothing to do.
+    fn close(self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
     /// Unprocessed messages, oldest first.
     fn pending(&mut self) -> impl Future<Output = Result<Vec<MsgRef>, FetchError>> + Send;
 

@@ -152,6 +152,13 @@ impl Filing {
             .map_or(0, |g| u32::try_from(g.ids.len()).unwrap_or(u32::MAX))
     }
 
+    /// Messages waiting, by destination folder.
+    pub fn per_folder(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.moves
+            .iter()
+            .map(|(f, g)| (f.as_str(), u32::try_from(g.ids.len()).unwrap_or(u32::MAX)))
+    }
+
     /// How long the oldest waiting message has waited.
     pub fn age(&self) -> std::time::Duration {
         self.since.map(|t| t.elapsed()).unwrap_or_default()

@@ -25,15 +25,17 @@ pub const REPLIES_COUNTER: &str = "replies";
 pub type Loads = HashMap<String, u32>;
 
 /// The open loads of the members of least-loaded queues and of anyone
-/// with `max_open`: one `STATUS` per person and batch, plus the messages
-/// decided for their folder but not moved there yet (`unfiled`), so that
-/// a backlog filed a few thousand messages at a time still respects
-/// `max_open` and spreads evenly.
+/// with `max_open`: what the server counted in their folder (one `STATUS`
+/// per person, kept in `counted` for the rest of the pass) plus what the
+/// pass has decided for it since (`added`: moved or not yet), so that a
+/// backlog filed a few thousand messages at a time, over another
+/// connection, still respects `max_open` and spreads evenly.
 pub async fn loads<S: MailSource>(
     src: &mut S,
     k: &Knowledge,
     items: &[Item],
-    unfiled: impl Fn(&str) -> u32,
+    counted: &mut HashMap<String, u32>,
+    added: impl Fn(&str) -> u32,
 ) -> Result<Loads, PipelineError> {
     let mut loads = Loads::new();
     if items.is_empty() || k.reps.is_empty() {
@@ -57,11 +59,18 @@ pub async fn loads<S: MailSource>(
     needed.sort_unstable();
     for id in needed {
         let Some(r) = k.reps.get(id) else { continue };
-        match src.count(&r.folder).await {
+        let n = match counted.get(&r.folder) {
+            Some(n) => Ok(*n),
+            None => src.count(&r.folder).await.inspect(|n| {
+                counted.insert(r.folder.clone(), *n);
+            }),
+        };
+        match n {
             Ok(n) => {
+                let n = n.saturating_add(added(&r.folder));
                 metrics::gauge!("switchboard_rep_open_messages", "rep" => id.to_string())
                     .set(f64::from(n));
-                loads.insert(id.to_string(), n.saturating_add(unfiled(&r.folder)));
+                loads.insert(id.to_string(), n);
             }
             Err(e) if matches!(e, crate::fetch::FetchError::Protocol(_)) => {
                 tracing::warn!(rep = %id, folder = %r.folder, "cannot count open messages: {e}");

@@ -568,22 +568,25 @@ impl Pipeline {
         prepared: Prepared,
         filing: &mut Filing,
     ) -> Result<Vec<Outcome>, PipelineError> {
-        let loads = self.loads(src, k, &prepared, filing).await?;
+        let mut counted = HashMap::new();
+        let loads = self
+            .loads(src, k, &prepared, &mut counted, |f| filing.waiting_for(f))
+            .await?;
         let staged = self.stage(mb, k, prepared, loads).await?;
         self.finish(src, mb, k, staged, filing).await
     }
 
     /// Stage 2, the part read from the mail server: the open loads of
-    /// the people the batch may be assigned to, including what waits in
-    /// `filing` for their folders.
+    /// the people the batch may be assigned to ([`facts::loads`]).
     pub async fn loads<S: MailSource>(
         &self,
         src: &mut S,
         k: &Knowledge,
         prepared: &Prepared,
-        filing: &Filing,
+        counted: &mut HashMap<String, u32>,
+        added: impl Fn(&str) -> u32,
     ) -> Result<facts::Loads, PipelineError> {
-        facts::loads(src, k, &prepared.items, |f| filing.waiting_for(f)).await
+        facts::loads(src, k, &prepared.items, counted, added).await
     }
 
     /// Stages 2–4 without the mail server: gather the stored facts,

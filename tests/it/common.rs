@@ -202,6 +202,7 @@ pub async fn demo_pipeline_at(config: &Path, url: Option<&str>) -> DemoPipeline 
         shutdown: sr,
         max_size: cfg.limits.max_message_size,
         batch_size: 7,
+        file_every: switchboard::daemon::FILE_EVERY,
         health: Default::default(),
         sla_check: std::time::Duration::from_secs(30),
     };

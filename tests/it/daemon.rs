@@ -285,7 +285,9 @@ async fn kill_9_mid_batch_loses_nothing_and_never_replies_twice() {
     use std::os::unix::fs::chown;
     let srv = Servers::start();
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let config = srv.write_config(dir.path(), "batch_size = 20\n");
+    // Filed 50 at a time over a second connection, so that the kill may
+    // also land in the middle of a move there.
+    let config = srv.write_config(dir.path(), "batch_size = 20\nfile_every = 50\n");
     // 240 messages straight into the inbox: 200 questions from distinct
     // customers, 40 complaints.
     let new = srv.maildir_root.join("example.test/support/new");
@@ -315,9 +317,9 @@ async fn kill_9_mid_batch_loses_nothing_and_never_replies_twice() {
         .status();
 
     let mut daemon = Daemon::spawn(&config);
-    // Replies are sent and copied to Sent batch by batch; the filing of a
-    // backlog follows every couple of seconds: killed now, some messages
-    // are answered but not yet filed.
+    // Replies are sent and copied to Sent batch by batch; the filing
+    // follows every 50 messages: killed now, some messages are answered
+    // but not yet filed.
     wait_for(LONG, "some progress", || {
         let port = srv.imap_port;
         async move { Client::login(port, SUPPORT).await.count("Sent").await >= 30 }

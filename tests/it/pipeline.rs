@@ -64,6 +64,7 @@ impl Env {
             shutdown: sr,
             max_size: 1 << 20,
             batch_size: 50,
+            file_every: switchboard::daemon::FILE_EVERY,
             health: Default::default(),
             sla_check: std::time::Duration::from_secs(30),
         }

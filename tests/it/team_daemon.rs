@@ -6,14 +6,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::mailserver::{Client, Servers, customer_mail, run_once, smtp_send};
+use crate::mailserver::{Client, Servers, customer_mail, run_once, run_once_with, smtp_send};
 
 const SUPPORT: &str = "support@example.test";
 const LONG: Duration = Duration::from_secs(60);
 
 /// Writes the daemon config with a team rule set replacing the default one.
 fn setup(srv: &Servers, dir: &Path, team: &str) -> PathBuf {
-    let config = srv.write_config(dir, "batch_size = 50\n");
+    setup_with(srv, dir, team, "batch_size = 50\n")
+}
+
+/// [`setup`] with these settings for the mailbox.
+fn setup_with(srv: &Servers, dir: &Path, team: &str, mailbox: &str) -> PathBuf {
+    let config = srv.write_config(dir, mailbox);
     let rules = format!(
         r#"
 [[queue]]
@@ -296,9 +301,24 @@ timezone = "UTC"
 /// batch until the next filing, past their `max_open`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_counts_the_messages_not_filed_yet() {
+    // All filed at the end of the pass, over the one connection.
+    least_loaded_backlog("batch_size = 50\n", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_filed_over_a_second_connection_counts_what_it_moves() {
+    // Batches of 20, then 40, filed 30 at a time over a second connection
+    // while the next batches are read and decided: the open loads count
+    // both what was moved and what waits.
+    least_loaded_backlog("batch_size = 20\nfile_every = 30\n", true).await;
+}
+
+/// Ann has 40 open, Ben none and `max_open = 60`; 150 requests arrive
+/// in a backlog for a least-loaded queue.
+async fn least_loaded_backlog(mailbox: &str, second_connection: bool) {
     let srv = Servers::start();
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let config = setup(
+    let config = setup_with(
         &srv,
         dir.path(),
         r#"
@@ -317,6 +337,7 @@ id = "ben"
 folder = "Reps/Ben"
 max_open = 60
 "#,
+        mailbox,
     );
     // Ann has 40 open messages, Ben none.
     let mut c = Client::login(srv.imap_port, SUPPORT).await;
@@ -331,9 +352,16 @@ max_open = 60
         );
         c.append("Reps/Ann", &m).await;
     }
-    // 150 requests: batches of 50, then 100.
+    // 150 requests.
     seed(&srv, "q", 150);
-    let log = once(&config);
+    let out = run_once_with(&config, "info,switchboard=debug");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert_eq!(
+        log.contains("second connection for filing"),
+        second_connection,
+        "{log}"
+    );
     let got = counts(&mut c, &["Reps/Ann", "Reps/Ben", "Queues/Sales", "INBOX"]).await;
     // Ben gets the first 40 to catch up, then they alternate until Ben is
     // full at 60; the rest goes to Ann.
