@@ -311,12 +311,15 @@ impl<'a> Iterator for Chunks<'a> {
     }
 }
 
-/// Fixes glibc's trim and mmap thresholds at their initial 128 KiB.
-/// By default glibc raises both after a large block is freed (up to
-/// 32 MiB for the trim threshold), so each thread's arena then keeps that
-/// much freed memory: about 1 MiB of a backlog's peak, measured. An
-/// admin's own `MALLOC_TRIM_THRESHOLD_` / `MALLOC_MMAP_THRESHOLD_`, or
-/// any `glibc.malloc.*` in `GLIBC_TUNABLES`, win.
+/// Fixes glibc's trim and mmap thresholds at their initial 128 KiB and
+/// caps its arenas at two. By default glibc raises both thresholds after
+/// a large block is freed (up to 32 MiB for the trim threshold), so each
+/// thread's arena then keeps that much freed memory: about 1 MiB of a
+/// backlog's peak, measured. And it gives each thread its own arena, each
+/// with its own free memory: two arenas took 2–4 MB off a 10,000-message
+/// backlog's peak RSS with no measurable cost in time. An admin's own
+/// `MALLOC_TRIM_THRESHOLD_` / `MALLOC_MMAP_THRESHOLD_` /
+/// `MALLOC_ARENA_MAX`, or any `glibc.malloc.*` in `GLIBC_TUNABLES`, win.
 /// Call before any thread is started.
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
