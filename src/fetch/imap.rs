@@ -690,24 +690,27 @@ impl MailSource for Imap {
         let mut rest: Vec<u32> = Vec::new();
         for set in uid_sets(&wanted) {
             let s = self.session()?;
-            let fetches: Vec<Fetch> = Self::timed(t, async {
-                s.uid_fetch(&set, &first).await?.try_collect().await
-            })
-            .await?;
             // A server may send a message's size and body in separate
-            // responses (RFC 3501 allows it): gather both per UID.
+            // responses (RFC 3501 allows it): gather both per UID. Each
+            // response is copied and dropped as it arrives, so the
+            // library's buffers do not hold the whole batch a second time.
             let mut got: std::collections::BTreeMap<u32, (Option<u64>, Option<Vec<u8>>)> =
                 std::collections::BTreeMap::new();
-            for f in &fetches {
-                let Some(uid) = f.uid else { continue };
-                let e = got.entry(uid).or_default();
-                if let Some(n) = f.size {
-                    e.0 = Some(u64::from(n));
+            Self::timed(t, async {
+                let mut stream = s.uid_fetch(&set, &first).await?;
+                while let Some(f) = stream.try_next().await? {
+                    let Some(uid) = f.uid else { continue };
+                    let e = got.entry(uid).or_default();
+                    if let Some(n) = f.size {
+                        e.0 = Some(u64::from(n));
+                    }
+                    if let Some(b) = f.body() {
+                        e.1 = Some(b.to_vec());
+                    }
                 }
-                if let Some(b) = f.body() {
-                    e.1 = Some(b.to_vec());
-                }
-            }
+                Ok(())
+            })
+            .await?;
             for (uid, (size, body)) in got {
                 let Some(body) = body else { continue };
                 let len = body.len() as u64;
