@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 pub mod health;
@@ -82,42 +83,73 @@ async fn drain_pass<S: MailSource>(
     seen: &mut (dyn FnMut(Outcome) + Send),
 ) -> Result<Pass, PipelineError> {
     let pending = src.pending().await?;
-    if pending.len() <= shared.file_every {
+    // Mail is filed over a second connection to the mailbox, so that the
+    // server moves mail while this one fetches the next batches of a
+    // backlog, or sends and copies the replies of a pass. A backlog waits
+    // for it to connect (it connects while the first batches are read);
+    // other passes use one kept from an earlier pass, if any, and one is
+    // opened in the background for the next. Without one, filing goes
+    // over this connection.
+    // (A message alone has nothing to be filed alongside.)
+    let opening = match pending.len() {
+        0 | 1 => None,
+        n => src.second(n > shared.file_every),
+    };
+    let Some(opening) = opening else {
         return work(src, shared, mb, seen, &pending, None).await;
-    }
-    // A backlog is filed over a second connection to the mailbox, so
-    // that the server moves mail while this one fetches the next batches
-    // (moving is most of the server's work). It connects while the first
-    // batches are read; without it, filing goes over this connection.
-    let opening = src.second();
+    };
     let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let (worked, filed_behind) = tokio::join!(
-        work(src, shared, mb, seen, &pending, Some(tx)),
-        file_behind(opening, &shared.pipeline, rx),
+    let down = AtomicBool::new(false);
+    let (worked, (second, filed_behind, left)) = tokio::join!(
+        work(src, shared, mb, seen, &pending, Some((tx, &down))),
+        file_behind(opening, &shared.pipeline, rx, &down),
     );
-    if let Err(e) = filed_behind {
+    match filed_behind {
+        Ok(()) => {
+            if let Some(c) = second {
+                src.keep(c);
+            }
+        }
         // Nothing is lost: the messages it did not file are still in the
         // inbox, decided, and are filed by the next pass.
-        warn!(mailbox = %mb.name, "filing over the second connection failed: {e}");
+        Err(e) => warn!(mailbox = %mb.name, "filing over the second connection failed: {e}"),
     }
-    worked
+    let pass = worked?;
+    // What it received but could not file (no connection after all).
+    for mut f in left {
+        f.flush(&shared.pipeline, src).await?;
+    }
+    Ok(pass)
 }
 
 /// Where a pass sends the filings that are due: the second connection's
-/// queue.
-type Filer = Option<tokio::sync::mpsc::Sender<Filing>>;
+/// queue, and whether it is down (not connected, or failed).
+type Filer<'a> = Option<(tokio::sync::mpsc::Sender<Filing>, &'a AtomicBool)>;
 
-/// Hands `due` to the second connection when it is free. Returns what is
-/// left to do here: nothing, or `due` itself when there is no second
-/// connection (any more). When the second connection is still busy with
-/// the previous filing, `due` goes back into `filing` to grow (fewer,
-/// larger moves while the server is slow).
-fn hand_over(filer: &Filer, due: Filing, filing: &mut Filing) -> Filing {
-    let Some(tx) = filer else {
+/// Hands `due` to the second connection when it can take it, and counts
+/// it in `handed` then. Returns what is left to do here: nothing, or
+/// `due` itself when there is no second connection (any more). When the
+/// second connection is still busy with an earlier filing, `due` goes
+/// back into `filing` to grow (fewer, larger moves while the server is
+/// slow).
+fn hand_over(
+    filer: &Filer<'_>,
+    due: Filing,
+    filing: &mut Filing,
+    handed: &mut HashMap<String, u32>,
+) -> Filing {
+    let Some((tx, down)) = filer else {
         return due;
     };
+    if down.load(Ordering::Relaxed) {
+        return due;
+    }
+    let counts: Vec<(String, u32)> = due.per_folder().map(|(f, n)| (f.to_string(), n)).collect();
     match tx.try_send(due) {
-        Ok(()) => Filing::default(),
+        Ok(()) => {
+            count_in(handed, counts);
+            Filing::default()
+        }
         Err(tokio::sync::mpsc::error::TrySendError::Full(due)) => {
             *filing = due;
             Filing::default()
@@ -126,23 +158,41 @@ fn hand_over(filer: &Filer, due: Filing, filing: &mut Filing) -> Filing {
     }
 }
 
+fn count_in(handed: &mut HashMap<String, u32>, counts: impl IntoIterator<Item = (String, u32)>) {
+    for (folder, n) in counts {
+        *handed.entry(folder).or_default() += n;
+    }
+}
+
 /// Files what the pass hands over, one filing after the other, over the
-/// second connection once `opening` has connected it. Returns at once
-/// when it cannot connect (the pass then files over its own connection),
-/// and on the first failure (the rest stays in the inbox, decided).
+/// second connection once `opening` has connected it; gives the
+/// connection back, and what it received while it had none (`down` tells
+/// the pass to stop handing over: it then files over its own
+/// connection). After a failure nothing more is sent on it: what it was
+/// filing stays in the inbox, decided, for the next pass.
 async fn file_behind<S: MailSource>(
     opening: impl Future<Output = Option<S>>,
     p: &Pipeline,
     mut rx: tokio::sync::mpsc::Receiver<Filing>,
-) -> Result<(), PipelineError> {
-    let Some(mut conn) = opening.await else {
-        return Ok(());
-    };
+    down: &AtomicBool,
+) -> (Option<S>, Result<(), PipelineError>, Vec<Filing>) {
+    let mut conn = opening.await;
+    down.store(conn.is_none(), Ordering::Relaxed);
+    let mut result = Ok(());
+    let mut left = Vec::new();
     while let Some(mut filing) = rx.recv().await {
-        filing.flush(p, &mut conn).await?;
+        let Some(c) = conn.as_mut() else {
+            left.push(filing);
+            continue;
+        };
+        debug!(messages = filing.len(), "filing over the second connection");
+        if let Err(e) = filing.flush(p, c).await {
+            down.store(true, Ordering::Relaxed);
+            conn = None;
+            result = Err(e);
+        }
     }
-    conn.close().await;
-    Ok(())
+    (conn, result, left)
 }
 
 /// One pass over `pending`: fetch, prepare, decide, act, in batches, with
@@ -153,7 +203,7 @@ async fn work<S: MailSource>(
     mb: &MailboxInfo,
     seen: &mut (dyn FnMut(Outcome) + Send),
     pending: &[MsgRef],
-    filer: Filer,
+    filer: Filer<'_>,
 ) -> Result<Pass, PipelineError> {
     let mut complete = true;
     let mut filing = Filing::default();
@@ -165,11 +215,6 @@ async fn work<S: MailSource>(
     // this pass has decided for each folder (filed or still waiting).
     let mut counted = HashMap::new();
     let mut handed: HashMap<String, u32> = HashMap::new();
-    let hand = |handed: &mut HashMap<String, u32>, f: &Filing| {
-        for (folder, n) in f.per_folder() {
-            *handed.entry(folder.to_string()).or_default() += n;
-        }
-    };
     // Pipelined: while batch n is parsed and scored on the parsing threads,
     // batch n+1 is fetched and earlier batches are filed over IMAP.
     let mut next = match chunks.next() {
@@ -219,8 +264,10 @@ async fn work<S: MailSource>(
         // committed: the server moves mail while switchboard thinks.
         let mut due = if filing.len() >= shared.file_every || filing.age() >= FILE_AFTER {
             let due = std::mem::take(&mut filing);
-            hand(&mut handed, &due);
-            hand_over(&filer, due, &mut filing)
+            let here = hand_over(&filer, due, &mut filing, &mut handed);
+            let counts = here.per_folder().map(|(f, n)| (f.to_string(), n));
+            count_in(&mut handed, counts.collect::<Vec<_>>());
+            here
         } else {
             Filing::default()
         };
@@ -239,7 +286,19 @@ async fn work<S: MailSource>(
             since_trim = 0;
             release_freed_memory();
         }
-        match p.finish(src, mb, &k, staged, &mut filing).await {
+        // In the pass's last batch, what needs no reply is filed over the
+        // second connection while the replies are sent and copied.
+        let last = ahead.is_none();
+        let early = |f: &mut Filing| {
+            if last && !f.is_empty() {
+                let due = std::mem::take(f);
+                let here = hand_over(&filer, due, f, &mut handed);
+                if !here.is_empty() {
+                    *f = here;
+                }
+            }
+        };
+        match p.finish(src, mb, &k, staged, &mut filing, early).await {
             Ok(outcomes) => {
                 for o in outcomes {
                     filed += usize::from(o.folder.is_some());
@@ -258,7 +317,7 @@ async fn work<S: MailSource>(
     // else over this one unless it failed — a timed-out command may leave
     // the connection mid-command, so nothing more is sent on it (the
     // messages are filed on resume, from their recorded state).
-    if let Some(tx) = &filer
+    if let Some((tx, _)) = &filer
         && !filing.is_empty()
         && let Err(back) = tx.send(std::mem::take(&mut filing)).await
     {

@@ -116,7 +116,25 @@ pub struct Imap {
     pub uid_validity: Option<u32>,
     /// Folders known to exist.
     folders: HashSet<String>,
+    /// A second connection for filing ([`MailSource::second`]): kept
+    /// between passes, or being opened.
+    spare: Spare,
 }
+
+/// [`Imap::spare`].
+#[derive(Default)]
+enum Spare {
+    #[default]
+    None,
+    Opening(tokio::task::JoinHandle<Result<Imap, FetchError>>),
+    /// Connected; last used at.
+    Ready(Box<Imap>, Instant),
+}
+
+/// A kept second connection unused for this long is closed rather than
+/// used: servers and firewalls drop idle connections, and a dead one
+/// would cost a command timeout.
+const SPARE_FOR: Duration = Duration::from_secs(120);
 
 fn server(cfg: &ImapConfig) -> String {
     format!("{}:{}", cfg.host, cfg.port)
@@ -479,6 +497,7 @@ impl Imap {
             delimiter,
             uid_validity: mailbox.uid_validity,
             folders: HashSet::new(),
+            spare: Spare::None,
         })
     }
 
@@ -608,6 +627,11 @@ impl Imap {
 
     /// Logs out (best effort).
     pub async fn logout(mut self) {
+        match std::mem::take(&mut self.spare) {
+            Spare::Ready(c, _) => Box::pin(c.logout()).await,
+            Spare::Opening(h) => h.abort(),
+            Spare::None => {}
+        }
         if let Some(mut s) = self.session.take() {
             let _ = tokio::time::timeout(Duration::from_secs(5), s.logout()).await;
         }
@@ -642,25 +666,67 @@ fn flag_list(flags: &[Flag]) -> String {
 }
 
 impl MailSource for Imap {
-    fn second(&self) -> impl Future<Output = Option<Self>> + Send + 'static {
+    fn second(
+        &mut self,
+        wait: bool,
+    ) -> Option<impl Future<Output = Option<Self>> + Send + 'static> {
+        use futures::FutureExt;
         let cfg = self.cfg.clone();
-        async move {
-            let t = Instant::now();
-            match Imap::connect(&cfg).await {
-                Ok(i) => {
+        let mut ready = None;
+        let mut opening = None;
+        match std::mem::take(&mut self.spare) {
+            Spare::Ready(c, used) if used.elapsed() < SPARE_FOR => ready = Some(*c),
+            // Stale: logged out in the background, replaced below.
+            Spare::Ready(c, _) => {
+                tokio::spawn(c.logout());
+            }
+            Spare::Opening(h) if h.is_finished() => match h.now_or_never() {
+                Some(Ok(Ok(c))) => ready = Some(c),
+                Some(Ok(Err(e))) => {
+                    debug!(server = %server(&cfg), "second connection not opened: {e}")
+                }
+                _ => {}
+            },
+            Spare::Opening(h) if wait => opening = Some(h),
+            Spare::Opening(h) => self.spare = Spare::Opening(h),
+            Spare::None => {}
+        }
+        if ready.is_none() && opening.is_none() && matches!(self.spare, Spare::None) {
+            let cfg = cfg.clone();
+            let h = tokio::spawn(async move {
+                let t = Instant::now();
+                let c = Imap::connect(&cfg).await;
+                if c.is_ok() {
                     debug!(server = %server(&cfg), connect_ms = t.elapsed().as_millis() as u64, "second connection for filing");
-                    Some(i)
                 }
-                Err(e) => {
-                    warn!(server = %server(&cfg), "no second connection for filing a backlog ({e}); filing over the first");
-                    None
-                }
+                c
+            });
+            if wait {
+                opening = Some(h);
+            } else {
+                self.spare = Spare::Opening(h);
             }
         }
+        if ready.is_none() && opening.is_none() {
+            return None;
+        }
+        Some(async move {
+            if ready.is_some() {
+                return ready;
+            }
+            match opening?.await {
+                Ok(Ok(c)) => Some(c),
+                Ok(Err(e)) => {
+                    warn!(server = %server(&cfg), "no second connection for filing ({e}); filing over the first");
+                    None
+                }
+                Err(_) => None,
+            }
+        })
     }
 
-    async fn close(self) {
-        self.logout().await;
+    fn keep(&mut self, second: Self) {
+        self.spare = Spare::Ready(Box::new(second), Instant::now());
     }
 
     async fn count(&mut self, folder: &str) -> Result<u32, FetchError> {

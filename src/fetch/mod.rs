@@ -127,18 +127,26 @@ impl FetchError {
 
 /// One mailbox backend.
 pub trait MailSource: Send + Sized + 'static {
-    /// Another connection to the same mailbox, so that a backlog is filed
-    /// over it while this one fetches. `None` when the backend has no use
-    /// for one, or it cannot be opened (the caller then files over this
-    /// one). Default: `None`.
-    fn second(&self) -> impl Future<Output = Option<Self>> + Send + 'static {
-        std::future::ready(None)
+    /// Another connection to the same mailbox, so that mail is filed over
+    /// it while this one fetches and answers. `None` when the backend has
+    /// no use for one or none is ready: the caller then files over this
+    /// one. With `wait`, a connection is opened if none is ready (for a
+    /// backlog); without, only one kept from an earlier pass
+    /// ([`MailSource::keep`]) is given, and one is opened in the
+    /// background for the next. The future yields `None` when the
+    /// connection could not be opened. Default: `None`.
+    fn second(
+        &mut self,
+        wait: bool,
+    ) -> Option<impl Future<Output = Option<Self>> + Send + 'static> {
+        let _ = wait;
+        None::<std::future::Ready<Option<Self>>>
     }
 
-    /// Ends a connection opened with [`MailSource::second`] (best
-    /// effort). Default: nothing to do.
-    fn close(self) -> impl Future<Output = ()> + Send {
-        async {}
+    /// Keeps a connection from [`MailSource::second`] for the next pass.
+    /// Default: dropped.
+    fn keep(&mut self, second: Self) {
+        let _ = second;
     }
 
     /// Unprocessed messages, oldest first.

@@ -37,7 +37,20 @@ pub(super) async fn act<S: MailSource>(
     k: &Arc<Knowledge>,
     mut work: Vec<Work>,
     filing: &mut Filing,
+    before_replies: impl FnOnce(&mut Filing),
 ) -> Result<Vec<Outcome>, PipelineError> {
+    // What needs no reply goes to `filing` first, and `before_replies`
+    // may start filing it (over a second connection) while the replies
+    // are sent and copied.
+    // (Decided before sending: a reply that fails becomes a filing.)
+    let early: Vec<bool> = work
+        .iter()
+        .map(|w| matches!(w.step, Step::File { .. }))
+        .collect();
+    for (w, _) in work.iter().zip(&early).filter(|(_, e)| **e) {
+        filing.add(w);
+    }
+    before_replies(filing);
     let t = std::time::Instant::now();
     send_replies(p, mb, k, &mut work).await?;
     let sent = t.elapsed();
@@ -50,14 +63,17 @@ pub(super) async fn act<S: MailSource>(
     );
     Ok(work
         .into_iter()
-        .map(|w| {
+        .zip(early)
+        .map(|(w, early)| {
             metrics::counter!(
                 "switchboard_messages_total",
                 "mailbox" => mb.name.clone(),
                 "decision" => w.outcome.verdict.clone()
             )
             .increment(1);
-            filing.add(&w);
+            if !early {
+                filing.add(&w);
+            }
             w.outcome
         })
         .collect())

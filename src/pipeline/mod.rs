@@ -573,7 +573,7 @@ impl Pipeline {
             .loads(src, k, &prepared, &mut counted, |f| filing.waiting_for(f))
             .await?;
         let staged = self.stage(mb, k, prepared, loads).await?;
-        self.finish(src, mb, k, staged, filing).await
+        self.finish(src, mb, k, staged, filing, |_| {}).await
     }
 
     /// Stage 2, the part read from the mail server: the open loads of
@@ -649,7 +649,10 @@ impl Pipeline {
     }
 
     /// Stage 5 for a committed batch: send the replies, store their
-    /// copies, and add the flags and moves to `filing`.
+    /// copies, and add the flags and moves to `filing`. `before_replies`
+    /// is called with `filing` once the messages that need no reply are
+    /// in it, before any reply is sent: the caller may start filing them
+    /// meanwhile.
     pub async fn finish<S: MailSource>(
         &self,
         src: &mut S,
@@ -657,6 +660,7 @@ impl Pipeline {
         k: &Arc<Knowledge>,
         staged: Staged,
         filing: &mut Filing,
+        before_replies: impl FnOnce(&mut Filing),
     ) -> Result<Vec<Outcome>, PipelineError> {
         let Staged {
             work,
@@ -664,7 +668,7 @@ impl Pipeline {
         } = staged;
         let t = std::time::Instant::now();
         let n = work.len();
-        let out = act::act(self, src, mb, k, work, filing).await;
+        let out = act::act(self, src, mb, k, work, filing, before_replies).await;
         tracing::debug!(
             mailbox = %mb.name,
             messages = n,

@@ -21,6 +21,22 @@ fn hours_question(id: &str, from: &str) -> Vec<u8> {
     )
 }
 
+/// How many times each Message-ID is filed, over every folder but the
+/// inbox and Sent.
+async fn filed_ids(c: &mut Client) -> std::collections::BTreeMap<String, usize> {
+    let mut ids = std::collections::BTreeMap::new();
+    for folder in c.folders().await {
+        if folder == "INBOX" || folder == "Sent" {
+            continue;
+        }
+        for m in c.messages(&folder).await {
+            let id = m.header("Message-ID").unwrap_or_default();
+            *ids.entry(id).or_insert(0) += 1;
+        }
+    }
+    ids
+}
+
 /// Replies in a mailbox that answer `id`.
 fn replies_to(msgs: &[crate::mailserver::Msg], id: &str) -> usize {
     msgs.iter()
@@ -208,6 +224,81 @@ async fn idle_picks_up_new_mail_and_sigterm_stops_cleanly() {
     assert!(took < Duration::from_secs(10), "stopping took {took:?}");
 }
 
+/// Several messages at once: those that need no reply are filed over a
+/// second connection (kept between passes) while the replies are sent.
+/// Every message ends in one folder, every question is answered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_are_filed_over_a_kept_second_connection() {
+    let srv = Servers::start();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = srv.write_config(dir.path(), "");
+    let mut daemon = Daemon::spawn_with(&config, &[("RUST_LOG", "info,switchboard=debug")]);
+    let mut support = Client::login(srv.imap_port, SUPPORT).await;
+    wait_for(LONG, "the daemon to connect and IDLE", || {
+        let log = daemon.log_text();
+        async move { log.contains("connected mailbox") }
+    })
+    .await;
+    let mut expected = 0;
+    for burst in 0..3 {
+        for i in 0..6 {
+            let from = format!("b{burst}-{i}@customer.test");
+            let id = format!("b{burst}-{i}@customer.test");
+            let raw = if i % 2 == 0 {
+                hours_question(&id, &from)
+            } else {
+                customer_mail(
+                    &from,
+                    SUPPORT,
+                    "Complaint",
+                    "My parcel arrived damaged.",
+                    &id,
+                    "",
+                )
+            };
+            support.append("INBOX", &raw).await;
+        }
+        expected += 6;
+        wait_for(LONG, "the burst to be filed", || {
+            let port = srv.imap_port;
+            async move {
+                let mut c = Client::login(port, SUPPORT).await;
+                c.count("INBOX").await == 0 && c.count("Answered").await == expected / 2
+            }
+        })
+        .await;
+    }
+    // Opened once (in the background during the first burst), then kept
+    // and used for the later bursts.
+    let log = daemon.log_text();
+    assert_eq!(
+        log.matches("second connection for filing").count(),
+        1,
+        "{log}"
+    );
+    assert!(
+        log.matches("filing over the second connection").count() >= 2,
+        "{log}"
+    );
+    let ids = filed_ids(&mut support).await;
+    assert_eq!(ids.len(), expected, "every message is filed: {ids:?}");
+    assert!(
+        ids.values().all(|c| *c == 1),
+        "a message is in two folders: {ids:?}"
+    );
+    srv.wait_postfix_queue_empty(LONG);
+    for burst in 0..3 {
+        for i in 0..6 {
+            let user = format!("b{burst}-{i}@customer.test");
+            let got = srv.maildir_files(&user, "INBOX").len();
+            // Questions get one reply, complaints none.
+            assert_eq!(got, usize::from(i % 2 == 0), "{user} got {got} replies");
+        }
+    }
+    let (status, _) = daemon.terminate();
+    assert!(status.success(), "{}", daemon.log_text());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dovecot_restart_and_postfix_outage() {
     let srv = Servers::start();
@@ -342,16 +433,7 @@ async fn kill_9_mid_batch_loses_nothing_and_never_replies_twice() {
     srv.wait_postfix_queue_empty(LONG);
 
     assert_eq!(support.count("INBOX").await, 0);
-    let mut ids = std::collections::BTreeMap::new();
-    for folder in support.folders().await {
-        if folder == "INBOX" || folder == "Sent" {
-            continue;
-        }
-        for m in support.messages(&folder).await {
-            let id = m.header("Message-ID").unwrap_or_default();
-            *ids.entry(id).or_insert(0) += 1;
-        }
-    }
+    let ids = filed_ids(&mut support).await;
     assert_eq!(ids.len(), n, "every message is filed");
     assert!(
         ids.values().all(|c| *c == 1),

@@ -357,11 +357,9 @@ max_open = 60
     let out = run_once_with(&config, "info,switchboard=debug");
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
-    assert_eq!(
-        log.contains("second connection for filing"),
-        second_connection,
-        "{log}"
-    );
+    if second_connection {
+        assert!(log.contains("second connection for filing"), "{log}");
+    }
     let got = counts(&mut c, &["Reps/Ann", "Reps/Ben", "Queues/Sales", "INBOX"]).await;
     // Ben gets the first 40 to catch up, then they alternate until Ben is
     // full at 60; the rest goes to Ann.
