@@ -35,9 +35,10 @@ pub struct Shared {
     pub max_size: u64,
     /// Messages fetched and processed per round trip.
     pub batch_size: usize,
-    /// Messages decided but not yet filed, at most: flags and moves for a
-    /// backlog are sent this many messages at a time, over a second
-    /// connection when the backend has one ([`FILE_EVERY`] by default).
+    /// Flags and moves for a backlog are sent this many messages at a
+    /// time ([`FILE_EVERY`] by default), over a second connection when
+    /// the backend has one; more wait while that connection is still busy
+    /// with the previous ones.
     pub file_every: usize,
     pub health: Health,
     /// How often service-level deadlines are checked.
@@ -100,26 +101,32 @@ async fn drain_pass<S: MailSource>(
     };
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     let down = AtomicBool::new(false);
-    let (worked, (second, filed_behind, left)) = tokio::join!(
+    let (worked, behind) = tokio::join!(
         work(src, shared, mb, seen, &pending, Some((tx, &down))),
         file_behind(opening, &shared.pipeline, rx, &down),
     );
-    match filed_behind {
+    match behind.result {
         Ok(()) => {
-            if let Some(c) = second {
-                src.keep(c);
+            if let Some(c) = behind.conn {
+                src.keep(c, behind.used);
             }
         }
         // Nothing is lost: the messages it did not file are still in the
         // inbox, decided, and are filed by the next pass.
-        Err(e) => warn!(mailbox = %mb.name, "filing over the second connection failed: {e}"),
+        Err(e) => {
+            warn!(mailbox = %mb.name, "filing over the second connection failed: {e}");
+            metrics::counter!("switchboard_errors_total", "kind" => "second_connection", "mailbox" => mb.name.clone())
+                .increment(1);
+        }
     }
-    let pass = worked?;
-    // What it received but could not file (no connection after all).
-    for mut f in left {
-        f.flush(&shared.pipeline, src).await?;
+    // What it received but could not file (it never connected), unless
+    // this connection failed too: then the next pass files it.
+    if !matches!(worked, Err(PipelineError::Source(_))) {
+        for mut f in behind.left {
+            f.flush(&shared.pipeline, src).await?;
+        }
     }
-    Ok(pass)
+    worked
 }
 
 /// Where a pass sends the filings that are due: the second connection's
@@ -175,24 +182,39 @@ async fn file_behind<S: MailSource>(
     p: &Pipeline,
     mut rx: tokio::sync::mpsc::Receiver<Filing>,
     down: &AtomicBool,
-) -> (Option<S>, Result<(), PipelineError>, Vec<Filing>) {
-    let mut conn = opening.await;
-    down.store(conn.is_none(), Ordering::Relaxed);
-    let mut result = Ok(());
-    let mut left = Vec::new();
+) -> Behind<S> {
+    let mut b = Behind {
+        conn: opening.await,
+        used: false,
+        result: Ok(()),
+        left: Vec::new(),
+    };
+    down.store(b.conn.is_none(), Ordering::Relaxed);
     while let Some(mut filing) = rx.recv().await {
-        let Some(c) = conn.as_mut() else {
-            left.push(filing);
+        let Some(c) = b.conn.as_mut() else {
+            b.left.push(filing);
             continue;
         };
         debug!(messages = filing.len(), "filing over the second connection");
+        b.used = true;
         if let Err(e) = filing.flush(p, c).await {
             down.store(true, Ordering::Relaxed);
-            conn = None;
-            result = Err(e);
+            b.conn = None;
+            b.result = Err(e);
         }
     }
-    (conn, result, left)
+    b
+}
+
+/// What [`file_behind`] did.
+struct Behind<S> {
+    /// The connection, to keep (`None` after a failure).
+    conn: Option<S>,
+    /// It filed something.
+    used: bool,
+    result: Result<(), PipelineError>,
+    /// Filings it received while it had no connection.
+    left: Vec<Filing>,
 }
 
 /// One pass over `pending`: fetch, prepare, decide, act, in batches, with
@@ -317,7 +339,8 @@ async fn work<S: MailSource>(
     // else over this one unless it failed — a timed-out command may leave
     // the connection mid-command, so nothing more is sent on it (the
     // messages are filed on resume, from their recorded state).
-    if let Some((tx, _)) = &filer
+    if let Some((tx, down)) = &filer
+        && !down.load(Ordering::Relaxed)
         && !filing.is_empty()
         && let Err(back) = tx.send(std::mem::take(&mut filing)).await
     {

@@ -119,6 +119,20 @@ pub struct Imap {
     /// A second connection for filing ([`MailSource::second`]): kept
     /// between passes, or being opened.
     spare: Spare,
+    /// As a second connection: when it was opened, or last used for
+    /// filing ([`MailSource::keep`]).
+    used: Instant,
+    /// A second connection was refused: none is tried before then.
+    no_second_until: Option<Instant>,
+}
+
+impl Drop for Imap {
+    fn drop(&mut self) {
+        // A second connection still being opened is not left behind.
+        if let Spare::Opening(h) = &self.spare {
+            h.abort();
+        }
+    }
 }
 
 /// [`Imap::spare`].
@@ -127,14 +141,17 @@ enum Spare {
     #[default]
     None,
     Opening(tokio::task::JoinHandle<Result<Imap, FetchError>>),
-    /// Connected; last used at.
-    Ready(Box<Imap>, Instant),
+    Ready(Box<Imap>),
 }
 
-/// A kept second connection unused for this long is closed rather than
+/// A second connection unused for this long is logged out rather than
 /// used: servers and firewalls drop idle connections, and a dead one
 /// would cost a command timeout.
 const SPARE_FOR: Duration = Duration::from_secs(120);
+
+/// After the server refused a second connection, none is tried for this
+/// long (it may limit connections per user).
+const SECOND_REFUSED_FOR: Duration = Duration::from_secs(600);
 
 fn server(cfg: &ImapConfig) -> String {
     format!("{}:{}", cfg.host, cfg.port)
@@ -498,6 +515,8 @@ impl Imap {
             uid_validity: mailbox.uid_validity,
             folders: HashSet::new(),
             spare: Spare::None,
+            used: Instant::now(),
+            no_second_until: None,
         })
     }
 
@@ -628,7 +647,7 @@ impl Imap {
     /// Logs out (best effort).
     pub async fn logout(mut self) {
         match std::mem::take(&mut self.spare) {
-            Spare::Ready(c, _) => Box::pin(c.logout()).await,
+            Spare::Ready(c) => Box::pin(c.logout()).await,
             Spare::Opening(h) => h.abort(),
             Spare::None => {}
         }
@@ -672,23 +691,33 @@ impl MailSource for Imap {
     ) -> Option<impl Future<Output = Option<Self>> + Send + 'static> {
         use futures::FutureExt;
         let cfg = self.cfg.clone();
+        if self.no_second_until.is_some_and(|t| Instant::now() < t) {
+            return None;
+        }
+        let fresh = |c: &Imap| c.used.elapsed() < SPARE_FOR;
         let mut ready = None;
         let mut opening = None;
         match std::mem::take(&mut self.spare) {
-            Spare::Ready(c, used) if used.elapsed() < SPARE_FOR => ready = Some(*c),
-            // Stale: logged out in the background, replaced below.
-            Spare::Ready(c, _) => {
-                tokio::spawn(c.logout());
-            }
-            Spare::Opening(h) if h.is_finished() => match h.now_or_never() {
-                Some(Ok(Ok(c))) => ready = Some(c),
-                Some(Ok(Err(e))) => {
-                    debug!(server = %server(&cfg), "second connection not opened: {e}")
+            Spare::Ready(c) if fresh(&c) => ready = Some(*c),
+            Spare::Opening(mut h) if h.is_finished() => match (&mut h).now_or_never() {
+                Some(Ok(Ok(c))) if fresh(&c) => ready = Some(c),
+                Some(Ok(Ok(c))) => {
+                    tokio::spawn(c.logout());
                 }
-                _ => {}
+                Some(Ok(Err(e))) => {
+                    warn!(server = %server(&cfg), "no second connection for filing ({e}); filing over the first, trying again in {} minutes", SECOND_REFUSED_FOR.as_secs() / 60);
+                    self.no_second_until = Some(Instant::now() + SECOND_REFUSED_FOR);
+                    return None;
+                }
+                Some(Err(_)) => {}
+                None => self.spare = Spare::Opening(h),
             },
             Spare::Opening(h) if wait => opening = Some(h),
             Spare::Opening(h) => self.spare = Spare::Opening(h),
+            // Stale: logged out in the background, replaced below.
+            Spare::Ready(c) => {
+                tokio::spawn(c.logout());
+            }
             Spare::None => {}
         }
         if ready.is_none() && opening.is_none() && matches!(self.spare, Spare::None) {
@@ -725,8 +754,11 @@ impl MailSource for Imap {
         })
     }
 
-    fn keep(&mut self, second: Self) {
-        self.spare = Spare::Ready(Box::new(second), Instant::now());
+    fn keep(&mut self, mut second: Self, used: bool) {
+        if used {
+            second.used = Instant::now();
+        }
+        self.spare = Spare::Ready(Box::new(second));
     }
 
     async fn count(&mut self, folder: &str) -> Result<u32, FetchError> {

@@ -143,10 +143,11 @@ pub trait MailSource: Send + Sized + 'static {
         None::<std::future::Ready<Option<Self>>>
     }
 
-    /// Keeps a connection from [`MailSource::second`] for the next pass.
-    /// Default: dropped.
-    fn keep(&mut self, second: Self) {
-        let _ = second;
+    /// Keeps a connection from [`MailSource::second`] for the next pass;
+    /// `used`: it carried commands in this one (else it is as old as
+    /// before). Default: dropped.
+    fn keep(&mut self, second: Self, used: bool) {
+        let _ = (second, used);
     }
 
     /// Unprocessed messages, oldest first.

@@ -12,7 +12,13 @@
 //! Steps 3–5 are gathered over several batches of a backlog ([`Filing`]):
 //! the decisions are committed and the replies sent batch by batch, the
 //! moves happen a few thousand messages (or a couple of seconds) at a
-//! time, while the next batch is decided and committed.
+//! time, while the next batch is decided and committed (over a second
+//! connection, when the mail source has one).
+//!
+//! Messages that get no reply need none of steps 1–2: they go into the
+//! filing before the batch's replies are sent, and the caller may start
+//! filing them meanwhile (`before_replies` of [`super::Pipeline::finish`]).
+//! A message with a reply is only ever filed after its reply and its copy.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
