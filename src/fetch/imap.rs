@@ -124,6 +124,10 @@ pub struct Imap {
     used: Instant,
     /// A second connection was refused: none is tried before then.
     no_second_until: Option<Instant>,
+    /// When a pass last asked for a second connection: one is opened in
+    /// the background only when passes come within [`SPARE_FOR`] of each
+    /// other (a quiet mailbox does not open one per pass for nothing).
+    asked: Option<Instant>,
 }
 
 impl Drop for Imap {
@@ -517,6 +521,7 @@ impl Imap {
             spare: Spare::None,
             used: Instant::now(),
             no_second_until: None,
+            asked: None,
         })
     }
 
@@ -695,6 +700,8 @@ impl MailSource for Imap {
             return None;
         }
         let fresh = |c: &Imap| c.used.elapsed() < SPARE_FOR;
+        let busy = wait || self.asked.is_some_and(|t| t.elapsed() < SPARE_FOR);
+        self.asked = Some(Instant::now());
         let mut ready = None;
         let mut opening = None;
         match std::mem::take(&mut self.spare) {
@@ -720,7 +727,7 @@ impl MailSource for Imap {
             }
             Spare::None => {}
         }
-        if ready.is_none() && opening.is_none() && matches!(self.spare, Spare::None) {
+        if busy && ready.is_none() && opening.is_none() && matches!(self.spare, Spare::None) {
             let cfg = cfg.clone();
             let h = tokio::spawn(async move {
                 let t = Instant::now();

@@ -132,7 +132,7 @@ pub trait MailSource: Send + Sized + 'static {
     /// no use for one or none is ready: the caller then files over this
     /// one. With `wait`, a connection is opened if none is ready (for a
     /// backlog); without, only one kept from an earlier pass
-    /// ([`MailSource::keep`]) is given, and one is opened in the
+    /// ([`MailSource::keep`]) is given, and one may be opened in the
     /// background for the next. The future yields `None` when the
     /// connection could not be opened. Default: `None`.
     fn second(
