@@ -115,19 +115,13 @@ pub fn classify_with(
     let mut facts = facts(m, &FaqResult::default(), &guard, &ctx);
     let without_faq = rules::decided_without_faq(&k.rules, &facts);
     let faq = if without_faq {
-        FaqResult {
-            reason: "not scored: a rule decided before any rule that looks at the FAQ".into(),
-            ..FaqResult::default()
-        }
+        not_scored()
     } else {
         let faq = match scored {
             Some(f) => f.clone(),
             None => k.faq.query_question(&question::Question::from_message(m)),
         };
-        let best = faq.best();
-        facts.faq_id = best.map(|c| c.id.clone()).unwrap_or_default();
-        facts.faq_score = best.map_or(0.0, |c| c.score);
-        facts.faq_confident = faq.confident;
+        set_faq(&mut facts, &faq);
         faq
     };
     let rules = rules::run(&k.rules, &facts);
@@ -142,28 +136,84 @@ pub fn classify_with(
     (c, !without_faq && scored.is_some())
 }
 
-/// The FAQ result for `m` when the rules' outcome can depend on it
-/// (whether or not the message turns out to be a follow-up), else
-/// `None`. The expensive part of classification, done ahead on the
-/// parsing threads.
-pub fn score_faq(m: &Message, k: &Knowledge) -> Option<FaqResult> {
+/// What the parsing threads work out for a message ahead of deciding
+/// it ([`ahead`]).
+#[derive(Debug, Clone)]
+pub struct Ahead {
+    /// The classification with the default [`Context`] (no known
+    /// conversation, no lookups).
+    pub classification: Classification,
+    /// `classification.faq` is a scored FAQ result (a rule needed it).
+    pub faq_in_classification: bool,
+    /// A FAQ result the classification did not use but a follow-up of
+    /// a known conversation would, kept aside.
+    pub faq_aside: Option<FaqResult>,
+}
+
+/// The classification with the default context (as [`classify_with`]),
+/// and the FAQ scored whenever the rules' outcome can depend on it,
+/// whether or not the message turns out to continue a conversation:
+/// the expensive part of classifying, done ahead on the parsing threads.
+/// The loop guard, the facts and the rules before the FAQ are worked out
+/// once for both.
+pub fn ahead(m: &Message, k: &Knowledge) -> Ahead {
     let guard = loop_guard::inspect(m, &k.policy.our_addresses);
-    let answers = answers_us(m, &k.policy.domain, &k.policy.reply.ticket_prefix);
-    let mut f = facts(
-        m,
-        &FaqResult::default(),
-        &guard,
-        &Context {
-            follow_up: answers,
-            ..Context::default()
+    let auth = auth::inspect(m, &k.policy.reply.trusted_authserv_ids);
+    let follow_up = answers_us(m, &k.policy.domain, &k.policy.reply.ticket_prefix);
+    let ctx = Context {
+        follow_up,
+        ..Context::default()
+    };
+    let mut f = facts(m, &FaqResult::default(), &guard, &ctx);
+    let without_faq = rules::decided_without_faq(&k.rules, &f);
+    // Scored when the rules need it as things are, or would if the
+    // message turned out to continue a conversation.
+    let needed = !without_faq || {
+        !follow_up && {
+            f.follow_up = true;
+            let needed = !rules::decided_without_faq(&k.rules, &f);
+            f.follow_up = follow_up;
+            needed
+        }
+    };
+    let scored = needed.then(|| k.faq.query_question(&question::Question::from_message(m)));
+    let (faq, faq_aside) = match scored {
+        Some(faq) if !without_faq => {
+            set_faq(&mut f, &faq);
+            (faq, None)
+        }
+        aside => (not_scored(), aside),
+    };
+    let rules = rules::run(&k.rules, &f);
+    Ahead {
+        faq_in_classification: !without_faq && needed,
+        faq_aside,
+        classification: Classification {
+            faq,
+            guard,
+            auth,
+            rules,
+            follow_up,
+            lookups: ctx.lookups,
         },
-    );
-    let mut needed = !rules::decided_without_faq(&k.rules, &f);
-    if !needed && !answers {
-        f.follow_up = true;
-        needed = !rules::decided_without_faq(&k.rules, &f);
     }
-    needed.then(|| k.faq.query_question(&question::Question::from_message(m)))
+}
+
+/// Gives the rules the FAQ's best match.
+fn set_faq(f: &mut Facts, faq: &FaqResult) {
+    let best = faq.best();
+    f.faq_id = best.map(|c| c.id.clone()).unwrap_or_default();
+    f.faq_score = best.map_or(0.0, |c| c.score);
+    f.faq_confident = faq.confident;
+}
+
+/// The FAQ result of a message a rule decided before any rule that
+/// looks at the FAQ.
+fn not_scored() -> FaqResult {
+    FaqResult {
+        reason: "not scored: a rule decided before any rule that looks at the FAQ".into(),
+        ..FaqResult::default()
+    }
 }
 
 /// Whether a message answers us, judged from the message alone: it

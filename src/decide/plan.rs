@@ -358,7 +358,7 @@ pub struct Prior<'a> {
     /// The ticket an earlier attempt gave it (a retried reply keeps its
     /// conversation).
     pub ticket: Option<&'a str>,
-    /// Its FAQ result, scored ahead ([`classify::score_faq`]).
+    /// Its FAQ result, scored ahead ([`classify::ahead`]).
     pub scored: Option<&'a crate::classify::FaqResult>,
     /// What the lookups found for it.
     pub lookups: Option<&'a crate::lookup::LookupFacts>,

@@ -480,21 +480,14 @@ fn prepare(f: Fetched, k: &Knowledge) -> Item {
                 // A bug in scoring must cost this message (parked, with
                 // the reason), not its batch.
                 match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    let faq = crate::classify::score_faq(&m, k);
-                    let (c, faq_in_c) = crate::classify::classify_with(
-                        &m,
-                        k,
-                        &crate::classify::Context::default(),
-                        faq.as_ref(),
-                    );
-                    // The FAQ result is kept once (see `Item::scored`).
-                    (faq.filter(|_| !faq_in_c), c, faq_in_c)
+                    crate::classify::ahead(&m, k)
                 })) {
-                    Ok((faq, c, faq_in_classified)) => Item {
+                    // The FAQ result is kept once (see `Item::scored`).
+                    Ok(a) => Item {
                         key,
-                        faq,
-                        faq_in_classified,
-                        classified: Some(c),
+                        faq: a.faq_aside,
+                        faq_in_classified: a.faq_in_classification,
+                        classified: Some(a.classification),
                         id: f.id,
                         parsed: Ok(m),
                         lookups: Default::default(),

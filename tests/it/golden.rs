@@ -191,3 +191,98 @@ fn golden_line_endings_helper() {
     assert_eq!(lf, b"a\nb\nc\n\n\rd");
     assert_eq!(crlf, b"a\r\nb\r\nc\r\n\r\n\rd");
 }
+
+/// What the parsing threads work out ahead (`classify::ahead`) is exactly
+/// what scoring the FAQ and then classifying give: the classification,
+/// whether it holds the FAQ result, and the FAQ result kept aside for a
+/// follow-up. Over every fixture with the demo knowledge, and over
+/// messages for a rule set where only a follow-up needs the FAQ.
+#[test]
+fn classifying_ahead_equals_scoring_then_classifying() {
+    let config = root().join("examples/demo/switchboard.toml");
+    let (cfg, _) = Config::load(&config).unwrap_or_else(|d| panic!("{d}"));
+    let (k, _) = Knowledge::load(&cfg).unwrap_or_else(|d| panic!("{d}"));
+    let mut raws: Vec<(String, Vec<u8>)> = fixtures()
+        .into_iter()
+        .map(|(name, path)| {
+            let raw = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            (name, raw)
+        })
+        .collect();
+    let [scored, without, aside] = compare_ahead(&k, &raws);
+    assert!(scored >= 10 && without >= 5, "{scored} {without} {aside}");
+
+    // A first message about an invoice is routed by a rule; a follow-up
+    // (answering one of our Message-IDs) falls through to the FAQ.
+    let s = crate::common::Setup::with(
+        crate::common::BASE_CONFIG,
+        &format!(
+            "{}\n[[rule]]\nname = \"new-invoices\"\nwhen = {{ follow_up = false, subject = {{ contains = [\"invoice\"] }} }}\nroute = \"billing\"\n\n[[rule]]\nname = \"answer\"\nwhen = {{ faq_confident = true }}\nreply = \"faq\"\n",
+            crate::common::BASE_RULES
+        ),
+    );
+    let k = s.knowledge();
+    raws.clear();
+    for (i, (subject, refs)) in [
+        ("Invoice and opening hours", ""),
+        (
+            "Invoice: when are you open?",
+            "In-Reply-To: <r1@shop.example>\r\n",
+        ),
+        ("When are you open on Saturday?", ""),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let raw = format!(
+            "From: Ann <ann@customer.example>\r\nTo: support@shop.example\r\nSubject: {subject}\r\n{refs}Message-ID: <m{i}@customer.example>\r\n\r\nWhat are your opening hours on Saturday?\r\n"
+        );
+        raws.push((format!("case {i}"), raw.into_bytes()));
+    }
+    let [scored, without, aside] = compare_ahead(&k, &raws);
+    assert_eq!([scored, without, aside], [2, 1, 1]);
+}
+
+/// Compares `classify::ahead` with scoring the FAQ when the rules need it
+/// (as things are, or for a follow-up) and then `classify_with`, for each
+/// message; counts the messages whose classification holds the FAQ
+/// result, those decided without it, and those with one kept aside.
+fn compare_ahead(k: &Knowledge, raws: &[(String, Vec<u8>)]) -> [usize; 3] {
+    use switchboard::classify::{self, Context};
+    fn json<T: serde::Serialize>(v: &T) -> String {
+        serde_json::to_string(v).unwrap_or_else(|e| panic!("{e}"))
+    }
+    let mut counts = [0; 3];
+    for (name, raw) in raws {
+        let Some(m) = dry_run(raw, k).0 else { continue };
+        let guard = classify::loop_guard::inspect(&m, &k.policy.our_addresses);
+        let answers = classify::answers_us(&m, &k.policy.domain, &k.policy.reply.ticket_prefix);
+        let ctx = Context {
+            follow_up: answers,
+            ..Context::default()
+        };
+        let mut f = classify::facts(&m, &Default::default(), &guard, &ctx);
+        let mut needed = !classify::rules::decided_without_faq(&k.rules, &f);
+        if !needed && !answers {
+            f.follow_up = true;
+            needed = !classify::rules::decided_without_faq(&k.rules, &f);
+        }
+        let faq = needed.then(|| {
+            k.faq
+                .query_question(&classify::question::Question::from_message(&m))
+        });
+        let (c, faq_in_c) = classify::classify_with(&m, k, &Context::default(), faq.as_ref());
+        let a = classify::ahead(&m, k);
+        assert_eq!(json(&a.classification), json(&c), "{name}: classification");
+        assert_eq!(
+            a.faq_in_classification, faq_in_c,
+            "{name}: FAQ in the classification"
+        );
+        let kept = faq.filter(|_| !faq_in_c);
+        assert_eq!(a.faq_aside, kept, "{name}: FAQ kept aside");
+        counts[0] += usize::from(faq_in_c);
+        counts[1] += usize::from(!faq_in_c);
+        counts[2] += usize::from(kept.is_some());
+    }
+    counts
+}
