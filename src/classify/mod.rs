@@ -165,7 +165,8 @@ pub fn ahead(m: &Message, k: &Knowledge) -> Ahead {
         ..Context::default()
     };
     let mut f = facts(m, &FaqResult::default(), &guard, &ctx);
-    let without_faq = rules::decided_without_faq(&k.rules, &f);
+    let judged = rules::judge_without_faq(&k.rules, &f);
+    let without_faq = judged.decided;
     // Scored when the rules need it as things are, or would if the
     // message turned out to continue a conversation.
     let needed = !without_faq || {
@@ -184,7 +185,7 @@ pub fn ahead(m: &Message, k: &Knowledge) -> Ahead {
         }
         aside => (not_scored(), aside),
     };
-    let rules = rules::run(&k.rules, &f);
+    let rules = rules::run_judged(&k.rules, &f, &judged.held);
     Ahead {
         faq_in_classification: !without_faq && needed,
         faq_aside,

@@ -203,29 +203,64 @@ pub fn describe(a: &RuleAction) -> String {
 /// looks at the FAQ result. Then scoring the FAQ can be skipped; the
 /// outcome of [`run`] is the same whatever the FAQ would have said.
 pub fn decided_without_faq(rules: &[Rule], f: &Facts) -> bool {
+    judge_without_faq(rules, f).decided
+}
+
+/// The rules judged before the FAQ is scored ([`judge_without_faq`]).
+#[derive(Debug, Clone, Default)]
+pub struct Judged {
+    /// As [`decided_without_faq`].
+    pub decided: bool,
+    /// Whether the condition of each rule judged holds, in order: the
+    /// rules up to the first one that looks at the FAQ or a lookup, or up
+    /// to the one that decided.
+    pub held: Vec<bool>,
+}
+
+/// [`decided_without_faq`], keeping what each rule's condition gave, so
+/// that [`run_judged`] does not test those conditions again.
+pub fn judge_without_faq(rules: &[Rule], f: &Facts) -> Judged {
+    let mut j = Judged::default();
     for r in rules {
         // Lookups run after this check: a rule that depends on them
         // cannot be judged yet.
         if r.uses_faq() || r.uses_lookups() {
-            return false;
+            return j;
         }
-        if !r.when.eval(f) {
+        let holds = r.when.eval(f);
+        j.held.push(holds);
+        if !holds {
             continue;
         }
         match r.action {
-            Some(RuleAction::Stop) => return false,
-            Some(_) => return true,
+            Some(RuleAction::Stop) => return j,
+            Some(_) => {
+                j.decided = true;
+                return j;
+            }
             None => {}
         }
     }
-    false
+    j
 }
 
 /// Runs the rules in order; the first terminal action wins.
 pub fn run(rules: &[Rule], f: &Facts) -> RuleOutcome {
+    run_judged(rules, f, &[])
+}
+
+/// [`run`], with the conditions of the first rules already tested
+/// (`held`, from [`judge_without_faq`] on the same facts: those rules
+/// look at neither the FAQ nor lookups, so setting the FAQ's result
+/// since changes nothing for them).
+pub fn run_judged(rules: &[Rule], f: &Facts, held: &[bool]) -> RuleOutcome {
     let mut out = RuleOutcome::default();
-    for r in rules {
-        if !r.when.eval(f) {
+    for (i, r) in rules.iter().enumerate() {
+        let holds = match held.get(i) {
+            Some(h) => *h,
+            None => r.when.eval(f),
+        };
+        if !holds {
             continue;
         }
         for fl in &r.flags {
