@@ -90,6 +90,17 @@ impl Outbox {
         }
     }
 
+    /// How many replies are handed over at once: as many as the SMTP
+    /// pool keeps connections (`pool_size`), so that a burst of replies
+    /// neither waits for a free connection nor opens connections the
+    /// pool then closes.
+    pub fn parallel(&self) -> usize {
+        match self {
+            Outbox::File(_) => FILE_PARALLEL,
+            Outbox::Smtp(s) => (s.cfg.pool_size as usize).max(1),
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             Outbox::File(f) => format!("file outbox {}", f.dir.display()),
@@ -97,6 +108,9 @@ impl Outbox {
         }
     }
 }
+
+/// Replies written to the file outbox at once.
+const FILE_PARALLEL: usize = 4;
 
 /// How long a `RSET` after a refused envelope may take before the
 /// connection is dropped instead (the refusal itself is already known).

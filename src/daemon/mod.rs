@@ -244,7 +244,7 @@ async fn work<S: MailSource>(
         _ => None,
     };
     while let Some(current) = next.take() {
-        let (k, prepared) = match current {
+        let (k, fetched, prepared) = match current {
             Ok(p) => p,
             Err(e) => {
                 result = Err(e);
@@ -254,6 +254,20 @@ async fn work<S: MailSource>(
         let ahead = match chunks.next() {
             Some(c) if !shared.stopping() => Some(fetch_prepare(src, shared, mb, c).await),
             _ => None,
+        };
+        // The open loads are read from the server while the batch is
+        // parsed.
+        let p = &shared.pipeline;
+        let added = |f: &str| {
+            let n = handed.get(f).copied().unwrap_or(0);
+            filing.waiting_for(f).saturating_add(n)
+        };
+        let loads = match p.loads(src, &k, fetched, &mut counted, added).await {
+            Ok(l) => l,
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
         };
         let prepared = match prepared.await {
             // Messages whose parsing failed stay in the inbox: the pass
@@ -270,18 +284,6 @@ async fn work<S: MailSource>(
             }
         };
         since_trim += prepared.len();
-        let p = &shared.pipeline;
-        let added = |f: &str| {
-            let n = handed.get(f).copied().unwrap_or(0);
-            filing.waiting_for(f).saturating_add(n)
-        };
-        let loads = match p.loads(src, &k, &prepared, &mut counted, added).await {
-            Ok(l) => l,
-            Err(e) => {
-                result = Err(e);
-                break;
-            }
-        };
         // Earlier batches are filed while this one is decided and
         // committed: the server moves mail while switchboard thinks.
         let mut due = if filing.len() >= shared.file_every || filing.age() >= FILE_AFTER {
@@ -437,6 +439,10 @@ fn release_freed_memory() {
     }
 }
 
+/// A batch being parsed: the knowledge it is parsed with, how many
+/// messages were fetched, and the parsing.
+type Preparing = (Arc<Knowledge>, usize, tokio::task::JoinHandle<Prepared>);
+
 /// Fetches a chunk and starts parsing and scoring it (with the knowledge
 /// of this moment) on the parsing threads.
 async fn fetch_prepare<S: MailSource>(
@@ -444,12 +450,13 @@ async fn fetch_prepare<S: MailSource>(
     shared: &Shared,
     mb: &MailboxInfo,
     chunk: &[MsgRef],
-) -> Result<(Arc<Knowledge>, tokio::task::JoinHandle<Prepared>), PipelineError> {
+) -> Result<Preparing, PipelineError> {
     let k = shared.knowledge.borrow().clone();
     let t = std::time::Instant::now();
     let batch = src.fetch(chunk, shared.max_size).await?;
-    debug!(mailbox = %mb.name, messages = batch.len(), fetch_ms = t.elapsed().as_millis() as u64, "fetched");
-    Ok((k.clone(), tokio::spawn(prepare_batch(batch, k))))
+    let n = batch.len();
+    debug!(mailbox = %mb.name, messages = n, fetch_ms = t.elapsed().as_millis() as u64, "fetched");
+    Ok((k.clone(), n, tokio::spawn(prepare_batch(batch, k))))
 }
 
 /// [`drain_once_with`], collecting the outcomes.

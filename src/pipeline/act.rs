@@ -2,7 +2,7 @@
 //! at any point harmless (see the table in [`super`]).
 //!
 //! 1. Replies go to the transport (a few at a time, as many as the SMTP
-//!    pool has connections); those accepted are recorded in one
+//!    pool keeps connections: `pool_size`); those accepted are recorded in one
 //!    transaction; a failure is recorded for its message alone.
 //! 2. Copies of the replies go to the Sent folder.
 //! 3. Flags: one `UID STORE` per distinct flag set.
@@ -32,9 +32,6 @@ use crate::decide::{self, Verdict};
 use crate::fetch::{Flag, MailSource, MsgRef};
 use crate::knowledge::Knowledge;
 use crate::record::{AuditEvent, SentReply};
-
-/// How many replies are handed to the transport at once.
-const PARALLEL_SENDS: usize = 4;
 
 pub(super) async fn act<S: MailSource>(
     p: &Pipeline,
@@ -272,7 +269,7 @@ async fn send_replies(
                 };
                 (i, r)
             })
-            .buffer_unordered(PARALLEL_SENDS)
+            .buffer_unordered(p.outbox.parallel())
             .collect()
             .await
     };

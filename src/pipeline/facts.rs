@@ -29,16 +29,17 @@ pub type Loads = HashMap<String, u32>;
 /// per person, kept in `counted` for the rest of the pass) plus what the
 /// pass has decided for it since (`added`: moved or not yet), so that a
 /// backlog filed a few thousand messages at a time, over another
-/// connection, still respects `max_open` and spreads evenly.
+/// connection, still respects `max_open` and spreads evenly. Nothing is
+/// read for a batch of no `messages`.
 pub async fn loads<S: MailSource>(
     src: &mut S,
     k: &Knowledge,
-    items: &[Item],
+    messages: usize,
     counted: &mut HashMap<String, u32>,
     added: impl Fn(&str) -> u32,
 ) -> Result<Loads, PipelineError> {
     let mut loads = Loads::new();
-    if items.is_empty() || k.reps.is_empty() {
+    if messages == 0 || k.reps.is_empty() {
         return Ok(loads);
     }
     let mut needed: HashSet<&str> = HashSet::new();

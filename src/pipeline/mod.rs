@@ -563,23 +563,27 @@ impl Pipeline {
     ) -> Result<Vec<Outcome>, PipelineError> {
         let mut counted = HashMap::new();
         let loads = self
-            .loads(src, k, &prepared, &mut counted, |f| filing.waiting_for(f))
+            .loads(src, k, prepared.len(), &mut counted, |f| {
+                filing.waiting_for(f)
+            })
             .await?;
         let staged = self.stage(mb, k, prepared, loads).await?;
         self.finish(src, mb, k, staged, filing, |_| {}).await
     }
 
     /// Stage 2, the part read from the mail server: the open loads of
-    /// the people the batch may be assigned to ([`facts::loads`]).
+    /// the people a batch of `messages` may be assigned to
+    /// ([`facts::loads`]). Needs nothing of the batch but its size, so it
+    /// can run while the batch is parsed.
     pub async fn loads<S: MailSource>(
         &self,
         src: &mut S,
         k: &Knowledge,
-        prepared: &Prepared,
+        messages: usize,
         counted: &mut HashMap<String, u32>,
         added: impl Fn(&str) -> u32,
     ) -> Result<facts::Loads, PipelineError> {
-        facts::loads(src, k, &prepared.items, counted, added).await
+        facts::loads(src, k, messages, counted, added).await
     }
 
     /// Stages 2–4 without the mail server: gather the stored facts,
