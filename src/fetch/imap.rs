@@ -124,6 +124,11 @@ pub struct Imap {
     used: Instant,
     /// A second connection was refused: none is tried before then.
     no_second_until: Option<Instant>,
+    /// The second connection moved mail out of this mailbox since the
+    /// last search: this session learns of it at its next `NOOP` (a
+    /// `UID SEARCH` may not report expunges, RFC 3501 §7.4.1, and would
+    /// list the moved messages again).
+    moved_behind: bool,
     /// When a pass last asked for a second connection: one is opened in
     /// the background only when passes come within [`SPARE_FOR`] of each
     /// other (a quiet mailbox does not open one per pass for nothing).
@@ -521,6 +526,7 @@ impl Imap {
             spare: Spare::None,
             used: Instant::now(),
             no_second_until: None,
+            moved_behind: false,
             asked: None,
         })
     }
@@ -764,6 +770,7 @@ impl MailSource for Imap {
     fn keep(&mut self, mut second: Self, used: bool) {
         if used {
             second.used = Instant::now();
+            self.moved_behind = true;
         }
         self.spare = Spare::Ready(Box::new(second));
     }
@@ -774,7 +781,11 @@ impl MailSource for Imap {
 
     async fn pending(&mut self) -> Result<Vec<MsgRef>, FetchError> {
         let t = self.cfg.timeout;
+        let moved = std::mem::take(&mut self.moved_behind);
         let s = self.session()?;
+        if moved {
+            Self::timed(t, s.noop()).await?;
+        }
         let found = Self::timed(t, s.uid_search("UNDELETED")).await?;
         self.drain_unsolicited();
         let mut v: Vec<u32> = found.into_iter().collect();
