@@ -359,6 +359,9 @@ max_open = 60
     assert!(out.status.success(), "{log}");
     if second_connection {
         assert!(log.contains("second connection for filing"), "{log}");
+        // The first connection learns what the second moved before it
+        // searches again: no later pass fetches moved messages in vain.
+        assert!(!log.contains("messages=0 fetch_ms"), "{log}");
     }
     let got = counts(&mut c, &["Reps/Ann", "Reps/Ben", "Queues/Sales", "INBOX"]).await;
     // Ben gets the first 40 to catch up, then they alternate until Ben is
