@@ -90,10 +90,11 @@ impl Outbox {
         }
     }
 
-    /// How many replies are handed over at once: as many as the SMTP
-    /// pool keeps connections (`pool_size`), so that a burst of replies
-    /// neither waits for a free connection nor opens connections the
-    /// pool then closes.
+    /// How many replies one batch hands over at once: as many as the SMTP
+    /// pool keeps connections (`pool_size`), so that a batch's burst of
+    /// replies neither waits for a free connection nor opens connections
+    /// the pool then closes. (Mailboxes share the pool: several answering
+    /// at the same moment can open up to `pool_size` each.)
     pub fn parallel(&self) -> usize {
         match self {
             Outbox::File(_) => FILE_PARALLEL,

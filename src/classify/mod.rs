@@ -86,8 +86,8 @@ pub fn classify(m: &Message, k: &Knowledge, ctx: &Context) -> Classification {
     classify_scored(m, k, ctx, None)
 }
 
-/// [`classify`] with the FAQ result computed beforehand by [`score_faq`]
-/// (on another thread); `None` scores here when needed.
+/// [`classify`] with the FAQ result computed beforehand (on the parsing
+/// threads, see [`ahead`]); `None` scores here when needed.
 pub fn classify_scored(
     m: &Message,
     k: &Knowledge,

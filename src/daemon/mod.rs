@@ -112,8 +112,12 @@ async fn drain_pass<S: MailSource>(
             }
         }
         // Nothing is lost: the messages it did not file are still in the
-        // inbox, decided, and are filed by the next pass.
+        // inbox, decided, and are filed by the next pass. What it filed
+        // before it failed is gone from the inbox.
         Err(e) => {
+            if behind.used {
+                src.moved_behind();
+            }
             warn!(mailbox = %mb.name, "filing over the second connection failed: {e}");
             metrics::counter!("switchboard_errors_total", "kind" => "second_connection", "mailbox" => mb.name.clone())
                 .increment(1);

@@ -775,6 +775,10 @@ impl MailSource for Imap {
         self.spare = Spare::Ready(Box::new(second));
     }
 
+    fn moved_behind(&mut self) {
+        self.moved_behind = true;
+    }
+
     async fn count(&mut self, folder: &str) -> Result<u32, FetchError> {
         self.status_count(folder).await
     }

@@ -150,6 +150,11 @@ pub trait MailSource: Send + Sized + 'static {
         let _ = (second, used);
     }
 
+    /// Another connection ([`MailSource::second`]) moved messages out of
+    /// this mailbox: the next [`MailSource::pending`] must not list them
+    /// (`keep` with `used` says the same). Default: nothing to do.
+    fn moved_behind(&mut self) {}
+
     /// Unprocessed messages, oldest first.
     fn pending(&mut self) -> impl Future<Output = Result<Vec<MsgRef>, FetchError>> + Send;
 
