@@ -20,7 +20,7 @@ static REPLY_PREFIX: LazyLock<Option<Regex>> = LazyLock::new(|| {
 static TICKET_TAG: LazyLock<Option<Regex>> =
     LazyLock::new(|| Regex::new(r"\s*\[#([A-Za-z0-9]{1,8}-\d{1,12})\]").ok());
 
-/// Removes leading reply prefixes ("Re:", "AW:", "Re[2]:", …), repeated or not.
+/// Removes leading reply prefixes ("Re:", "AW:", "Re\[2\]:", …), repeated or not.
 pub fn strip_reply_prefixes(s: &str) -> &str {
     match REPLY_PREFIX.as_ref().and_then(|r| r.find(s)) {
         Some(m) => &s[m.end()..],

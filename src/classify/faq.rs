@@ -7,7 +7,7 @@
 //!
 //! 1. **Words**: Unicode-normalised, lower-cased; a word the FAQ never uses
 //!    that is one edit (insertion, deletion, substitution, swap of two
-//!    letters) away from one it does is read as that word ([`Speller`]).
+//!    letters) away from one it does is read as that word (`Speller`).
 //! 2. **Features**: TF-IDF of stemmed words (uni- and bigrams) and of
 //!    character 2–5-grams, so word forms and remaining typos cost little.
 //! 3. **A classifier**: multinomial logistic regression on those features

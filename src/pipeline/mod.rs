@@ -6,11 +6,11 @@
 //!    can depend on it ([`prepare_batch`], on [`cpu`]'s threads, one
 //!    per core: it is the CPU work);
 //! 2. **gather the facts** its decisions depend on, in a few queries
-//!    ([`facts`]);
+//!    (`facts`);
 //! 3. **decide** every message purely ([`crate::decide::plan`]);
 //! 4. **commit** every decision, conversation, assignment, counter and
 //!    audit record in one transaction, before any side effect;
-//! 5. **act** ([`act`]): send the replies (a few at a time, recorded in
+//! 5. **act** (`act`): send the replies (a few at a time, recorded in
 //!    one transaction) and store their copies (one `APPEND` for the
 //!    batch where the server has MULTIAPPEND and LITERAL+);
 //! 6. **file** ([`Filing`]): set flags (one command per flag set), file
@@ -573,7 +573,7 @@ impl Pipeline {
 
     /// Stage 2, the part read from the mail server: the open loads of
     /// the people a batch of `messages` may be assigned to
-    /// ([`facts::loads`]). Needs nothing of the batch but its size, so it
+    /// (`facts::loads`). Needs nothing of the batch but its size, so it
     /// can run while the batch is parsed.
     pub async fn loads<S: MailSource>(
         &self,
