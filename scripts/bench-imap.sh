@@ -32,7 +32,8 @@
 # BATCH sets the mailbox's batch_size (default 100, the product default).
 # SB_WRAP="perf record -g -o /tmp/sb.perf" prefixes the route-only runs.
 # With COMPARE=R, then R interleaved rounds of imapfilter (server-side
-# SEARCH + MOVE rules) and switchboard route-only on the same N messages.
+# SEARCH + MOVE rules) and switchboard route-only on the same N messages
+# (switchboard's rounds also give its CPU time: less noisy than the wall time).
 # Requires root (the harness stores mail as the `mail` user) and python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -322,7 +323,7 @@ EOF2
         /usr/bin/time -f "round $r imapfilter:  %e s, peak RSS %M KB" imapfilter -c "$WORK/imapfilter.lua" >/dev/null
         seed_inbox
         rm -f "$WORK"/state.db*
-        /usr/bin/time -o "$WORK/time" -f "round $r switchboard: %e s, peak RSS %M KB" \
+        /usr/bin/time -o "$WORK/time" -f "round $r switchboard: %e s, peak RSS %M KB, CPU %U s user + %S s system" \
             ${SB_WRAP:-} "$BIN" run --once --config switchboard.toml 2>"$WORK/once.log" >/dev/null ||
             { tail -5 "$WORK/once.log"; exit 1; }
         cat "$WORK/time" >&2
