@@ -105,35 +105,13 @@ pub fn classify_with(
     ctx: &Context,
     scored: Option<&FaqResult>,
 ) -> (Classification, bool) {
-    let guard = loop_guard::inspect(m, &k.policy.our_addresses);
-    let auth = auth::inspect(m, &k.policy.reply.trusted_authserv_ids);
-    let follow_up = ctx.follow_up || answers_us(m, &k.policy.domain, &k.policy.reply.ticket_prefix);
-    let ctx = Context {
-        follow_up,
-        lookups: ctx.lookups.clone(),
-    };
-    let mut facts = facts(m, &FaqResult::default(), &guard, &ctx);
-    let without_faq = rules::decided_without_faq(&k.rules, &facts);
-    let faq = if without_faq {
-        not_scored()
-    } else {
-        let faq = match scored {
-            Some(f) => f.clone(),
-            None => k.faq.query_question(&question::Question::from_message(m)),
-        };
-        set_faq(&mut facts, &faq);
-        faq
-    };
-    let rules = rules::run(&k.rules, &facts);
-    let c = Classification {
-        faq,
-        guard,
-        auth,
-        rules,
-        follow_up,
-        lookups: ctx.lookups,
-    };
-    (c, !without_faq && scored.is_some())
+    let i = Inspected::new(m, k, ctx);
+    let faq = (!i.judged.decided).then(|| match scored {
+        Some(f) => f.clone(),
+        None => k.faq.query_question(&question::Question::from_message(m)),
+    });
+    let used = faq.is_some() && scored.is_some();
+    (i.conclude(k, faq), used)
 }
 
 /// What the parsing threads work out for a message ahead of deciding
@@ -157,63 +135,89 @@ pub struct Ahead {
 /// The loop guard, the facts and the rules before the FAQ are worked out
 /// once for both.
 pub fn ahead(m: &Message, k: &Knowledge) -> Ahead {
-    let guard = loop_guard::inspect(m, &k.policy.our_addresses);
-    let auth = auth::inspect(m, &k.policy.reply.trusted_authserv_ids);
-    let follow_up = answers_us(m, &k.policy.domain, &k.policy.reply.ticket_prefix);
-    let ctx = Context {
-        follow_up,
-        ..Context::default()
-    };
-    let mut f = facts(m, &FaqResult::default(), &guard, &ctx);
-    let judged = rules::judge_without_faq(&k.rules, &f);
-    let without_faq = judged.decided;
+    let mut i = Inspected::new(m, k, &Context::default());
+    let without_faq = i.judged.decided;
     // Scored when the rules need it as things are, or would if the
     // message turned out to continue a conversation.
     let needed = !without_faq || {
-        !follow_up && {
-            f.follow_up = true;
-            let needed = !rules::decided_without_faq(&k.rules, &f);
-            f.follow_up = follow_up;
+        !i.follow_up && {
+            i.facts.follow_up = true;
+            let needed = !rules::decided_without_faq(&k.rules, &i.facts);
+            i.facts.follow_up = false;
             needed
         }
     };
     let scored = needed.then(|| k.faq.query_question(&question::Question::from_message(m)));
-    let (faq, faq_aside) = match scored {
-        Some(faq) if !without_faq => {
-            set_faq(&mut f, &faq);
-            (faq, None)
-        }
-        aside => (not_scored(), aside),
+    let (faq, faq_aside) = if without_faq {
+        (None, scored)
+    } else {
+        (scored, None)
     };
-    let rules = rules::run_judged(&k.rules, &f, &judged.held);
     Ahead {
-        faq_in_classification: !without_faq && needed,
+        faq_in_classification: faq.is_some(),
         faq_aside,
-        classification: Classification {
-            faq,
-            guard,
-            auth,
-            rules,
-            follow_up,
-            lookups: ctx.lookups,
-        },
+        classification: i.conclude(k, faq),
     }
 }
 
-/// Gives the rules the FAQ's best match.
-fn set_faq(f: &mut Facts, faq: &FaqResult) {
-    let best = faq.best();
-    f.faq_id = best.map(|c| c.id.clone()).unwrap_or_default();
-    f.faq_score = best.map_or(0.0, |c| c.score);
-    f.faq_confident = faq.confident;
+/// What classification finds before the FAQ: the loop guard, the sender
+/// authentication, whether the message continues a conversation, the
+/// facts the rules look at, and the rules judged without the FAQ.
+struct Inspected {
+    guard: Vec<Finding>,
+    auth: SenderAuth,
+    follow_up: bool,
+    lookups: crate::lookup::LookupFacts,
+    facts: Facts,
+    judged: rules::Judged,
 }
 
-/// The FAQ result of a message a rule decided before any rule that
-/// looks at the FAQ.
-fn not_scored() -> FaqResult {
-    FaqResult {
-        reason: "not scored: a rule decided before any rule that looks at the FAQ".into(),
-        ..FaqResult::default()
+impl Inspected {
+    fn new(m: &Message, k: &Knowledge, ctx: &Context) -> Inspected {
+        let guard = loop_guard::inspect(m, &k.policy.our_addresses);
+        let auth = auth::inspect(m, &k.policy.reply.trusted_authserv_ids);
+        let follow_up =
+            ctx.follow_up || answers_us(m, &k.policy.domain, &k.policy.reply.ticket_prefix);
+        let ctx = Context {
+            follow_up,
+            lookups: ctx.lookups.clone(),
+        };
+        let facts = facts(m, &FaqResult::default(), &guard, &ctx);
+        let judged = rules::judge_without_faq(&k.rules, &facts);
+        Inspected {
+            guard,
+            auth,
+            follow_up,
+            lookups: ctx.lookups,
+            facts,
+            judged,
+        }
+    }
+
+    /// Runs the rules with the FAQ's result (`None`: not scored, as a
+    /// rule decided without it), reusing what was judged already.
+    fn conclude(mut self, k: &Knowledge, faq: Option<FaqResult>) -> Classification {
+        let faq = match faq {
+            Some(faq) => {
+                let best = faq.best();
+                self.facts.faq_id = best.map(|c| c.id.clone()).unwrap_or_default();
+                self.facts.faq_score = best.map_or(0.0, |c| c.score);
+                self.facts.faq_confident = faq.confident;
+                faq
+            }
+            None => FaqResult {
+                reason: "not scored: a rule decided before any rule that looks at the FAQ".into(),
+                ..FaqResult::default()
+            },
+        };
+        Classification {
+            rules: rules::run_judged(&k.rules, &self.facts, &self.judged.held),
+            faq,
+            guard: self.guard,
+            auth: self.auth,
+            follow_up: self.follow_up,
+            lookups: self.lookups,
+        }
     }
 }
 

@@ -105,6 +105,10 @@ async fn drain_pass<S: MailSource>(
         work(src, shared, mb, seen, &pending, Some((tx, &down))),
         file_behind(opening, &shared.pipeline, rx, &down),
     );
+    // What it filed is gone from the inbox, also when it failed later.
+    if behind.used {
+        src.moved_behind();
+    }
     match behind.result {
         Ok(()) => {
             if let Some(c) = behind.conn {
@@ -112,12 +116,8 @@ async fn drain_pass<S: MailSource>(
             }
         }
         // Nothing is lost: the messages it did not file are still in the
-        // inbox, decided, and are filed by the next pass. What it filed
-        // before it failed is gone from the inbox.
+        // inbox, decided, and are filed by the next pass.
         Err(e) => {
-            if behind.used {
-                src.moved_behind();
-            }
             warn!(mailbox = %mb.name, "filing over the second connection failed: {e}");
             metrics::counter!("switchboard_errors_total", "kind" => "second_connection", "mailbox" => mb.name.clone())
                 .increment(1);
@@ -293,8 +293,10 @@ async fn work<S: MailSource>(
         let mut due = if filing.len() >= shared.file_every || filing.age() >= FILE_AFTER {
             let due = std::mem::take(&mut filing);
             let here = hand_over(&filer, due, &mut filing, &mut handed);
-            let counts = here.per_folder().map(|(f, n)| (f.to_string(), n));
-            count_in(&mut handed, counts.collect::<Vec<_>>());
+            count_in(
+                &mut handed,
+                here.per_folder().map(|(f, n)| (f.to_string(), n)),
+            );
             here
         } else {
             Filing::default()

@@ -770,7 +770,6 @@ impl MailSource for Imap {
     fn keep(&mut self, mut second: Self, used: bool) {
         if used {
             second.used = Instant::now();
-            self.moved_behind = true;
         }
         self.spare = Spare::Ready(Box::new(second));
     }

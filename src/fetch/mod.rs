@@ -151,8 +151,8 @@ pub trait MailSource: Send + Sized + 'static {
     }
 
     /// Another connection ([`MailSource::second`]) moved messages out of
-    /// this mailbox: the next [`MailSource::pending`] must not list them
-    /// (`keep` with `used` says the same). Default: nothing to do.
+    /// this mailbox: the next [`MailSource::pending`] must not list them.
+    /// Default: nothing to do.
     fn moved_behind(&mut self) {}
 
     /// Unprocessed messages, oldest first.

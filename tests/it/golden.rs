@@ -244,7 +244,8 @@ fn classifying_ahead_equals_scoring_then_classifying() {
 }
 
 /// Compares `classify::ahead` with scoring the FAQ when the rules need it
-/// (as things are, or for a follow-up) and then `classify_with`, for each
+/// (as things are, or for a follow-up) and then `classify_with`, and the
+/// rules' outcome with running every rule afresh, for each
 /// message; counts the messages whose classification holds the FAQ
 /// result, those decided without it, and those with one kept aside.
 fn compare_ahead(k: &Knowledge, raws: &[(String, Vec<u8>)]) -> [usize; 3] {
@@ -280,6 +281,18 @@ fn compare_ahead(k: &Knowledge, raws: &[(String, Vec<u8>)]) -> [usize; 3] {
         );
         let kept = faq.filter(|_| !faq_in_c);
         assert_eq!(a.faq_aside, kept, "{name}: FAQ kept aside");
+        // The rules' outcome, reusing what was judged before the FAQ, is
+        // what running every rule on the final facts gives.
+        let ctx = Context {
+            follow_up: c.follow_up,
+            ..Context::default()
+        };
+        let f = classify::facts(&m, &c.faq, &c.guard, &ctx);
+        assert_eq!(
+            json(&classify::rules::run(&k.rules, &f)),
+            json(&c.rules),
+            "{name}: rules"
+        );
         counts[0] += usize::from(faq_in_c);
         counts[1] += usize::from(!faq_in_c);
         counts[2] += usize::from(kept.is_some());
