@@ -30,6 +30,7 @@
 # Message-ID and sender so that per-sender reply limits do not mask work.
 # ROUTE_ONLY=1 skips runs 1 and 2 (only the COMPARE rounds).
 # BATCH sets the mailbox's batch_size (default 100, the product default).
+# POOL sets the SMTP pool_size (default 4, the product default).
 # SB_WRAP="perf record -g -o /tmp/sb.perf" prefixes the route-only runs.
 # With COMPARE=R, then R interleaved rounds of imapfilter (server-side
 # SEARCH + MOVE rules) and switchboard route-only on the same N messages
@@ -101,6 +102,7 @@ kind = "smtp"
 host = "127.0.0.1"
 port = $SMTP_PORT
 tls = "none"
+pool_size = ${POOL:-4}
 
 [[mailbox]]
 name = "support"

@@ -230,7 +230,7 @@ const PLEASANTRIES: &[&str] = &[
 fn norm(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut space = false;
-    for c in s.chars().flat_map(char::to_lowercase) {
+    let mut add = |c: char| {
         if c.is_alphanumeric() || c == '\'' || c == '’' || c == '/' {
             if space && !out.is_empty() {
                 out.push(' ');
@@ -239,6 +239,14 @@ fn norm(s: &str) -> String {
             out.push(if c == '’' { '\'' } else { c });
         } else {
             space = true;
+        }
+    };
+    for c in s.chars() {
+        // (ASCII lower-cases to one ASCII character.)
+        if c.is_ascii() {
+            add(c.to_ascii_lowercase());
+        } else {
+            c.to_lowercase().for_each(&mut add);
         }
     }
     out
