@@ -1285,7 +1285,7 @@ impl Calibrator {
 struct Matcher {
     /// Stemmed content words of each entry's examples (their word
     /// features).
-    entry_words: Vec<std::collections::HashSet<u32>>,
+    entry_words: Vec<rustc_hash::FxHashSet<u32>>,
     vocab: Vocab,
     speller: Speller,
     model: Model,
@@ -1343,7 +1343,7 @@ impl Matcher {
         let model = Model::train(&refs, labels, classes, dim);
         let knn = Knn::build(&refs, labels, classes, dim);
         let typical = typical_similarity(&knn, &refs, labels, classes);
-        let mut entry_words = vec![std::collections::HashSet::new(); classes];
+        let mut entry_words = vec![rustc_hash::FxHashSet::default(); classes];
         for (t, l) in texts.iter().zip(labels) {
             for w in words(t) {
                 if is_content(&w)

@@ -558,9 +558,9 @@ const STOPWORDS: &[(whatlang::Lang, &[&str])] = &[
 ];
 
 /// For each stop word, the languages of [`STOPWORDS`] whose list holds it.
-static STOPWORD_LANGS: std::sync::LazyLock<std::collections::HashMap<&'static str, u32>> =
+static STOPWORD_LANGS: std::sync::LazyLock<rustc_hash::FxHashMap<&'static str, u32>> =
     std::sync::LazyLock::new(|| {
-        let mut m = std::collections::HashMap::new();
+        let mut m = rustc_hash::FxHashMap::default();
         for (i, (_, list)) in STOPWORDS.iter().enumerate() {
             for w in list.iter() {
                 *m.entry(*w).or_insert(0u32) |= 1 << i;
@@ -575,25 +575,26 @@ const _: () = assert!(STOPWORDS.len() <= 32, "one bit per language");
 /// texts too short or too mixed to tell.
 pub fn detect_language(text: &str, allowed: &[whatlang::Lang]) -> Option<String> {
     let lower = text.to_lowercase();
-    let words: Vec<&str> = lower
+    // Letters and the stop words of each language counted in one pass: a
+    // word's entry says which languages' lists hold it (bit i:
+    // STOPWORDS[i]).
+    let mut letters = 0;
+    let mut counts = [0usize; STOPWORDS.len()];
+    for w in lower
         .split(|c: char| !c.is_alphabetic())
         .filter(|w| !w.is_empty())
-        .collect();
-    let letters: usize = words.iter().map(|w| w.chars().count()).sum();
-    if letters < 12 {
-        return None;
-    }
-    let allowed_ok = |l: whatlang::Lang| allowed.is_empty() || allowed.contains(&l);
-    // Stop words of each language counted in one pass: a word's entry says
-    // which languages' lists hold it (bit i: STOPWORDS[i]).
-    let mut counts = [0usize; STOPWORDS.len()];
-    for w in &words {
+    {
+        letters += w.chars().count();
         if let Some(&langs) = STOPWORD_LANGS.get(w) {
             for (i, c) in counts.iter_mut().enumerate() {
                 *c += usize::from(langs & (1 << i) != 0);
             }
         }
     }
+    if letters < 12 {
+        return None;
+    }
+    let allowed_ok = |l: whatlang::Lang| allowed.is_empty() || allowed.contains(&l);
     let mut scores: Vec<(usize, whatlang::Lang)> = STOPWORDS
         .iter()
         .zip(counts)
