@@ -247,20 +247,35 @@ pub fn daemon_address(addr: &str) -> bool {
 /// → `support@shop.example`.
 pub fn base_address(addr: &str) -> String {
     let lower = addr.trim().to_lowercase();
+    match base_parts(&lower) {
+        (base, Some(domain)) => format!("{base}@{domain}"),
+        (_, None) => lower,
+    }
+}
+
+/// A lower-case address's local part without its `+tag`, and its domain
+/// (`None` without an `@`: then the whole address).
+fn base_parts(lower: &str) -> (&str, Option<&str>) {
     match lower.rsplit_once('@') {
-        Some((local, domain)) => {
-            let base = local.split('+').next().unwrap_or(local);
-            format!("{base}@{domain}")
-        }
-        None => lower,
+        Some((local, domain)) => (local.split('+').next().unwrap_or(local), Some(domain)),
+        None => (lower, None),
     }
 }
 
 /// Whether `addr` is one of ours (`ours` lower-case), sub-addresses
-/// (`support+x@`) included.
+/// (`support+x@`) included: [`base_address`] of both compared, without
+/// building either.
 pub fn is_ours(addr: &str, ours: &[String]) -> bool {
-    let base = base_address(addr);
-    ours.iter().any(|o| base_address(o) == base)
+    let lower = addr.trim().to_lowercase();
+    let base = base_parts(&lower);
+    ours.iter().any(|o| {
+        let o = o.trim();
+        if o.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase()) {
+            base_parts(o) == base
+        } else {
+            base_parts(&o.to_lowercase()) == base
+        }
+    })
 }
 
 /// A subject's auto-responder marker: `(marker, strong)`.
@@ -445,6 +460,37 @@ mod tests {
         assert_eq!(findings("Auto-Submitted: no\r\n"), vec![]);
         assert_eq!(findings("Precedence: first-class\r\n"), vec![]);
         assert_eq!(findings("X-Auto-Response-Suppress: DR, RN\r\n"), vec![]);
+    }
+
+    #[test]
+    fn ours_compares_base_addresses() {
+        let ours = [
+            "support@shop.example".to_string(),
+            " Billing@Shop.Example ".to_string(),
+            "nobody".to_string(),
+        ];
+        let addrs = [
+            "support@shop.example",
+            "Support+Urgent@SHOP.example",
+            " support@shop.example ",
+            "billing+x@shop.example",
+            "BILLING@shop.example",
+            "nobody",
+            "Nobody",
+            "nobody+x",
+            "support@shop.example.org",
+            "support@other.example",
+            "sales@shop.example",
+            "x@support@shop.example",
+            "",
+        ];
+        for a in addrs {
+            let expected = ours.iter().any(|o| base_address(o) == base_address(a));
+            assert_eq!(is_ours(a, &ours), expected, "{a}");
+        }
+        assert!(is_ours("Support+Urgent@SHOP.example", &ours));
+        assert!(is_ours("billing+x@shop.example", &ours));
+        assert!(!is_ours("sales@shop.example", &ours));
     }
 
     #[test]
