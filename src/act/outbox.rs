@@ -93,8 +93,9 @@ impl Outbox {
     /// How many replies one batch hands over at once: as many as the SMTP
     /// pool keeps connections (`pool_size`), so that a batch's burst of
     /// replies neither waits for a free connection nor opens connections
-    /// the pool then closes. (Mailboxes share the pool: several answering
-    /// at the same moment can open up to `pool_size` each.)
+    /// the pool then closes. (Mailboxes share the pool: when several
+    /// answer at the same moment, `pool_size` replies are sent at once in
+    /// all and the others wait for a free connection.)
     pub fn parallel(&self) -> usize {
         match self {
             Outbox::File(_) => FILE_PARALLEL,
@@ -126,6 +127,10 @@ const UNREACHABLE_HOLD: Duration = Duration::from_secs(10);
 pub struct SmtpOutbox {
     cfg: Arc<SmtpConfig>,
     idle: Arc<tokio::sync::Mutex<Vec<AsyncSmtpConnection>>>,
+    /// One permit per connection the pool may have open (`pool_size`),
+    /// shared by every mailbox: a relay that allows so many connections
+    /// from us never sees more, however many mailboxes answer at once.
+    slots: Arc<tokio::sync::Semaphore>,
     /// When (and why) the last attempt to reach the server failed.
     unreachable: Arc<std::sync::Mutex<Option<(std::time::Instant, String)>>>,
     timeout: Duration,
@@ -212,6 +217,7 @@ impl SmtpOutbox {
         Ok(SmtpOutbox {
             cfg: Arc::new(s.clone()),
             idle: Arc::new(tokio::sync::Mutex::new(Vec::new())),
+            slots: Arc::new(tokio::sync::Semaphore::new(s.pool_size.max(1) as usize)),
             unreachable: Arc::new(std::sync::Mutex::new(None)),
             timeout: s.timeout,
             server: format!("{}:{}", s.host, s.port),
@@ -331,6 +337,9 @@ impl SmtpOutbox {
     }
 
     async fn send(&self, m: &Outgoing) -> Result<(), SendError> {
+        // A free connection slot first (waiting for one is not part of the
+        // send's timeout). The semaphore is never closed.
+        let _slot = self.slots.acquire().await.ok();
         // The server could not be reached a moment ago: the messages behind
         // that one are deferred at once instead of each waiting out its
         // own timeout (a batch of replies to a dead relay would otherwise

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use switchboard::act::outbox::Outbox;
+use switchboard::act::reply::Outgoing;
 use switchboard::config::{OutboundConfig, SmtpConfig, Tls};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -199,18 +200,32 @@ async fn maildir_symlinks_are_parked_and_odd_names_processed() {
 
 /// A loopback SMTP server that accepts every message but confirms it only
 /// after `delay` (a slow relay, or a lost confirmation). Counts messages
-/// whose content it received.
-async fn slow_relay(delay: Duration) -> (u16, Arc<AtomicUsize>) {
+/// whose content it received, and the most connections open at once.
+async fn slow_relay(delay: Duration) -> (u16, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     let accepted = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
     let count = accepted.clone();
+    let most = peak.clone();
+    let open = Arc::new(AtomicUsize::new(0));
     tokio::spawn(async move {
         while let Ok((sock, _)) = listener.accept().await {
             let count = count.clone();
+            let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(now, Ordering::SeqCst);
+            let open = open.clone();
             tokio::spawn(async move {
+                // Counted closed when this task ends, however it ends.
+                struct Closed(Arc<AtomicUsize>);
+                impl Drop for Closed {
+                    fn drop(&mut self) {
+                        self.0.fetch_sub(1, Ordering::SeqCst);
+                    }
+                }
+                let _closed = Closed(open);
                 let (r, mut w) = sock.into_split();
                 let mut lines = BufReader::new(r).lines();
                 let _ = w.write_all(b"220 slow.test ESMTP\r\n").await;
@@ -242,29 +257,81 @@ async fn slow_relay(delay: Duration) -> (u16, Arc<AtomicUsize>) {
             });
         }
     });
-    (port, accepted)
+    (port, accepted, peak)
 }
 
-/// Issue: a relay that confirms late (after the client's timeout) got the
-/// same reply again on every retry: 4 copies in 40 s.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reply_the_relay_did_not_confirm_is_never_sent_again() {
-    let (port, accepted) = slow_relay(Duration::from_secs(10)).await;
-    let mut env = Env::new().await;
-    env.deliver("1.q", &question("slow", "jane@customer.example"));
-    let smtp = Outbox::open(&OutboundConfig::Smtp(SmtpConfig {
+/// An SMTP outbox to the relay on `port`, keeping two connections.
+async fn relay_outbox(port: u16, timeout: Duration) -> Outbox {
+    Outbox::open(&OutboundConfig::Smtp(SmtpConfig {
         host: "127.0.0.1".into(),
         port,
         tls: Tls::None,
         username: None,
         auth: switchboard::config::AuthMechanism::Plain,
         secret: None,
-        timeout: Duration::from_secs(2),
+        timeout,
         pool_size: 2,
         danger_accept_invalid_certs: false,
     }))
     .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `pool_size` caps the connections to the relay for the whole process:
+/// replies sent at the same moment (by several mailboxes) wait for a free
+/// connection instead of opening more.
+#[tokio::test]
+async fn pool_size_caps_the_connections_of_all_senders() {
+    let (port, accepted, peak) = slow_relay(Duration::from_millis(150)).await;
+    let smtp = relay_outbox(port, Duration::from_secs(10)).await;
+    let replies: Vec<Outgoing> = (0..6)
+        .map(|i| {
+            let to = format!("customer{i}@customer.example");
+            let envelope = lettre::address::Envelope::new(
+                Some(
+                    "support@shop.example"
+                        .parse()
+                        .unwrap_or_else(|e| panic!("{e}")),
+                ),
+                vec![to.parse().unwrap_or_else(|e| panic!("{e}"))],
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+            Outgoing {
+                message_id: format!("r{i}@shop.example"),
+                envelope,
+                raw: format!(
+                    "From: support@shop.example\r\nTo: {to}\r\nSubject: Re: {i}\r\n\r\nHello\r\n"
+                )
+                .into_bytes(),
+                to,
+                subject: format!("Re: {i}"),
+            }
+        })
+        .collect();
+    // Two "mailboxes" each handing over three replies at once.
+    let (a, b) = tokio::join!(
+        futures::future::join_all(replies[..3].iter().map(|r| smtp.send(r))),
+        futures::future::join_all(replies[3..].iter().map(|r| smtp.send(r))),
+    );
+    for r in a.iter().chain(&b) {
+        assert!(r.is_ok(), "{r:?}");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 6, "every reply was sent");
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        2,
+        "never more connections than pool_size"
+    );
+}
+
+/// Issue: a relay that confirms late (after the client's timeout) got the
+/// same reply again on every retry: 4 copies in 40 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_the_relay_did_not_confirm_is_never_sent_again() {
+    let (port, accepted, _) = slow_relay(Duration::from_secs(10)).await;
+    let mut env = Env::new().await;
+    env.deliver("1.q", &question("slow", "jane@customer.example"));
+    let smtp = relay_outbox(port, Duration::from_secs(2)).await;
     let out = env.run(smtp.clone(), Duration::from_millis(100)).await;
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].verdict, "route", "{}", out[0].why);
