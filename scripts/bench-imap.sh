@@ -46,10 +46,15 @@ PY=/usr/bin/python3
 [ -x "$PY" ] || PY=python3
 
 # PROFILE=dist measures the binary the Debian package ships (thin LTO).
+# SB_BIN=path measures that binary instead of building one (to compare builds).
 PROFILE=${PROFILE:-release}
-echo "building the $PROFILE binary..." >&2
-cargo build --profile "$PROFILE" --quiet
-BIN=$ROOT/target/$PROFILE/switchboard
+if [ -n "${SB_BIN:-}" ]; then
+    BIN=$(realpath "$SB_BIN")
+else
+    echo "building the $PROFILE binary..." >&2
+    cargo build --profile "$PROFILE" --quiet
+    BIN=$ROOT/target/$PROFILE/switchboard
+fi
 
 DIR=$(mktemp -d /tmp/sbbench.XXXXXX)
 chmod 0755 "$DIR"

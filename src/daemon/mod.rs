@@ -100,10 +100,10 @@ async fn drain_pass<S: MailSource>(
         return work(src, shared, mb, seen, &pending, None).await;
     };
     let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let down = AtomicBool::new(false);
+    let second = Second::default();
     let (worked, behind) = tokio::join!(
-        work(src, shared, mb, seen, &pending, Some((tx, &down))),
-        file_behind(opening, &shared.pipeline, rx, &down),
+        work(src, shared, mb, seen, &pending, Some((tx, &second))),
+        file_behind(opening, &shared.pipeline, rx, &second),
     );
     // What it filed is gone from the inbox, also when it failed later.
     if behind.used {
@@ -134,8 +134,17 @@ async fn drain_pass<S: MailSource>(
 }
 
 /// Where a pass sends the filings that are due: the second connection's
-/// queue, and whether it is down (not connected, or failed).
-type Filer<'a> = Option<(tokio::sync::mpsc::Sender<Filing>, &'a AtomicBool)>;
+/// queue, and what it and the pass share.
+type Filer<'a> = Option<(tokio::sync::mpsc::Sender<Filing>, &'a Second)>;
+
+/// What a pass and its second connection share.
+#[derive(Default)]
+struct Second {
+    /// Not connected, or failed: the pass files over its own connection.
+    down: AtomicBool,
+    /// Filings handed over and not filed yet.
+    pending: std::sync::atomic::AtomicUsize,
+}
 
 /// Hands `due` to the second connection when it can take it, and counts
 /// it in `handed` then. Returns what is left to do here: nothing, or
@@ -149,23 +158,28 @@ fn hand_over(
     filing: &mut Filing,
     handed: &mut HashMap<String, u32>,
 ) -> Filing {
-    let Some((tx, down)) = filer else {
+    let Some((tx, second)) = filer else {
         return due;
     };
-    if down.load(Ordering::Relaxed) {
+    if second.down.load(Ordering::Relaxed) {
         return due;
     }
     let counts: Vec<(String, u32)> = due.per_folder().map(|(f, n)| (f.to_string(), n)).collect();
+    second.pending.fetch_add(1, Ordering::Relaxed);
     match tx.try_send(due) {
         Ok(()) => {
             count_in(handed, counts);
             Filing::default()
         }
         Err(tokio::sync::mpsc::error::TrySendError::Full(due)) => {
-            *filing = due;
+            second.pending.fetch_sub(1, Ordering::Relaxed);
+            filing.merge(due);
             Filing::default()
         }
-        Err(tokio::sync::mpsc::error::TrySendError::Closed(due)) => due,
+        Err(tokio::sync::mpsc::error::TrySendError::Closed(due)) => {
+            second.pending.fetch_sub(1, Ordering::Relaxed);
+            due
+        }
     }
 }
 
@@ -185,8 +199,9 @@ async fn file_behind<S: MailSource>(
     opening: impl Future<Output = Option<S>>,
     p: &Pipeline,
     mut rx: tokio::sync::mpsc::Receiver<Filing>,
-    down: &AtomicBool,
+    second: &Second,
 ) -> Behind<S> {
+    let down = &second.down;
     let mut b = Behind {
         conn: opening.await,
         used: false,
@@ -197,6 +212,7 @@ async fn file_behind<S: MailSource>(
     while let Some(mut filing) = rx.recv().await {
         let Some(c) = b.conn.as_mut() else {
             b.left.push(filing);
+            second.pending.fetch_sub(1, Ordering::Relaxed);
             continue;
         };
         debug!(messages = filing.len(), "filing over the second connection");
@@ -206,6 +222,7 @@ async fn file_behind<S: MailSource>(
             b.conn = None;
             b.result = Err(e);
         }
+        second.pending.fetch_sub(1, Ordering::Relaxed);
     }
     b
 }
@@ -317,15 +334,19 @@ async fn work<S: MailSource>(
             release_freed_memory();
         }
         // In the pass's last batch, what needs no reply is filed over the
-        // second connection while the replies are sent and copied.
+        // second connection while the replies are sent and copied; a large
+        // filing (the end of a backlog) only half of it: the other half is
+        // filed over this connection at the same time, after the replies.
         let last = ahead.is_none();
         let early = |f: &mut Filing| {
             if last && !f.is_empty() {
-                let due = std::mem::take(f);
+                let due = if f.len() >= SHARE_FROM {
+                    f.split()
+                } else {
+                    std::mem::take(f)
+                };
                 let here = hand_over(&filer, due, f, &mut handed);
-                if !here.is_empty() {
-                    *f = here;
-                }
+                f.merge(here);
             }
         };
         match p.finish(src, mb, &k, staged, &mut filing, early).await {
@@ -343,21 +364,42 @@ async fn work<S: MailSource>(
         next = ahead;
     }
     // What was decided is filed even when a later batch failed: over the
-    // second connection when there is one (waiting for it to be free),
-    // else over this one unless it failed — a timed-out command may leave
-    // the connection mid-command, so nothing more is sent on it (the
-    // messages are filed on resume, from their recorded state).
-    if let Some((tx, down)) = &filer
-        && !down.load(Ordering::Relaxed)
+    // second connection when it is free, else over this one, both at once
+    // (the pass's last replies need not wait behind the filing handed
+    // over before them, nor a backlog's last filing behind the one
+    // before) — unless this one failed: a timed-out command may leave the
+    // connection mid-command, so nothing more is sent on it; what is left
+    // then waits for the second connection (or is filed on resume, from
+    // its recorded state).
+    // A large last filing (the end of a backlog) is shared: about half
+    // over each connection, at the same time.
+    let failed_here = matches!(result, Err(PipelineError::Source(_)));
+    let mut back = Filing::default();
+    if let Some((tx, second)) = &filer
+        && !second.down.load(Ordering::Relaxed)
         && !filing.is_empty()
-        && let Err(back) = tx.send(std::mem::take(&mut filing)).await
+        && (failed_here || second.pending.load(Ordering::Relaxed) == 0)
     {
-        filing = back.0;
+        let there = if !failed_here && filing.len() >= SHARE_FROM {
+            filing.split()
+        } else {
+            std::mem::take(&mut filing)
+        };
+        if !there.is_empty() {
+            second.pending.fetch_add(1, Ordering::Relaxed);
+            if let Err(refused) = tx.send(there).await {
+                second.pending.fetch_sub(1, Ordering::Relaxed);
+                back = refused.0;
+            }
+        }
     }
-    let flushed = if matches!(result, Err(PipelineError::Source(_))) {
+    let flushed = if failed_here {
         Ok(())
     } else {
-        filing.flush(&shared.pipeline, src).await
+        match filing.flush(&shared.pipeline, src).await {
+            Ok(()) => back.flush(&shared.pipeline, src).await,
+            e => e,
+        }
     };
     result?;
     flushed?;
@@ -366,6 +408,10 @@ async fn work<S: MailSource>(
         complete: complete && !shared.stopping(),
     })
 }
+
+/// A pass's last filing from this many messages on is shared between
+/// both connections ([`Filing::split`]).
+const SHARE_FROM: usize = 200;
 
 /// The batches of a pass: the first as configured, so that a message
 /// that arrives alone is handled at once; in a backlog, twice that (at

@@ -183,6 +183,96 @@ impl Filing {
         self.since.map(|t| t.elapsed()).unwrap_or_default()
     }
 
+    /// Adds `other`'s messages to this filing.
+    pub fn merge(&mut self, other: Filing) {
+        for (names, (flags, ids)) in other.flags {
+            self.flags
+                .entry(names)
+                .or_insert_with(|| (flags, Vec::new()))
+                .1
+                .extend(ids);
+        }
+        for (folder, g) in other.moves {
+            match self.moves.get_mut(&folder) {
+                Some(mine) => {
+                    mine.ids.extend(g.ids);
+                    mine.keys.extend(g.keys);
+                }
+                None => {
+                    self.moves.insert(folder, g);
+                }
+            }
+        }
+        for (folder, d) in other.drafts {
+            self.drafts.entry(folder).or_default().extend(d);
+        }
+        self.count += other.count;
+        self.since = match (self.since, other.since) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
+    /// Takes about half of the messages into a filing of their own (with
+    /// their flags), to be filed over another connection at the same time:
+    /// whole folders first (with their drafts), then part of the largest
+    /// folder left. Messages that are only flagged stay.
+    pub fn split(&mut self) -> Filing {
+        let mut other = Filing {
+            since: self.since,
+            ..Filing::default()
+        };
+        let half = self.count / 2;
+        let mut sizes: Vec<(usize, String)> = self
+            .moves
+            .iter()
+            .map(|(f, g)| (g.ids.len(), f.clone()))
+            .collect();
+        // Largest first, so that the halves come out close.
+        sizes.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        for (n, folder) in sizes {
+            if other.count + n > half {
+                continue;
+            }
+            if let Some(g) = self.moves.remove(&folder) {
+                if let Some(d) = self.drafts.remove(&folder) {
+                    other.drafts.insert(folder.clone(), d);
+                }
+                other.count += n;
+                self.count -= n;
+                other.moves.insert(folder, g);
+            }
+        }
+        // The rest from the largest folder left, split in two.
+        let need = half - other.count;
+        if need > 0
+            && let Some((folder, g)) = self.moves.iter_mut().max_by_key(|(_, g)| g.ids.len())
+            && g.ids.len() > need
+        {
+            let at = g.ids.len() - need;
+            let part = Group {
+                ids: g.ids.split_off(at),
+                keys: g.keys.split_off(at),
+            };
+            other.count += need;
+            self.count -= need;
+            other.moves.insert(folder.clone(), part);
+        }
+        let taken: std::collections::HashSet<&MsgRef> =
+            other.moves.values().flat_map(|g| g.ids.iter()).collect();
+        for (names, (flags, ids)) in &mut self.flags {
+            let (theirs, mine): (Vec<MsgRef>, Vec<MsgRef>) = std::mem::take(ids)
+                .into_iter()
+                .partition(|i| taken.contains(i));
+            *ids = mine;
+            if !theirs.is_empty() {
+                other.flags.insert(names.clone(), (flags.clone(), theirs));
+            }
+        }
+        self.flags.retain(|_, (_, ids)| !ids.is_empty());
+        other
+    }
+
     /// Flags (one `UID STORE` per flag set), files (one `UID MOVE` per
     /// folder) and marks the moved messages done (one transaction).
     pub async fn flush<S: MailSource>(
@@ -479,4 +569,100 @@ async fn store_copies<S: MailSource>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uid(n: u32) -> MsgRef {
+        MsgRef::Uid(n)
+    }
+
+    /// Folders A (uids 1–5), B (6–8), C (9–10); \Seen on 1, 6 and 9, and
+    /// on 11, which is only flagged; a draft for B.
+    fn filing() -> Filing {
+        let mut f = Filing::default();
+        for (folder, uids) in [("A", 1..=5), ("B", 6..=8), ("C", 9..=10)] {
+            let ids: Vec<MsgRef> = uids.map(uid).collect();
+            let keys = ids.iter().map(|i| format!("{i:?}")).collect();
+            f.count += ids.len();
+            f.moves.insert(folder.into(), Group { ids, keys });
+        }
+        f.flags.insert(
+            vec!["Seen".into()],
+            (vec![Flag::Seen], vec![uid(1), uid(6), uid(9), uid(11)]),
+        );
+        f.drafts.insert("B".into(), vec![b"draft".to_vec()]);
+        f.since = Some(std::time::Instant::now());
+        f
+    }
+
+    fn folders(f: &Filing) -> Vec<(String, Vec<MsgRef>, Vec<String>)> {
+        f.moves
+            .iter()
+            .map(|(k, g)| (k.clone(), g.ids.clone(), g.keys.clone()))
+            .collect()
+    }
+
+    fn flagged(f: &Filing) -> Vec<MsgRef> {
+        let mut v: Vec<MsgRef> = f.flags.values().flat_map(|(_, ids)| ids.clone()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_split_takes_whole_folders_with_their_flags_and_drafts() {
+        let mut mine = filing();
+        let theirs = mine.split();
+        // 10 messages: A (5) goes, B and C (5) stay.
+        assert_eq!(theirs.len(), 5);
+        assert_eq!(mine.len(), 5);
+        let names = |f: &Filing| f.moves.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(names(&theirs), ["A"]);
+        assert_eq!(names(&mine), ["B", "C"]);
+        // Each message's flags go with it; the flagged-only one stays.
+        assert_eq!(flagged(&theirs), [uid(1)]);
+        assert_eq!(flagged(&mine), [uid(6), uid(9), uid(11)]);
+        assert!(mine.drafts.contains_key("B") && theirs.drafts.is_empty());
+        // The other way round, the draft goes with its folder.
+        let mut mine2 = filing();
+        mine2.drafts = BTreeMap::from([("A".to_string(), vec![b"draft".to_vec()])]);
+        let theirs2 = mine2.split();
+        assert_eq!(theirs2.moves.keys().collect::<Vec<_>>(), ["A"]);
+        assert!(theirs2.drafts.contains_key("A") && mine2.drafts.is_empty());
+        // Merged back, nothing is lost or doubled.
+        let original = filing();
+        mine.merge(theirs);
+        assert_eq!(mine.len(), original.len());
+        assert_eq!(folders(&mine), folders(&original));
+        assert_eq!(flagged(&mine), flagged(&original));
+        assert_eq!(mine.drafts, original.drafts);
+    }
+
+    #[test]
+    fn one_folder_is_split() {
+        let mut mine = Filing::default();
+        let ids: Vec<MsgRef> = (1..=9).map(uid).collect();
+        mine.count = ids.len();
+        mine.moves.insert(
+            "A".into(),
+            Group {
+                keys: ids.iter().map(|i| format!("{i:?}")).collect(),
+                ids,
+            },
+        );
+        let theirs = mine.split();
+        assert_eq!(
+            folders(&theirs),
+            [(
+                "A".to_string(),
+                (6..=9).map(uid).collect(),
+                (6..=9).map(|i| format!("{:?}", uid(i))).collect()
+            )]
+        );
+        assert_eq!(mine.len(), 5);
+        assert_eq!(theirs.len(), 4);
+        assert_eq!(mine.moves["A"].ids, (1..=5).map(uid).collect::<Vec<_>>());
+    }
 }
