@@ -393,8 +393,17 @@ impl Speller {
                 best = Some((*n, cand.as_str()));
             }
         };
-        for key in std::iter::once(w.to_string()).chain(deletions(w)) {
-            if let Some(list) = self.deletes.get(&key) {
+        if let Some(list) = self.deletes.get(w) {
+            list.iter().for_each(&mut consider);
+        }
+        // The deletions of `w` (as `deletions` makes them), one buffer.
+        let chars: Vec<(usize, char)> = w.char_indices().collect();
+        let mut key = String::with_capacity(w.len());
+        for &(at, c) in &chars {
+            key.clear();
+            key.push_str(&w[..at]);
+            key.push_str(&w[at + c.len_utf8()..]);
+            if let Some(list) = self.deletes.get(key.as_str()) {
                 list.iter().for_each(&mut consider);
             }
         }
