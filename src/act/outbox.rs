@@ -92,10 +92,10 @@ impl Outbox {
 
     /// How many replies one batch hands over at once: as many as the SMTP
     /// pool keeps connections (`pool_size`), so that a batch's burst of
-    /// replies neither waits for a free connection nor opens connections
-    /// the pool then closes. (Mailboxes share the pool: when several
-    /// answer at the same moment, `pool_size` replies are sent at once in
-    /// all and the others wait for a free connection.)
+    /// replies does not open connections the pool then closes. (Mailboxes
+    /// share the pool: when several answer at the same moment, `pool_size`
+    /// replies are sent at once in all and the others wait for a free
+    /// connection.)
     pub fn parallel(&self) -> usize {
         match self {
             Outbox::File(_) => FILE_PARALLEL,
@@ -337,9 +337,17 @@ impl SmtpOutbox {
     }
 
     async fn send(&self, m: &Outgoing) -> Result<(), SendError> {
-        // A free connection slot first (waiting for one is not part of the
-        // send's timeout). The semaphore is never closed.
-        let _slot = self.slots.acquire().await.ok();
+        // A free connection slot first, waiting at most the timeout: a
+        // relay that accepts connections and then stalls holds every slot
+        // for that long, and a reply not tried is deferred, not guessed
+        // at. (The semaphore is never closed.)
+        let Ok(slot) = tokio::time::timeout(self.timeout, self.slots.acquire()).await else {
+            return Err(SendError::Temporary(format!(
+                "not tried: all {} connections to SMTP {} stayed busy for {:?}",
+                self.cfg.pool_size, self.server, self.timeout
+            )));
+        };
+        let _slot = slot.ok();
         // The server could not be reached a moment ago: the messages behind
         // that one are deferred at once instead of each waiting out its
         // own timeout (a batch of replies to a dead relay would otherwise

@@ -142,7 +142,8 @@ type Filer<'a> = Option<(tokio::sync::mpsc::Sender<Filing>, &'a Second)>;
 struct Second {
     /// Not connected, or failed: the pass files over its own connection.
     down: AtomicBool,
-    /// Filings handed over and not filed yet.
+    /// Filings handed over that [`file_behind`] has not finished with
+    /// (filed, failed, or set aside while it had no connection).
     pending: std::sync::atomic::AtomicUsize,
 }
 
@@ -340,7 +341,10 @@ async fn work<S: MailSource>(
         let last = ahead.is_none();
         let early = |f: &mut Filing| {
             if last && !f.is_empty() {
-                let due = if f.len() >= SHARE_FROM {
+                let second_up = filer
+                    .as_ref()
+                    .is_some_and(|(_, s)| !s.down.load(Ordering::Relaxed));
+                let due = if second_up && f.len() >= SHARE_FROM {
                     f.split()
                 } else {
                     std::mem::take(f)

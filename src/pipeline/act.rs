@@ -216,7 +216,8 @@ impl Filing {
     /// Takes about half of the messages into a filing of their own (with
     /// their flags), to be filed over another connection at the same time:
     /// whole folders first (with their drafts), then part of the largest
-    /// folder left. Messages that are only flagged stay.
+    /// folder left that has no drafts. Messages that are only flagged
+    /// stay.
     pub fn split(&mut self) -> Filing {
         let mut other = Filing {
             since: self.since,
@@ -243,10 +244,17 @@ impl Filing {
                 other.moves.insert(folder, g);
             }
         }
-        // The rest from the largest folder left, split in two.
+        // The rest from the largest folder left, split in two — one without
+        // drafts: a folder's drafts are stored after its moves, over the
+        // connection that moves it.
         let need = half - other.count;
+        let drafts = &self.drafts;
         if need > 0
-            && let Some((folder, g)) = self.moves.iter_mut().max_by_key(|(_, g)| g.ids.len())
+            && let Some((folder, g)) = self
+                .moves
+                .iter_mut()
+                .filter(|(f, _)| !drafts.contains_key(*f))
+                .max_by_key(|(_, g)| g.ids.len())
             && g.ids.len() > need
         {
             let at = g.ids.len() - need;
@@ -664,5 +672,12 @@ mod tests {
         assert_eq!(mine.len(), 5);
         assert_eq!(theirs.len(), 4);
         assert_eq!(mine.moves["A"].ids, (1..=5).map(uid).collect::<Vec<_>>());
+        // A folder with drafts is not split: they follow its moves.
+        let mut mine = filing();
+        mine.moves.remove("A");
+        mine.moves.remove("C");
+        mine.count = 3;
+        assert!(mine.split().is_empty());
+        assert_eq!(mine.len(), 3);
     }
 }
