@@ -29,13 +29,16 @@ pub type Loads = HashMap<String, u32>;
 /// per person, kept in `counted` for the rest of the pass) plus what the
 /// pass has decided for it since (`added`: moved or not yet), so that a
 /// backlog filed a few thousand messages at a time, over another
-/// connection, still respects `max_open` and spreads evenly. Nothing is
-/// read for a batch of no `messages`.
+/// connection, still respects `max_open` and spreads evenly. A folder
+/// the server refused to count is not asked again in the pass (`None` in
+/// `counted`): counted later, it would already hold mail the pass moved
+/// there, counted once more in `added`; the person has no known load
+/// until the next pass. Nothing is read for a batch of no `messages`.
 pub async fn loads<S: MailSource>(
     src: &mut S,
     k: &Knowledge,
     messages: usize,
-    counted: &mut HashMap<String, u32>,
+    counted: &mut HashMap<String, Option<u32>>,
     added: impl Fn(&str) -> u32,
 ) -> Result<Loads, PipelineError> {
     let mut loads = Loads::new();
@@ -61,9 +64,11 @@ pub async fn loads<S: MailSource>(
     for id in needed {
         let Some(r) = k.reps.get(id) else { continue };
         let n = match counted.get(&r.folder) {
-            Some(n) => Ok(*n),
+            Some(Some(n)) => Ok(*n),
+            // Refused earlier in the pass.
+            Some(None) => continue,
             None => src.count(&r.folder).await.inspect(|n| {
-                counted.insert(r.folder.clone(), *n);
+                counted.insert(r.folder.clone(), Some(*n));
             }),
         };
         match n {
@@ -75,6 +80,7 @@ pub async fn loads<S: MailSource>(
             }
             Err(e) if matches!(e, crate::fetch::FetchError::Protocol(_)) => {
                 tracing::warn!(rep = %id, folder = %r.folder, "cannot count open messages: {e}");
+                counted.insert(r.folder.clone(), None);
             }
             Err(e) => return Err(e.into()),
         }

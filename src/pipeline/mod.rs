@@ -580,7 +580,7 @@ impl Pipeline {
         src: &mut S,
         k: &Knowledge,
         messages: usize,
-        counted: &mut HashMap<String, u32>,
+        counted: &mut HashMap<String, Option<u32>>,
         added: impl Fn(&str) -> u32,
     ) -> Result<facts::Loads, PipelineError> {
         facts::loads(src, k, messages, counted, added).await
