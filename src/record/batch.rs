@@ -26,13 +26,30 @@ fn list(n: usize, start: usize) -> String {
 }
 
 fn push_list(out: &mut String, n: usize, start: usize) {
-    use std::fmt::Write;
     for i in start..start + n {
         if i > start {
             out.push_str(", ");
         }
-        // Writing to a String cannot fail.
-        let _ = write!(out, "${i}");
+        out.push('$');
+        push_number(out, i);
+    }
+}
+
+/// Appends `n` in decimal (a statement has thousands of placeholders:
+/// cheaper than the formatting machinery).
+fn push_number(out: &mut String, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        out.push(char::from(d));
     }
 }
 
@@ -905,5 +922,11 @@ mod tests {
     fn placeholders() {
         assert_eq!(list(3, 2), "$2, $3, $4");
         assert_eq!(values(2, 2), "($1, $2), ($3, $4)");
+        assert_eq!(list(3, 9), "$9, $10, $11");
+        for n in [0, 7, 10, 99, 100, 3_799, 65_535, usize::MAX] {
+            let mut s = String::new();
+            super::push_number(&mut s, n);
+            assert_eq!(s, n.to_string());
+        }
     }
 }
