@@ -305,18 +305,17 @@ struct Speller {
 /// Shortest word that is corrected: shorter ones have too many neighbours.
 const MIN_CORRECTED_LEN: usize = 4;
 
-fn deletions(w: &str) -> Vec<String> {
-    let chars: Vec<char> = w.chars().collect();
-    (0..chars.len())
-        .map(|i| {
-            chars
-                .iter()
-                .enumerate()
-                .filter(|(j, _)| *j != i)
-                .map(|(_, c)| *c)
-                .collect()
-        })
-        .collect()
+/// Calls `f` with each deletion of `w`: `w` without one of its
+/// characters, first to last (one reused buffer).
+#[inline]
+fn for_each_deletion(w: &str, mut f: impl FnMut(&str)) {
+    let mut key = String::with_capacity(w.len());
+    for (at, c) in w.char_indices() {
+        key.clear();
+        key.push_str(&w[..at]);
+        key.push_str(&w[at + c.len_utf8()..]);
+        f(&key);
+    }
 }
 
 /// Optimal-string-alignment distance, stopping early above `max`.
@@ -362,9 +361,9 @@ impl Speller {
             s.known.insert(w.clone(), *n);
             if w.chars().count() >= MIN_CORRECTED_LEN - 1 {
                 s.deletes.entry(w.clone()).or_default().push(i as u32);
-                for d in deletions(w) {
-                    s.deletes.entry(d).or_default().push(i as u32);
-                }
+                for_each_deletion(w, |d| {
+                    s.deletes.entry(d.to_string()).or_default().push(i as u32);
+                });
             }
         }
         s.words = list;
@@ -396,17 +395,11 @@ impl Speller {
         if let Some(list) = self.deletes.get(w) {
             list.iter().for_each(&mut consider);
         }
-        // The deletions of `w` (as `deletions` makes them), one buffer.
-        let chars: Vec<(usize, char)> = w.char_indices().collect();
-        let mut key = String::with_capacity(w.len());
-        for &(at, c) in &chars {
-            key.clear();
-            key.push_str(&w[..at]);
-            key.push_str(&w[at + c.len_utf8()..]);
-            if let Some(list) = self.deletes.get(key.as_str()) {
+        for_each_deletion(w, |d| {
+            if let Some(list) = self.deletes.get(d) {
                 list.iter().for_each(&mut consider);
             }
-        }
+        });
         best.map(|(_, w)| w)
     }
 }

@@ -344,11 +344,7 @@ async fn work<S: MailSource>(
                 let second_up = filer
                     .as_ref()
                     .is_some_and(|(_, s)| !s.down.load(Ordering::Relaxed));
-                let due = if second_up && f.len() >= SHARE_FROM {
-                    f.split()
-                } else {
-                    std::mem::take(f)
-                };
+                let due = share(f, second_up);
                 let here = hand_over(&filer, due, f, &mut handed);
                 f.merge(here);
             }
@@ -378,32 +374,24 @@ async fn work<S: MailSource>(
     // A large last filing (the end of a backlog) is shared: about half
     // over each connection, at the same time.
     let failed_here = matches!(result, Err(PipelineError::Source(_)));
-    let mut back = Filing::default();
     if let Some((tx, second)) = &filer
         && !second.down.load(Ordering::Relaxed)
         && !filing.is_empty()
         && (failed_here || second.pending.load(Ordering::Relaxed) == 0)
     {
-        let there = if !failed_here && filing.len() >= SHARE_FROM {
-            filing.split()
-        } else {
-            std::mem::take(&mut filing)
-        };
+        let there = share(&mut filing, !failed_here);
         if !there.is_empty() {
             second.pending.fetch_add(1, Ordering::Relaxed);
             if let Err(refused) = tx.send(there).await {
                 second.pending.fetch_sub(1, Ordering::Relaxed);
-                back = refused.0;
+                filing.merge(refused.0);
             }
         }
     }
     let flushed = if failed_here {
         Ok(())
     } else {
-        match filing.flush(&shared.pipeline, src).await {
-            Ok(()) => back.flush(&shared.pipeline, src).await,
-            e => e,
-        }
+        filing.flush(&shared.pipeline, src).await
     };
     result?;
     flushed?;
@@ -416,6 +404,17 @@ async fn work<S: MailSource>(
 /// A pass's last filing from this many messages on is shared between
 /// both connections ([`Filing::split`]).
 const SHARE_FROM: usize = 200;
+
+/// What of `f` goes to the second connection: about half when `f` is
+/// large and this connection files the rest at the same time
+/// (`both`), else all of it.
+fn share(f: &mut Filing, both: bool) -> Filing {
+    if both && f.len() >= SHARE_FROM {
+        f.split()
+    } else {
+        std::mem::take(f)
+    }
+}
 
 /// The batches of a pass: the first as configured, so that a message
 /// that arrives alone is handled at once; in a backlog, twice that (at
