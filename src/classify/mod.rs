@@ -105,7 +105,31 @@ pub fn classify_with(
     ctx: &Context,
     scored: Option<&FaqResult>,
 ) -> (Classification, bool) {
-    let i = Inspected::new(m, k, ctx);
+    classify_known(m, k, ctx, scored, &[])
+}
+
+/// [`classify_scored`] for a message classified ahead ([`ahead`]) that
+/// turned out to continue a conversation or to have lookups: the rules'
+/// conditions that look at neither are not tested again (`known`:
+/// [`Ahead::held`]). The same result as [`classify_scored`].
+pub fn classify_again(
+    m: &Message,
+    k: &Knowledge,
+    ctx: &Context,
+    scored: Option<&FaqResult>,
+    known: &[bool],
+) -> Classification {
+    classify_known(m, k, ctx, scored, known).0
+}
+
+fn classify_known(
+    m: &Message,
+    k: &Knowledge,
+    ctx: &Context,
+    scored: Option<&FaqResult>,
+    known: &[bool],
+) -> (Classification, bool) {
+    let i = Inspected::new(m, k, ctx, known);
     let faq = (!i.judged.decided).then(|| match scored {
         Some(f) => f.clone(),
         None => k.faq.query_question(&question::Question::from_message(m)),
@@ -126,6 +150,9 @@ pub struct Ahead {
     /// A FAQ result the classification did not use but a follow-up of
     /// a known conversation would, kept aside.
     pub faq_aside: Option<FaqResult>,
+    /// What the conditions of the rules judged before the FAQ gave (see
+    /// [`classify_again`]).
+    pub held: Vec<bool>,
 }
 
 /// The classification with the default context (as [`classify_with`]),
@@ -135,7 +162,7 @@ pub struct Ahead {
 /// The loop guard, the facts and the rules before the FAQ are worked out
 /// once for both.
 pub fn ahead(m: &Message, k: &Knowledge) -> Ahead {
-    let mut i = Inspected::new(m, k, &Context::default());
+    let mut i = Inspected::new(m, k, &Context::default(), &[]);
     let without_faq = i.judged.decided;
     // Scored when the rules need it as things are, or would if the
     // message turned out to continue a conversation.
@@ -156,6 +183,7 @@ pub fn ahead(m: &Message, k: &Knowledge) -> Ahead {
     Ahead {
         faq_in_classification: faq.is_some(),
         faq_aside,
+        held: i.judged.held.clone(),
         classification: i.conclude(k, faq),
     }
 }
@@ -173,7 +201,9 @@ struct Inspected {
 }
 
 impl Inspected {
-    fn new(m: &Message, k: &Knowledge, ctx: &Context) -> Inspected {
+    /// `known`: what the rules' conditions gave for this message in
+    /// another context (see [`rules::judge_again`]), or nothing.
+    fn new(m: &Message, k: &Knowledge, ctx: &Context, known: &[bool]) -> Inspected {
         let guard = loop_guard::inspect(m, &k.policy.our_addresses);
         let auth = auth::inspect(m, &k.policy.reply.trusted_authserv_ids);
         let follow_up =
@@ -183,7 +213,7 @@ impl Inspected {
             lookups: ctx.lookups.clone(),
         };
         let facts = facts(m, &FaqResult::default(), &guard, &ctx);
-        let judged = rules::judge_without_faq(&k.rules, &facts);
+        let judged = rules::judge_again(&k.rules, &facts, known);
         Inspected {
             guard,
             auth,

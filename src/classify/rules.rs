@@ -220,14 +220,26 @@ pub struct Judged {
 /// [`decided_without_faq`], keeping what each rule's condition gave, so
 /// that [`run_judged`] does not test those conditions again.
 pub fn judge_without_faq(rules: &[Rule], f: &Facts) -> Judged {
+    judge_again(rules, f, &[])
+}
+
+/// [`judge_without_faq`] for the same message in another context (it
+/// turned out to continue a conversation, or lookups found something),
+/// given what the conditions gave before (`known`, the `held` of the
+/// earlier judgement): a condition that does not look at `follow_up` is
+/// not tested again (conditions on lookups are never among them).
+pub fn judge_again(rules: &[Rule], f: &Facts, known: &[bool]) -> Judged {
     let mut j = Judged::default();
-    for r in rules {
+    for (i, r) in rules.iter().enumerate() {
         // Lookups run after this check: a rule that depends on them
         // cannot be judged yet.
         if r.uses_faq() || r.uses_lookups() {
             return j;
         }
-        let holds = r.when.eval(f);
+        let holds = match known.get(i) {
+            Some(h) if !r.when.uses_follow_up() => *h,
+            _ => r.when.eval(f),
+        };
         j.held.push(holds);
         if !holds {
             continue;

@@ -367,6 +367,9 @@ pub struct Prior<'a> {
     /// no known conversation and has no lookups, as the same pure
     /// function would give the same result.
     pub classified: Option<&'a Classification>,
+    /// What the rules' conditions gave ahead ([`classify::Ahead::held`]),
+    /// reused when the message has to be classified again.
+    pub held: &'a [bool],
 }
 
 /// Decides one message.
@@ -424,7 +427,7 @@ pub fn plan(
         Some(c) if !ctx.follow_up && ctx.lookups == crate::lookup::LookupFacts::default() => {
             c.clone()
         }
-        _ => classify::classify_scored(m, k, &ctx, prior.scored),
+        _ => classify::classify_again(m, k, &ctx, prior.scored, prior.held),
     };
     let proposed = decide::proposed_reply(&c, k);
     let recipient = decide::reply_address(m, k.policy.reply.address, &k.policy.our_addresses)

@@ -136,6 +136,17 @@ impl Condition {
         }
     }
 
+    /// Whether the condition looks at whether the message continues a
+    /// conversation (`follow_up`).
+    pub fn uses_follow_up(&self) -> bool {
+        match self {
+            Condition::All(c) | Condition::Any(c) => c.iter().any(Condition::uses_follow_up),
+            Condition::Not(c) => c.uses_follow_up(),
+            Condition::Bool(field, _) => matches!(field, BoolField::FollowUp),
+            _ => false,
+        }
+    }
+
     /// The lookups the condition names.
     pub fn lookup_names(&self, out: &mut Vec<String>) {
         match self {

@@ -319,6 +319,8 @@ struct Item {
     /// continues no conversation the store knows and has no lookups (see
     /// [`plan::Prior::classified`]).
     classified: Option<crate::classify::Classification>,
+    /// What the rules' conditions gave ahead (see [`plan::Prior::held`]).
+    held: Vec<bool>,
     /// What the lookups found (run after the store's facts are read).
     lookups: crate::lookup::LookupFacts,
 }
@@ -472,6 +474,7 @@ fn prepare(f: Fetched, k: &Knowledge) -> Item {
             faq: None,
             classified: None,
             faq_in_classified: false,
+            held: Vec::new(),
             lookups: Default::default(),
         },
         None => match parse::parse(&f.raw, &parse_options(k, Some(f.size))) {
@@ -488,6 +491,7 @@ fn prepare(f: Fetched, k: &Knowledge) -> Item {
                         faq: a.faq_aside,
                         faq_in_classified: a.faq_in_classification,
                         classified: Some(a.classification),
+                        held: a.held,
                         id: f.id,
                         parsed: Ok(m),
                         lookups: Default::default(),
@@ -501,6 +505,7 @@ fn prepare(f: Fetched, k: &Knowledge) -> Item {
                             faq_in_classified: false,
                             id: f.id,
                             parsed: Err("internal error while classifying the message".into()),
+                            held: Vec::new(),
                             lookups: Default::default(),
                         }
                     }
@@ -513,6 +518,7 @@ fn prepare(f: Fetched, k: &Knowledge) -> Item {
                 faq: None,
                 classified: None,
                 faq_in_classified: false,
+                held: Vec::new(),
                 lookups: Default::default(),
             },
         },
@@ -838,6 +844,7 @@ fn decide_batch(
                 ticket: resumed_ticket.as_deref(),
                 scored: item.scored(),
                 classified: item.classified.as_ref(),
+                held: &item.held,
                 lookups: Some(&item.lookups),
             },
             &mb.folders,

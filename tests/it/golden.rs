@@ -293,6 +293,25 @@ fn compare_ahead(k: &Knowledge, raws: &[(String, Vec<u8>)]) -> [usize; 3] {
             json(&c.rules),
             "{name}: rules"
         );
+        // Classifying again in another context (the store knows the
+        // conversation, or not), reusing what the conditions gave ahead,
+        // is classifying afresh in that context.
+        let scored = if a.faq_in_classification {
+            Some(&a.classification.faq)
+        } else {
+            a.faq_aside.as_ref()
+        };
+        for follow_up in [false, true] {
+            let ctx = Context {
+                follow_up,
+                ..Context::default()
+            };
+            assert_eq!(
+                json(&classify::classify_again(&m, k, &ctx, scored, &a.held)),
+                json(&classify::classify_scored(&m, k, &ctx, scored)),
+                "{name}: classified again, follow-up {follow_up}"
+            );
+        }
         counts[0] += usize::from(faq_in_c);
         counts[1] += usize::from(!faq_in_c);
         counts[2] += usize::from(kept.is_some());
