@@ -478,6 +478,18 @@ struct Counts {
 }
 
 impl Counts {
+    /// Sorts each block's ids (the order of occurrence does not count).
+    fn sort(&mut self) {
+        self.ids.iter_mut().for_each(|b| b.sort_unstable());
+    }
+
+    /// [`Counts::sort`] for counts joined from sorted parts
+    /// ([`Vocab::join`]): sorted runs end to end, which the run-merging
+    /// stable sort handles in about linear time.
+    fn sort_runs(&mut self) {
+        self.ids.iter_mut().for_each(|b| b.sort());
+    }
+
     fn add(&mut self, other: &Counts) {
         for (mine, theirs) in self.ids.iter_mut().zip(&other.ids) {
             mine.extend_from_slice(theirs);
@@ -615,7 +627,8 @@ impl Vocab {
                         *id = remap[b][*id as usize];
                     }
                 }
-                v.normalise(&doc)
+                doc.iter_mut().for_each(|b| b.sort_unstable());
+                v.normalise_sorted(&doc)
             })
             .collect();
         (v, xs)
@@ -701,18 +714,24 @@ impl Vocab {
         out
     }
 
-    /// Per block `(1 + ln tf) · idf`, L2-normalised, each block scaled by
-    /// 1/√2, from the blocks' feature ids (once per occurrence).
+    /// [`Vocab::normalise_sorted`] of blocks in any order.
+    #[cfg(test)]
     fn normalise(&self, ids: &[Vec<u32>; 2]) -> Sparse {
+        let mut sorted = ids.clone();
+        sorted.iter_mut().for_each(|b| b.sort_unstable());
+        self.normalise_sorted(&sorted)
+    }
+
+    /// Per block `(1 + ln tf) · idf`, L2-normalised, each block scaled by
+    /// 1/√2, from the blocks' feature ids (once per occurrence), sorted
+    /// (see [`Counts::sort`]).
+    fn normalise_sorted(&self, ids: &[Vec<u32>; 2]) -> Sparse {
         let mut out = Vec::new();
-        let mut sorted = Vec::new();
-        for block in ids {
-            if block.is_empty() {
+        for sorted in ids {
+            if sorted.is_empty() {
                 continue;
             }
-            sorted.clear();
-            sorted.extend_from_slice(block);
-            sorted.sort_unstable();
+            debug_assert!(sorted.is_sorted());
             let mut block: Sparse = Vec::with_capacity(sorted.len());
             for run in sorted.chunk_by(|a, b| a == b) {
                 let i = run[0];
@@ -1367,7 +1386,8 @@ impl Matcher {
     }
 
     /// Scores a word list from its counts (see [`Vocab::counts`]).
-    fn score(&self, ws: &[String], counts: Counts) -> Scored {
+    fn score(&self, ws: &[String], mut counts: Counts) -> Scored {
+        counts.sort_runs();
         let content: Vec<(&String, &std::rc::Rc<WordFeatures>)> = ws
             .iter()
             .zip(&counts.words)
@@ -1395,7 +1415,7 @@ impl Matcher {
                 )
             })
             .collect();
-        let x = self.vocab.normalise(&counts.ids);
+        let x = self.vocab.normalise_sorted(&counts.ids);
         let z = self.model.logits(&x);
         let mut p = z.clone();
         softmax(&mut p);
@@ -1687,7 +1707,11 @@ impl FaqIndex {
         // joined, for scoring.
         let seg_counts: Vec<Counts> = seg_words
             .iter()
-            .map(|ws| m.vocab.counts(ws, &stem))
+            .map(|ws| {
+                let mut c = m.vocab.counts(ws, &stem);
+                c.sort();
+                c
+            })
             .collect();
         // Set aside sentences that resemble no example.
         let mut keep = vec![true; segments.len()];
@@ -1695,7 +1719,7 @@ impl FaqIndex {
             let rel: Vec<f32> = seg_counts
                 .iter()
                 .map(|c| {
-                    let x = m.vocab.normalise(&c.ids);
+                    let x = m.vocab.normalise_sorted(&c.ids);
                     m.knn.best_similarity(&x)
                 })
                 .collect();
