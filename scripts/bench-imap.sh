@@ -34,7 +34,9 @@
 # SB_WRAP="perf record -g -o /tmp/sb.perf" prefixes the route-only runs.
 # With COMPARE=R, then R interleaved rounds of imapfilter (server-side
 # SEARCH + MOVE rules) and switchboard route-only on the same N messages
-# (switchboard's rounds also give its CPU time: less noisy than the wall time).
+# (switchboard's rounds also give its CPU time: less noisy than the wall time;
+# each round also gives the CPU the whole machine was busy with, so that the
+# mail server's share — busy minus the client's own — can be compared).
 # Requires root (the harness stores mail as the `mail` user) and python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -325,15 +327,30 @@ inbox:contain_subject('order'):move_messages(acct['F/Orders'])
 inbox:select_all():move_messages(acct['F/Support'])
 EOF2
     sed -i 's/^\[company\]/auto_reply = false\n\n[company]/' "$WORK/switchboard.toml"
+    # CPU time all processes spent during a run (jiffies of /proc/stat:
+    # user, nice, system, irq, softirq), and how it splits.
+    busy() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+    split_cpu() { # $1 $2 = busy before/after, $3 = the client's own CPU seconds
+        awk -v b="$(($2 - $1))" -v hz="$(getconf CLK_TCK)" -v own="$3" \
+            'BEGIN { printf "  machine busy %.2f s of CPU: the client %.2f s, the mail server and the rest %.2f s\n", b / hz, own, b / hz - own }'
+    }
     for r in $(seq "$ROUNDS"); do
         seed_inbox
-        /usr/bin/time -f "round $r imapfilter:  %e s, peak RSS %M KB" imapfilter -c "$WORK/imapfilter.lua" >/dev/null
+        b0=$(busy)
+        /usr/bin/time -o "$WORK/time" -f "round $r imapfilter:  %e s, peak RSS %M KB, CPU %U s user + %S s system" \
+            imapfilter -c "$WORK/imapfilter.lua" >/dev/null
+        b1=$(busy)
+        cat "$WORK/time" >&2
+        split_cpu "$b0" "$b1" "$(awk '{print $(NF-6) + $(NF-2)}' "$WORK/time")" >&2
         seed_inbox
         rm -f "$WORK"/state.db*
+        b0=$(busy)
         /usr/bin/time -o "$WORK/time" -f "round $r switchboard: %e s, peak RSS %M KB, CPU %U s user + %S s system" \
             ${SB_WRAP:-} "$BIN" run --once --config switchboard.toml 2>"$WORK/once.log" >/dev/null ||
             { tail -5 "$WORK/once.log"; exit 1; }
+        b1=$(busy)
         cat "$WORK/time" >&2
+        split_cpu "$b0" "$b1" "$(awk '{print $(NF-6) + $(NF-2)}' "$WORK/time")" >&2
         if [ -n "${SAVE_ONCE:-}" ]; then cp "$WORK/once.log" "$SAVE_ONCE.$r"; fi
     done
 fi
