@@ -484,8 +484,9 @@ impl Counts {
     }
 
     /// [`Counts::sort`] for counts joined from sorted parts
-    /// ([`Vocab::join`]): sorted runs end to end, which the run-merging
-    /// stable sort handles in about linear time.
+    /// ([`Vocab::join`]): sorted runs end to end (with the word pair
+    /// across each join between them), which the run-merging stable sort
+    /// handles in about linear time.
     fn sort_runs(&mut self) {
         self.ids.iter_mut().for_each(|b| b.sort());
     }

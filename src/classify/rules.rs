@@ -262,9 +262,9 @@ pub fn run(rules: &[Rule], f: &Facts) -> RuleOutcome {
 }
 
 /// [`run`], with the conditions of the first rules already tested
-/// (`held`, from [`judge_without_faq`] on the same facts: those rules
-/// look at neither the FAQ nor lookups, so setting the FAQ's result
-/// since changes nothing for them).
+/// (`held`, from [`judge_without_faq`] or [`judge_again`] on the same
+/// facts: those rules look at neither the FAQ nor lookups, so setting
+/// the FAQ's result since changes nothing for them).
 pub fn run_judged(rules: &[Rule], f: &Facts, held: &[bool]) -> RuleOutcome {
     let mut out = RuleOutcome::default();
     for (i, r) in rules.iter().enumerate() {

@@ -143,7 +143,10 @@ impl Condition {
             Condition::All(c) | Condition::Any(c) => c.iter().any(Condition::uses_follow_up),
             Condition::Not(c) => c.uses_follow_up(),
             Condition::Bool(field, _) => matches!(field, BoolField::FollowUp),
-            _ => false,
+            Condition::True
+            | Condition::Text(..)
+            | Condition::Number(..)
+            | Condition::Lookup { .. } => false,
         }
     }
 
