@@ -259,8 +259,9 @@ async fn work<S: MailSource>(
     // this pass has decided for each folder (filed or still waiting).
     let mut counted = HashMap::new();
     let mut handed: HashMap<String, u32> = HashMap::new();
-    // Pipelined: while batch n is parsed and scored on the parsing threads,
-    // batch n+1 is fetched and earlier batches are filed over IMAP.
+    // Pipelined: while batch n is decided and committed, batch n+1 is
+    // fetched and parsed and scored on the parsing threads, and earlier
+    // batches are filed over IMAP.
     let mut next = match chunks.next() {
         Some(c) if !shared.stopping() => Some(fetch_prepare(src, shared, mb, c).await),
         _ => None,
@@ -272,10 +273,6 @@ async fn work<S: MailSource>(
                 result = Err(e);
                 break;
             }
-        };
-        let ahead = match chunks.next() {
-            Some(c) if !shared.stopping() => Some(fetch_prepare(src, shared, mb, c).await),
-            _ => None,
         };
         // The open loads are read from the server while the batch is
         // parsed.
@@ -319,7 +316,18 @@ async fn work<S: MailSource>(
         } else {
             Filing::default()
         };
-        let (staged, filed_due) = tokio::join!(p.stage(mb, &k, prepared, loads), due.flush(p, src));
+        // The next batch is fetched (after the filing due, on the same
+        // connection) and starts being parsed while this one is decided
+        // and committed, which mostly waits for the store.
+        let chunk = chunks.next().filter(|_| !shared.stopping());
+        let mut ahead = None;
+        let (staged, filed_due) = tokio::join!(p.stage(mb, &k, prepared, loads), async {
+            due.flush(p, src).await?;
+            if let Some(c) = chunk {
+                ahead = Some(fetch_prepare(src, shared, mb, c).await);
+            }
+            Ok(())
+        });
         let staged = match (staged, filed_due) {
             (Ok(s), Ok(())) => s,
             // A decided batch that was not acted on is resumed from its
