@@ -20,8 +20,8 @@
 //!    per `UID MOVE` grows with the size of the inbox.
 //!
 //! The daemon ([`crate::daemon::drain_once_with`]) overlaps the stages:
-//! while one batch is parsed and scored, the next is fetched and earlier
-//! ones are filed.
+//! while one batch is decided and committed, the next is fetched, parsed
+//! and scored, and earlier ones are filed.
 //!
 //! # Crash safety
 //!
